@@ -1,0 +1,1 @@
+"""Datasets: each a function returning an ImageClassificationData (see base.py)."""

@@ -1,0 +1,1 @@
+"""Diffusion generators behind one interface (base.py)."""
