@@ -135,6 +135,15 @@ class ImageClassificationData:
         source = self.train if split == "train" else self.test
         return torch.nonzero(source.labels == label).flatten()
 
+    def check_ipc(self, ipc: int, why: str) -> None:
+        """ipc must not exceed the smallest class when each sample needs its own real image."""
+        counts = torch.bincount(self.train.labels, minlength=self.num_classes)
+        smallest = int(counts.argmin())
+        if ipc > int(counts[smallest]):
+            raise UserError(f"ipc={ipc} exceeds the {int(counts[smallest])} train images of class "
+                            f"{self.class_ids[smallest]!r} in {self.name} ({why}; use ipc <= "
+                            f"{int(counts[smallest])})")
+
     def class_images(self, label: int, split: str = "train") -> torch.Tensor:
         source = self.train if split == "train" else self.test
         return source.load(self.class_indices(label, split).tolist())

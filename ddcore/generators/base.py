@@ -90,6 +90,10 @@ class DiffusionGenerator(nn.Module):
         return next(self.denoiser.parameters()).dtype
 
     @property
+    def pixel_space(self) -> bool:
+        return type(self.codec) is LatentCodec
+
+    @property
     def learned_variance(self) -> bool:
         cfg = self.denoiser.config
         return (cfg.out_channels or cfg.in_channels) == 2 * cfg.in_channels

@@ -1,0 +1,79 @@
+"""DiT generators: DiT-XL/2 from the hub or a folder, and the tiny DiT the framework trains.
+
+The null class used for classifier-free guidance is ``num_embeds_ada_norm`` of the loaded
+model's config (diffusers' DiTPipeline hard-codes 1000, which is wrong for any other model).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DiTTransformer2DModel, DDPMScheduler
+
+from ddcore.data.base import ImageClassificationData
+from ddcore.generators.base import ClassConditionalGenerator, LatentCodec, VAECodec
+from ddcore.generators.base import imagenet_class_map
+from ddcore.generators.pretrained import load_component
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_dit(in_channels: int, sample_size: int, num_classes: int, learned_variance: bool = False,
+              **arch) -> DiTTransformer2DModel:
+    """A class-conditional DiT from config (``arch`` = DiTTransformer2DModel kwargs)."""
+    return DiTTransformer2DModel(
+        in_channels=in_channels, out_channels=in_channels * (2 if learned_variance else 1),
+        sample_size=sample_size, num_embeds_ada_norm=num_classes, **arch)
+
+
+def class_conditional(denoiser, codec: LatentCodec, scheduler_config: dict, *, model_classes: int,
+                      null_label: int, class_map: list[int] | None, resolution: int,
+                      image_channels: int, cfg_scale: float, cfg_channels: int | None,
+                      name: str) -> ClassConditionalGenerator:
+    return ClassConditionalGenerator(
+        denoiser, codec, scheduler_config, resolution=resolution, image_channels=image_channels,
+        cfg_scale=cfg_scale, cfg_channels=cfg_channels, model_classes=model_classes,
+        null_label=null_label, class_map=class_map, name=name)
+
+
+def dit_null_label(transformer: DiTTransformer2DModel) -> int:
+    """Index of the null class: the extra row diffusers' LabelEmbedding appends (= #classes)."""
+    return int(transformer.config.num_embeds_ada_norm)
+
+
+def load_dit(data: ImageClassificationData, path: str = "facebook/DiT-XL-2-256",
+             vae: str | None = "stabilityai/sd-vae-ft-mse", resolution: int = 256,
+             cfg_scale: float = 4.0, cfg_channels: int | None = 3,
+             class_space: str = "imagenet1k", dtype: str = "float32",
+             name: str = "dit_xl2") -> ClassConditionalGenerator:
+    """DiT from a hub id or a local folder with ``transformer/``, ``vae/``, ``scheduler/``.
+
+    ``vae`` names a separate VAE (MGD^3's official code uses sd-vae-ft-mse); None uses the
+    checkpoint's own ``vae/`` subfolder. ``class_space`` says how dataset labels map to model
+    classes: ``imagenet1k`` (by wnid) or ``dataset`` (identity, counts must match).
+    """
+    torch_dtype = DTYPES[dtype]
+    transformer = load_component(DiTTransformer2DModel, path, "transformer", torch_dtype=torch_dtype)
+    vae_model = (load_component(AutoencoderKL, vae, None, torch_dtype=torch_dtype) if vae
+                 else load_component(AutoencoderKL, path, "vae", torch_dtype=torch_dtype))
+    scheduler = load_component(DDPMScheduler, path, "scheduler")
+    model_classes = dit_null_label(transformer)
+    class_map = map_classes(data, model_classes, class_space, name)
+    return class_conditional(
+        transformer, VAECodec(vae_model), dict(scheduler.config), model_classes=model_classes,
+        null_label=dit_null_label(transformer), class_map=class_map, resolution=resolution,
+        image_channels=data.channels, cfg_scale=cfg_scale, cfg_channels=cfg_channels, name=name)
+
+
+def map_classes(data: ImageClassificationData, model_classes: int, class_space: str,
+                name: str) -> list[int]:
+    """Dataset label -> model class, checked against the model's class count."""
+    from ddcore.errors import UserError
+
+    if class_space == "imagenet1k":
+        return imagenet_class_map(data.class_ids, name)
+    if class_space != "dataset":
+        raise UserError(f"unknown generator.class_space {class_space!r} (use imagenet1k or dataset)")
+    if model_classes != data.num_classes:
+        raise UserError(f"generator {name} has {model_classes} classes but dataset {data.name} has "
+                        f"{data.num_classes} (use a generator trained on {data.name})")
+    return list(range(model_classes))

@@ -1,0 +1,211 @@
+"""Tasks that ``run.py`` dispatches to (``task=run|distill|evaluate|train_generator``).
+
+Each task validates everything it can before it writes anything, so bad input costs seconds
+and leaves no half-written run. Outputs of a run directory:
+
+    distilled/<class_id>/<i:06d>.png   distilled/manifest.json
+    metrics.json                       figures/grid.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ddcore.data.base import ImageClassificationData
+from ddcore.distilled import DistilledSet, load_distilled, read_manifest, save_distilled
+from ddcore.errors import UserError
+from ddcore.figures import save_grid
+
+log = logging.getLogger(__name__)
+
+
+# -- building blocks --------------------------------------------------------------------------
+def build(node, **kwargs):
+    """``hydra.utils.instantiate``, with our UserErrors passed through unwrapped.
+
+    Runtime objects (the dataset) are passed after instantiation: given to ``instantiate``
+    directly, a dataclass would be merged into the config and arrive as a DictConfig.
+    """
+    try:
+        if kwargs:
+            return instantiate(node, _partial_=True)(**kwargs)
+        return instantiate(node)
+    except (InstantiationException, UserError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    """The torch device for non-Lightning work (sampling), from ``trainer.accelerator``."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("trainer=gpu but no CUDA device is visible (use trainer=cpu)")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def check_ipc(ipc: int) -> int:
+    if not isinstance(ipc, int) or ipc <= 0:
+        raise UserError(f"ipc must be a positive integer, got {ipc!r} (e.g. ipc=10)")
+    return ipc
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The job's config as plain data (without the ``hydra`` node tests compose in)."""
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+
+
+def make_logger(cfg: DictConfig):
+    return build(cfg.logger) if cfg.get("logger") else None
+
+
+def numeric(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# -- stages -----------------------------------------------------------------------------------
+def prepare_distillation(cfg: DictConfig):
+    """Data, method and (if needed) generator, all validated; nothing written yet."""
+    ipc = check_ipc(cfg.ipc)
+    method = build(cfg.method)
+    data: ImageClassificationData = build(cfg.dataset)
+    log.info(f"dataset {data.name}: {data.description or len(data.train)}")
+    method.validate(data, ipc)
+    generator = None
+    if method.uses_generator:
+        generator = build(cfg.generator, data=data).to(resolve_device(cfg.trainer.accelerator))
+    return data, method, generator
+
+
+def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Path]:
+    distilled = method.distill(data, cfg.ipc, cfg.seed, generator=generator)
+    manifest = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
+                "generator": getattr(generator, "name", None), "git_commit": git_commit(),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "config": resolved_config(cfg)}
+    folder = save_distilled(distilled, data, output_dir(cfg) / "distilled", manifest)
+    save_grid(distilled, data, output_dir(cfg) / "figures" / "grid.png")
+    log.info(f"distilled set written to {folder}")
+    return distilled, folder
+
+
+def distill_metrics(distilled: DistilledSet, generator) -> dict:
+    seconds = distilled.stats.get("seconds", 0.0)
+    metrics = {"distill/seconds": round(seconds, 2),
+               "distill/seconds_per_image": round(seconds / max(1, len(distilled)), 4),
+               "distill/images": len(distilled)}
+    meta_sample_acc = getattr(generator, "sample_accuracy", None)
+    if meta_sample_acc is not None:
+        metrics["generator/sample_accuracy"] = meta_sample_acc
+    return metrics
+
+
+def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger) -> dict:
+    protocol = build(cfg.eval)
+    trainer_factory = build(cfg.trainer)
+    return protocol.evaluate(distilled, data, cfg.ipc, cfg.seed, trainer_factory, logger)
+
+
+def finish(cfg: DictConfig, metrics: dict, logger, grid: Path | None = None) -> dict:
+    write_json(output_dir(cfg) / "metrics.json", metrics)
+    if logger is not None:
+        logger.log_metrics(numeric(metrics))
+        if grid is not None and grid.is_file() and hasattr(logger, "log_image"):
+            logger.log_image(key="distilled/grid", images=[str(grid)])
+    summary = {k: v for k, v in numeric(metrics).items() if k.startswith("student/") and "acc" in k}
+    if summary:
+        log.info("result: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    return metrics
+
+
+# -- tasks --------------------------------------------------------------------------------
+def run_experiment(cfg: DictConfig) -> dict:
+    """Distill, then evaluate the distilled set (the default task)."""
+    data, method, generator = prepare_distillation(cfg)
+    build(cfg.eval)  # fail on a bad eval config before spending time on distillation
+    logger = make_logger(cfg)
+    distilled, _ = distill(cfg, data, method, generator)
+    metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
+               **distill_metrics(distilled, generator)}
+    metrics.update(evaluate(cfg, distilled, data, logger))
+    return finish(cfg, metrics, logger, output_dir(cfg) / "figures" / "grid.png")
+
+
+def distill_only(cfg: DictConfig) -> dict:
+    data, method, generator = prepare_distillation(cfg)
+    logger = make_logger(cfg)
+    distilled, _ = distill(cfg, data, method, generator)
+    metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
+               **distill_metrics(distilled, generator)}
+    return finish(cfg, metrics, logger, output_dir(cfg) / "figures" / "grid.png")
+
+
+def evaluate_only(cfg: DictConfig) -> dict:
+    """Evaluate an existing distilled folder (``eval.distilled_dir=<folder>``)."""
+    folder = cfg.eval.get("distilled_dir")
+    if not folder:
+        raise UserError("task=evaluate needs eval.distilled_dir=<folder of class folders>")
+    data = build(cfg.dataset)
+    distilled = load_distilled(Path(folder), data)
+    ipc = max(distilled.per_class_counts(data.num_classes))
+    manifest = read_manifest(Path(folder))
+    logger = make_logger(cfg)
+    OmegaConf.update(cfg, "ipc", ipc, force_add=True)
+    metrics = {"method": manifest.get("method", "external"), "dataset": data.name, "ipc": ipc,
+               "distilled_dir": str(folder), **evaluate(cfg, distilled, data, logger)}
+    return finish(cfg, metrics, logger)
+
+
+def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:
+    """Train the self-trained generator for this dataset + config into the cache."""
+    if "load_or_train" not in str(cfg.generator.get("_target_", "")):
+        raise UserError(f"generator {cfg.generator.get('name')} is not trained by this framework "
+                        "(task=train_generator works with generator=dit_tiny or unet_tiny)")
+    data = build(cfg.dataset)
+    generator = build(cfg.generator, data=data, retrain=retrain)
+    metrics = {"dataset": data.name, "generator": generator.name,
+               "generator/folder": str(generator.folder), **generator.train_meta}
+    return finish(cfg, metrics, make_logger(cfg))
+
+
+def close_loggers() -> None:
+    """Finish the wandb run if one is open, so each multirun job gets its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
