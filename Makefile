@@ -1,0 +1,48 @@
+# Dataset distillation with diffusion models -- `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FAISS ?= faiss-cpu            # faiss-cpu | faiss-gpu (exactly one provides the module `faiss`)
+STAMP := $(VENV)/.installed-$(FAISS)
+QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
+
+.PHONY: help install run test test-full bench data format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with the pinned dependency set (idempotent)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first: `torch==2.13.0` resolves to the local CPU wheel here, the CUDA build elsewhere
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	@# exactly one faiss build: remove the others before installing the chosen one
+	$(BIN)/pip uninstall -q -y faiss-cpu faiss-gpu faiss-gpu-cu12 >/dev/null 2>&1 || true
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(FAISS),dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: install ## quick start: random / unguided / MGD^3 on digits, IPC 10, accuracies side by side
+	$(BIN)/python run.py -m experiment=quickstart method=random,unguided,mgd3 hydra.sweep.dir=$(QUICKSTART_DIR)
+	@$(BIN)/python experiments/summarize.py $(QUICKSTART_DIR) --csv $(QUICKSTART_DIR)/summary.csv
+
+test: install ## fast tests (no network, no GPU)
+	$(BIN)/python -m pytest -q
+
+test-full: install ## all tests, slow ones included (GPU tests still need a GPU)
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+bench: install ## speed benchmarks (numbers go into the README)
+	$(BIN)/python experiments/bench_sampling.py
+
+data: ## install Fashion-MNIST (Debian package dataset-fashion-mnist) where apt exists
+	@command -v apt-get >/dev/null || { echo "error: apt-get not found; put the IDX files in a folder and set dataset.root=<dir>"; exit 2; }
+	$(if $(shell [ "$$(id -u)" = 0 ] && echo root),,sudo )apt-get install -y dataset-fashion-mnist
+
+format: install ## format the code with ruff
+	$(BIN)/ruff format ddcore mgd3 patchsel eval experiments tests run.py
+
+clean: ## remove logs and caches (not the environment)
+	rm -rf logs .cache .pytest_cache
