@@ -16,7 +16,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-import ddcore  # noqa: E402  (applies the torchvision import fix before anything loads it)
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -30,8 +29,9 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from ddcore.tasks import build, close_loggers
+    from ddcore.tasks import build, close_loggers, quiet_lightning
 
+    quiet_lightning()
     try:
         metrics = build(cfg.task)(cfg)
     except UserError as exc:

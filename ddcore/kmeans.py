@@ -44,7 +44,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 def _faiss_kmeans(faiss, x: torch.Tensor, k: int, seed: int, iterations: int) -> torch.Tensor:
     use_gpu = x.is_cuda and hasattr(faiss, "StandardGpuResources")
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed % (2**31), gpu=use_gpu,
-                      max_points_per_centroid=100000, verbose=False)
+                      min_points_per_centroid=1, max_points_per_centroid=100000, verbose=False)
     km.train(x.detach().cpu().numpy())
     return torch.from_numpy(km.centroids).to(x.device)
 

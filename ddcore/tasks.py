@@ -204,6 +204,15 @@ def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:
     return finish(cfg, metrics, make_logger(cfg))
 
 
+def quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO with their own handler when imported, which repeats
+    every line through Hydra's handler; our ProgressLog lines say what matters."""
+    import lightning.pytorch  # noqa: F401  (import first: it resets the levels on import)
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def close_loggers() -> None:
     """Finish the wandb run if one is open, so each multirun job gets its own."""
     wandb = sys.modules.get("wandb")

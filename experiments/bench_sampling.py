@@ -15,13 +15,13 @@ import time
 
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ddcore  # noqa: E402,F401
 import torch  # noqa: E402
 
+import ddcore  # noqa: E402,F401
 from ddcore.data.small import digits  # noqa: E402
-from ddcore.generators.self_trained import build_denoiser, null_label_of  # noqa: E402
 from ddcore.generators.base import LatentCodec  # noqa: E402
 from ddcore.generators.dit import class_conditional  # noqa: E402
+from ddcore.generators.self_trained import build_denoiser, null_label_of  # noqa: E402
 from ddcore.sampling import sample_latents  # noqa: E402
 from ddcore.seeding import rng_for  # noqa: E402
 from mgd3.guidance import ModeGuidance  # noqa: E402

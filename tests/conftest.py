@@ -9,13 +9,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-import ddcore  # noqa: E402,F401  (torchvision import fix)
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+import ddcore  # noqa: E402,F401  (torchvision import fix)
 from ddcore.schemas import register  # noqa: E402
 
 register()

@@ -58,13 +58,18 @@ def test_generator_with_other_classes_is_refused(tmp_path):
 def test_multirun_makes_one_folder_per_override(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", "method=mgd3", "method.t_sg=0,25,50",
-           "method.lam=0.1", "ipc=2", "debug=tiny", "logger=none", "eval.epochs=1",
+           "method.lam=0.1", "ipc=2", "debug=tiny", "logger=wandb", "eval.epochs=1",
            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folders = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert folders == [f"debug=tiny,eval.epochs=1,ipc=2,method.lam=0.1,method.t_sg={t},method=mgd3"
                        for t in (0, 25, 50)]  # logger and paths are left out of the names
+    run_ids = set()
     for name in folders:
         assert (sweep / name / "metrics.json").is_file()
         assert len(list((sweep / name / "distilled").glob("*/*.png"))) == 20
+        wandb_runs = list((sweep / name / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 1  # one wandb run per job, finished before the next starts
+        run_ids.add(wandb_runs[0].name.rsplit("-", 1)[-1])
+    assert len(run_ids) == 3

@@ -5,13 +5,13 @@ import logging
 import pickle
 from pathlib import Path
 
-import ddcore  # noqa: F401  (torchvision import fix before anything else)
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+import ddcore  # noqa: F401  (torchvision import fix before anything else)
 from ddcore.data.cifar import cifar10, cifar100
 from ddcore.data.classes import subset_wnids
 from ddcore.data.folders import image_folder, imagenet_subset, tinyimagenet

@@ -1,8 +1,8 @@
 """DiT loading: tiny models saved in the hub layout and loaded back offline; null class."""
 
-import torch
 import pytest
-from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler
 
 from ddcore.data.small import digits
 from ddcore.errors import UserError

@@ -12,12 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
 
 import pytest
 import torch
-
-import ddcore  # noqa: F401  (torchvision import fix before diffusers/transformers)
-from diffusers import (AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel,
-                       UNet2DModel, VQModel)
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    PNDMScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+    VQModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+import ddcore  # noqa: F401  (torchvision import fix before diffusers/transformers)
 from ddcore.data.base import ImageClassificationData, TensorSource
 from ddcore.data.classes import imagenet1k_wnids, subset_wnids, wnid_names
 from ddcore.errors import UserError

@@ -1,11 +1,10 @@
 """MGD^3 against its unguided baseline: equality where guidance is off, pull where it is on."""
 
 import torch
-import pytest
 
-from ddcore.tasks import build, prepare_distillation
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
+from ddcore.tasks import prepare_distillation
 from mgd3.guidance import ModeGuidance
 from mgd3.modes import modes_for_class
 

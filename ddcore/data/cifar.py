@@ -10,8 +10,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ddcore.data.base import ImageClassificationData, TensorSource, folder_safe, require_dir
-from ddcore.data.base import resize_images, to_uint8
+from ddcore.data.base import (
+    ImageClassificationData,
+    TensorSource,
+    folder_safe,
+    require_dir,
+    resize_images,
+    to_uint8,
+)
 from ddcore.errors import UserError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"

@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddcore.data.base import ImageClassificationData, TensorSource, folder_safe, require_dir
-from ddcore.data.base import resize_images, to_uint8
+from ddcore.data.base import (
+    ImageClassificationData,
+    TensorSource,
+    folder_safe,
+    require_dir,
+    resize_images,
+    to_uint8,
+)
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"]

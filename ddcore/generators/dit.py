@@ -6,15 +6,16 @@ model's config (diffusers' DiTPipeline hard-codes 1000, which is wrong for any o
 
 from __future__ import annotations
 
-import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel, DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 
 from ddcore.data.base import ImageClassificationData
-from ddcore.generators.base import ClassConditionalGenerator, LatentCodec, VAECodec
-from ddcore.generators.base import imagenet_class_map
-from ddcore.generators.pretrained import load_component
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ddcore.generators.base import (
+    ClassConditionalGenerator,
+    LatentCodec,
+    VAECodec,
+    imagenet_class_map,
+)
+from ddcore.generators.pretrained import load_component, torch_dtype
 
 
 def build_dit(in_channels: int, sample_size: int, num_classes: int, learned_variance: bool = False,
@@ -51,10 +52,10 @@ def load_dit(data: ImageClassificationData, path: str = "facebook/DiT-XL-2-256",
     checkpoint's own ``vae/`` subfolder. ``class_space`` says how dataset labels map to model
     classes: ``imagenet1k`` (by wnid) or ``dataset`` (identity, counts must match).
     """
-    torch_dtype = DTYPES[dtype]
-    transformer = load_component(DiTTransformer2DModel, path, "transformer", torch_dtype=torch_dtype)
-    vae_model = (load_component(AutoencoderKL, vae, None, torch_dtype=torch_dtype) if vae
-                 else load_component(AutoencoderKL, path, "vae", torch_dtype=torch_dtype))
+    weights = torch_dtype(dtype)
+    transformer = load_component(DiTTransformer2DModel, path, "transformer", torch_dtype=weights)
+    vae_model = (load_component(AutoencoderKL, vae, None, torch_dtype=weights) if vae
+                 else load_component(AutoencoderKL, path, "vae", torch_dtype=weights))
     scheduler = load_component(DDPMScheduler, path, "scheduler")
     model_classes = dit_null_label(transformer)
     class_map = map_classes(data, model_classes, class_space, name)

@@ -8,6 +8,7 @@ later run with the same key. Label dropout to the null class (explicit generator
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ddcore.data.base import ImageClassificationData, resize_images
@@ -26,7 +28,6 @@ from ddcore.errors import UserError
 from ddcore.generators.base import ClassConditionalGenerator, LatentCodec
 from ddcore.generators.dit import build_dit, class_conditional
 from ddcore.progress import ProgressLog
-from lightning.pytorch.loggers import CSVLogger
 
 log = logging.getLogger(__name__)
 FAMILIES = ("dit", "unet")
@@ -60,9 +61,11 @@ class DenoiserTraining(pl.LightningModule):
     """eps-prediction DDPM training: L = ||eps_theta(x_t, t, y) - eps||^2."""
 
     def __init__(self, denoiser, scheduler: DDPMScheduler, null_label: int, lr: float,
-                 warmup_steps: int, label_dropout: float, seed: int):
+                 warmup_steps: int, label_dropout: float, seed: int, ema_decay: float = 0.0):
         super().__init__()
         self.denoiser = denoiser
+        self.ema_decay = ema_decay
+        self.ema = copy.deepcopy(denoiser).requires_grad_(False) if ema_decay > 0 else None
         self.scheduler = scheduler
         self.null_label = null_label
         self.lr, self.warmup_steps = lr, warmup_steps
@@ -91,6 +94,20 @@ class DenoiserTraining(pl.LightningModule):
         self.log("generator/loss", loss, prog_bar=True)
         return loss
 
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """EMA of the weights, with the usual warm-up (n+1)/(n+10) so early steps count."""
+        if self.ema is None:
+            return
+        step = self.global_step
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.ema.parameters(), self.denoiser.parameters()):
+            ema_p.lerp_(p, 1.0 - decay)
+
+    def sampling_model(self):
+        """The weights to sample with: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.denoiser
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.denoiser.parameters(), lr=self.lr, weight_decay=0.0)
         warmup = torch.optim.lr_scheduler.LambdaLR(
@@ -114,7 +131,8 @@ def train_denoiser(data: ImageClassificationData, spec: dict, out_dir: Path, tra
     scheduler = DDPMScheduler(**spec["schedule"])
     module = DenoiserTraining(denoiser, scheduler, null_label_of(denoiser), lr=train["lr"],
                               warmup_steps=train["warmup_steps"],
-                              label_dropout=train["label_dropout"], seed=spec["seed"])
+                              label_dropout=train["label_dropout"], seed=spec["seed"],
+                              ema_decay=train.get("ema_decay", 0.0))
     images = resize_images(data.train.load(range(len(data.train))), spec["resolution"])
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(images, data.train.labels), batch_size=train["batch_size"],
@@ -132,7 +150,7 @@ def train_denoiser(data: ImageClassificationData, spec: dict, out_dir: Path, tra
     start = time.perf_counter()
     trainer.fit(module, loader)
     seconds = time.perf_counter() - start
-    denoiser.save_pretrained(out_dir / "denoiser")
+    module.sampling_model().save_pretrained(out_dir / "denoiser")
     scheduler.save_config(out_dir / "scheduler")
     return {"train_seconds": round(seconds, 1), "parameters": n_params,
             "final_loss": float(trainer.callback_metrics.get("generator/loss", float("nan")))}
@@ -140,7 +158,7 @@ def train_denoiser(data: ImageClassificationData, spec: dict, out_dir: Path, tra
 
 def load_saved(folder: Path, family: str):
     cls = DiTTransformer2DModel if family == "dit" else UNet2DModel
-    return cls.from_pretrained(folder / "denoiser", low_cpu_mem_usage=False), dict(DDPMScheduler.load_config(folder / "scheduler"))
+    return cls.from_pretrained(folder / "denoiser"), dict(DDPMScheduler.load_config(folder / "scheduler"))
 
 
 def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str = "dit",

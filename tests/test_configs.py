@@ -1,0 +1,69 @@
+"""Every config group composes with the others that make sense; schemas catch typos early."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ddcore.cli import GROUPS, check_group_choices, group_options
+from tests.conftest import CONF
+
+GENERATOR_ARGS = {  # what each loader's signature takes besides the dataset
+    "dit_tiny": {"cache_dir", "family", "arch", "train", "schedule", "resolution", "cfg_scale",
+                 "seed", "name", "retrain", "trainer_kwargs", "probe_per_class", "overrides"},
+}
+
+
+def resolved(cfg):
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+
+
+@pytest.mark.parametrize("group", ["dataset", "generator", "method", "eval", "trainer", "logger",
+                                   "task", "experiment", "debug"])
+def test_every_option_composes_and_resolves(make_cfg, group):
+    for option in group_options(CONF, group):
+        extra = ["dataset.root=/some/dir"] if option == "image_folder" else []
+        cfg = make_cfg(f"{group}={option}", *extra, tiny=False)
+        resolved(cfg)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "fashion_mnist", "imagenette", "cifar10"])
+@pytest.mark.parametrize("generator", ["dit_tiny", "unet_tiny", "dit_xl2", "sd15", "ldm"])
+@pytest.mark.parametrize("method", ["mgd3", "unguided", "random"])
+def test_groups_compose_with_each_other(make_cfg, dataset, generator, method):
+    cfg = make_cfg(f"dataset={dataset}", f"generator={generator}", f"method={method}")
+    assert resolved(cfg)["generator"]["_target_"]
+
+
+@pytest.mark.parametrize("method", ["mgd3", "unguided", "random"])
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_methods_trainers_eval_instantiate(make_cfg, method, trainer):
+    cfg = make_cfg(f"method={method}", f"trainer={trainer}")
+    assert instantiate(cfg.method).name == method
+    assert instantiate(cfg.eval).repeats == 1
+    assert callable(instantiate(cfg.trainer))
+
+
+def test_misspelt_method_key_fails_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("method.lamm=0.1")
+
+
+def test_wrong_type_fails_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("method.t_sg=abc")
+
+
+def test_defaults_are_the_documented_job(make_cfg):
+    cfg = make_cfg("logger=wandb", tiny=False)  # the fixture's base sets logger=none
+    assert (cfg.ipc, cfg.method.lam, cfg.method.t_sg, cfg.method.steps) == (10, 0.1, 25, 50)
+    assert cfg.generator.name == "dit_tiny" and cfg.dataset._target_.endswith("digits")
+    assert cfg.logger.mode == "offline"
+
+
+def test_unknown_choice_names_the_options():
+    line = check_group_choices(["method=mgd4"], CONF)
+    assert line.startswith("error: unknown method 'mgd4'") and "mgd3" in line
+    assert check_group_choices(["method=mgd3,random", "ipc=3"], CONF) is None
+    assert set(GROUPS) >= {"dataset", "generator", "method", "eval"}
