@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-FAISS ?= faiss-cpu            # faiss-cpu | faiss-gpu (exactly one provides the module `faiss`)
+# faiss-cpu | faiss-gpu: exactly one build provides the module `faiss` (make install FAISS=faiss-gpu)
+FAISS ?= faiss-cpu
 STAMP := $(VENV)/.installed-$(FAISS)
 QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 
