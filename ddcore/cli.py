@@ -32,6 +32,7 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> str | None:
 def fail(message: str, output_dir: Path | None = None) -> None:
     """Print one line, remove the run folder Hydra made for this job, exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
-    if output_dir is not None and output_dir.is_dir() and output_dir.resolve() != Path.cwd():
+    if (output_dir is not None and output_dir.is_dir() and output_dir.resolve() != Path.cwd()
+            and not (output_dir / "distilled").exists()):  # never delete a run being resumed
         shutil.rmtree(output_dir, ignore_errors=True)
     sys.exit(2)

@@ -1,17 +1,19 @@
-"""A distilled set in memory, and its folder form: ``<class_id>/<i:06d>.png`` + ``manifest.json``."""
+"""A distilled set in memory, and its folder form: ``<class_id>/<i:06d>.png`` + ``manifest.json``.
+
+The folder is written class by class (markers under ``.done/``; ``ddcore.class_writer``);
+readers skip hidden entries, so any class-per-folder image set loads the same way.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ddcore.class_writer import MANIFEST, read_markers, write_class, write_manifest
 from ddcore.data.base import ImageClassificationData, load_image_file, to_uint8
 from ddcore.errors import UserError
 
@@ -34,34 +36,35 @@ class DistilledSet:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
 
 
-def _save_png(image01: torch.Tensor, path: Path) -> None:
-    arr = to_uint8(image01).permute(1, 2, 0).numpy()
-    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(path)
-
-
 def save_distilled(distilled: DistilledSet, data: ImageClassificationData, out_dir: Path,
                    manifest: dict) -> Path:
-    """Write the set under ``out_dir`` atomically: build ``out_dir.tmp`` then rename it."""
+    """Write a whole set under ``out_dir`` (replacing what is there), one class at a time.
+
+    Every PNG and every class marker is written atomically and ``manifest.json`` comes last, so
+    a killed write leaves no truncated image and no manifest (``ddcore.class_writer``).
+    """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    files = []
-    counters = [0] * data.num_classes
-    for i, label in enumerate(distilled.labels.tolist()):
-        class_dir = tmp / data.class_ids[label]
-        class_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{counters[label]:06d}.png"
-        counters[label] += 1
-        _save_png(distilled.images[i], class_dir / name)
-        files.append({"file": f"{data.class_ids[label]}/{name}", "label": label,
-                      **{k: v[i] for k, v in distilled.info.items()}})
-    manifest = {**manifest, "classes": data.class_ids, "class_names": data.class_names,
-                "images": files}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    labels = distilled.labels.tolist()
+    for label in range(data.num_classes):
+        rows = [i for i, y in enumerate(labels) if y == label]
+        info = {k: [v[i] for i in rows] for k, v in distilled.info.items()}
+        write_class(out_dir, data, label, distilled.images[rows], info)
+    write_manifest(out_dir, data, manifest)
     return out_dir
+
+
+def load_complete(out_dir: Path, data: ImageClassificationData) -> DistilledSet:
+    """The set as its class markers list it: images read back from the PNGs, per-image info."""
+    entries = [entry for marker in read_markers(out_dir, data).values()
+               for entry in marker["images"]]
+    images = [load_image_file(Path(out_dir) / e["file"], data.resolution, data.channels)
+              for e in entries]
+    keys = [k for k in (entries[0] if entries else {}) if k not in ("file", "label")]
+    return DistilledSet(torch.stack(images),
+                        torch.as_tensor([e["label"] for e in entries], dtype=torch.long),
+                        info={k: [e.get(k) for e in entries] for k in keys})
 
 
 def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
@@ -69,7 +72,7 @@ def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"distilled folder not found: {folder} (give eval.distilled_dir=<folder>)")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [p.name for p in class_dirs if p.name not in data.class_ids]
     if unknown:
         raise UserError(f"{folder}: class folders {unknown[:3]} are not classes of {data.name} "

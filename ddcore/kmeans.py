@@ -1,4 +1,8 @@
-"""k-means: faiss when installed (GPU index when the data is on a GPU), a torch fallback otherwise."""
+"""Clustering for mode discovery and selection baselines.
+
+k-means: faiss when installed (GPU index when the data is on a GPU), a torch fallback otherwise.
+Also: the distinct real point closest to each centroid, and DBSCAN cluster means.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,63 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int, iterations: int = 50,
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x.float().flatten(1), centroids.to(x.device)).argmin(dim=1)
+
+
+def closest_points(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of a distinct point of ``x`` (n, d) for each centroid (k, d), k <= n.
+
+    Greedy over the closest remaining (centroid, point) pair, so two centroids never share a
+    point (a real image appears once in a distilled set) and ties resolve the same way each run.
+    """
+    dist = torch.cdist(centroids.float().flatten(1), x.float().flatten(1).to(centroids.device))
+    chosen = torch.full((len(centroids),), -1, dtype=torch.long)
+    for _ in range(len(centroids)):
+        flat = int(dist.argmin())
+        c, i = divmod(flat, dist.shape[1])
+        chosen[c] = i
+        dist[c, :] = float("inf")
+        dist[:, i] = float("inf")
+    return chosen
+
+
+def dbscan_means(x: torch.Tensor, k: int, *, seed: int, eps: float | None = None,
+                 min_samples: int = 5, iterations: int = 50, backend: str = "auto") -> torch.Tensor:
+    """Means of the k largest DBSCAN clusters of the rows of ``x`` -> (k, d).
+
+    ``eps`` None picks the median radius that holds ``min_samples`` points around a point
+    (``knn_radius``), so about half of the points are core points whatever the latent scale. When
+    DBSCAN finds fewer than k clusters, the missing means are k-means centroids of the points
+    outside the clusters (its noise points; all points if there are too few of them), so that
+    every sample still gets its own mode.
+    """
+    from sklearn.cluster import DBSCAN
+
+    if k > len(x):
+        raise ValueError(f"DBSCAN modes with k={k} need at least {k} points, got {len(x)}")
+    x = x.float().flatten(1)
+    eps = float(eps) if eps is not None else knn_radius(x, min_samples)
+    labels = torch.from_numpy(DBSCAN(eps=eps, min_samples=min_samples).fit(
+        x.cpu().numpy()).labels_).to(x.device)
+    ids, counts = torch.unique(labels[labels >= 0], return_counts=True)
+    largest = ids[torch.argsort(-counts, stable=True)][:k]
+    means = [x[labels == c].mean(dim=0) for c in largest.tolist()]
+    if len(means) < k:
+        rest = x[~torch.isin(labels, largest)]
+        pool = rest if len(rest) >= k - len(means) else x
+        log.info(f"DBSCAN (eps={eps:.3g}) found {len(means)} clusters for k={k}; "
+                 f"{k - len(means)} modes from k-means of {len(pool)} remaining points")
+        fill, _ = kmeans(pool, k - len(means), seed=seed, iterations=iterations, backend=backend)
+        means.extend(fill)
+    return torch.stack(means)
+
+
+def knn_radius(x: torch.Tensor, neighbours: int) -> float:
+    """Median distance from a point to the farthest of its ``neighbours`` nearest points (itself
+    included, as DBSCAN's ``min_samples`` counts it): half the points are core points."""
+    if len(x) < 2:
+        return 1.0
+    nth = max(1, min(neighbours - 1, len(x) - 1))
+    return float(torch.cdist(x, x).sort(dim=1).values[:, nth].median())
 
 
 def _faiss_kmeans(faiss, x: torch.Tensor, k: int, seed: int, iterations: int) -> torch.Tensor:

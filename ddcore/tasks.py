@@ -23,9 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddcore.data.base import ImageClassificationData
-from ddcore.distilled import DistilledSet, load_distilled, read_manifest, save_distilled
+from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.errors import UserError
 from ddcore.figures import save_grid
+from ddcore.result_logging import Report, log_results, report_run
+from ddcore.sharding import bind_device, current_shard, distill_to_folder
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +111,36 @@ def prepare_distillation(cfg: DictConfig):
     method.validate(data, ipc)
     generator = None
     if method.uses_generator:
-        generator = build(cfg.generator, data=data).to(resolve_device(cfg.trainer.accelerator))
+        device = bind_device(resolve_device(cfg.trainer.accelerator))  # cuda:<local rank>
+        generator = build(cfg.generator, data=data).to(device)
     return data, method, generator
 
 
 def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Path]:
-    distilled = method.distill(data, cfg.ipc, cfg.seed, generator=generator)
     manifest = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
                 "generator": getattr(generator, "name", None), "git_commit": git_commit(),
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "config": resolved_config(cfg)}
-    folder = save_distilled(distilled, data, output_dir(cfg) / "distilled", manifest)
-    save_grid(distilled, data, output_dir(cfg) / "figures" / "grid.png")
-    log.info(f"distilled set written to {folder}")
+    folder = output_dir(cfg) / "distilled"
+    # classes sharded over ranks (torchrun/SLURM), written atomically; a rerun resumes
+    distilled = distill_to_folder(method, data, cfg.ipc, cfg.seed, generator, folder, manifest,
+                                  precision=cfg.get("sample_precision"))
+    save_modes(method, data, folder)
+    if current_shard().is_main:
+        save_grid(distilled, data, output_dir(cfg) / "figures" / "grid.png")
+        log.info(f"distilled set written to {folder}")
     return distilled, folder
+
+
+def save_modes(method, data, folder: Path) -> None:
+    """Modes (k-means centroids) this process found, as ``.modes/<class_id>.pt`` beside the set."""
+    modes = getattr(method, "modes", None) or {}
+    for label, tensor in modes.items():
+        path = folder / ".modes" / f"{data.class_ids[label]}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(tensor.detach().cpu(), tmp)
+        os.replace(tmp, path)
 
 
 def distill_metrics(distilled: DistilledSet, generator) -> dict:
@@ -142,12 +160,22 @@ def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger) -> dict:
     return protocol.evaluate(distilled, data, cfg.ipc, cfg.seed, trainer_factory, logger)
 
 
-def finish(cfg: DictConfig, metrics: dict, logger, grid: Path | None = None) -> dict:
+def report(cfg: DictConfig, data, distilled: DistilledSet, generator, metrics: dict) -> Report:
+    """Set metrics (merged into ``metrics``) and the figures/ of a run."""
+    result = report_run(output_dir(cfg), data, distilled, generator=generator,
+                        histories=metrics.get("student/histories"), seed=cfg.get("seed", 0),
+                        **cfg.get("report", {}))
+    metrics.update(result.metrics)
+    return result
+
+
+def finish(cfg: DictConfig, metrics: dict, logger, result: Report | None = None) -> dict:
+    """Write metrics.json and log numbers, figures and tables (rank 0 only)."""
+    if not current_shard().is_main:
+        return metrics
     write_json(output_dir(cfg) / "metrics.json", metrics)
-    if logger is not None:
-        logger.log_metrics(numeric(metrics))
-        if grid is not None and grid.is_file() and hasattr(logger, "log_image"):
-            logger.log_image(key="distilled/grid", images=[str(grid)])
+    log_results(logger, metrics, result.per_class if result else None,
+                result.figures if result else None, config=resolved_config(cfg))
     summary = {k: v for k, v in numeric(metrics).items() if k.startswith("student/") and "acc" in k}
     if summary:
         log.info("result: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
@@ -156,15 +184,19 @@ def finish(cfg: DictConfig, metrics: dict, logger, grid: Path | None = None) -> 
 
 # -- tasks --------------------------------------------------------------------------------
 def run_experiment(cfg: DictConfig) -> dict:
-    """Distill, then evaluate the distilled set (the default task)."""
+    """Distill, then evaluate the distilled set (the default task); with
+    ``eval.distilled_dir=<folder>`` evaluate that folder instead (any class-per-folder set)."""
+    if cfg.eval.get("distilled_dir"):
+        return evaluate_only(cfg)
     data, method, generator = prepare_distillation(cfg)
-    build(cfg.eval)  # fail on a bad eval config before spending time on distillation
+    protocol = build(cfg.eval)  # fail on a bad eval config before spending time on distillation
+    protocol.prepare(data, cfg.seed, build(cfg.trainer))  # soft labels: teacher loaded + checked now
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
     metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
                **distill_metrics(distilled, generator)}
     metrics.update(evaluate(cfg, distilled, data, logger))
-    return finish(cfg, metrics, logger, output_dir(cfg) / "figures" / "grid.png")
+    return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
 
 def distill_only(cfg: DictConfig) -> dict:
@@ -173,7 +205,7 @@ def distill_only(cfg: DictConfig) -> dict:
     distilled, _ = distill(cfg, data, method, generator)
     metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
                **distill_metrics(distilled, generator)}
-    return finish(cfg, metrics, logger, output_dir(cfg) / "figures" / "grid.png")
+    return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
 
 def evaluate_only(cfg: DictConfig) -> dict:
@@ -189,7 +221,7 @@ def evaluate_only(cfg: DictConfig) -> dict:
     OmegaConf.update(cfg, "ipc", ipc, force_add=True)
     metrics = {"method": manifest.get("method", "external"), "dataset": data.name, "ipc": ipc,
                "distilled_dir": str(folder), **evaluate(cfg, distilled, data, logger)}
-    return finish(cfg, metrics, logger)
+    return finish(cfg, metrics, logger, report(cfg, data, distilled, None, metrics))
 
 
 def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:

@@ -1,32 +1,42 @@
-"""Lightning module that trains a student on a distilled set and tests it on real data."""
+"""Lightning module that trains a student on a set held on its device and tests it on real data.
+
+The train set is a buffer of the module (uint8, moved to the device with it); the train
+DataLoader yields only shuffled indices, so an epoch costs one gather, whole-batch tensor
+augmentation and CutMix, and the forward/backward. Test accuracy is a torchmetrics Accuracy.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
 
-from eval.augment import random_resized_crop
+from ddcore.progress import ProgressLog
+from eval.augment import BatchAugment, make_cutmix
+from eval.batches import TrainSet, as_float
 
 
 class StudentModule(pl.LightningModule):
-    """Hard-label training: augment on the device, cross-entropy, SGD + MultiStepLR.
+    """Hard labels: augment -> CutMix (mixed one-hot targets) -> cross-entropy; SGD + MultiStepLR.
 
     Tracks the test accuracy of every evaluation; ``best_acc`` and ``final_acc`` are both
     reported because the best-of-run number peeks at the test set.
     """
 
-    def __init__(self, student: torch.nn.Module, num_classes: int, epochs: int, lr: float,
-                 momentum: float, weight_decay: float, milestones: tuple[float, ...],
-                 gamma: float, augment: dict, seed: int, prefix: str = "student"):
+    def __init__(self, student: torch.nn.Module, num_classes: int, epochs: int, optim: dict,
+                 augment: BatchAugment | None, cutmix: float = 0.0, train: TrainSet | None = None,
+                 prefix: str = "student"):
         super().__init__()
         self.student = student
-        self.epochs = epochs
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.milestones, self.gamma = milestones, gamma
+        self.num_classes, self.epochs, self.optim = num_classes, epochs, dict(optim)
         self.augment = augment
-        self.aug_rng = torch.Generator().manual_seed(seed)
+        self.cutmix = make_cutmix(num_classes, cutmix)
+        held = train is not None and train.images is not None
+        self.register_buffer("bank", train.images if held else None, persistent=False)
+        self.register_buffer("bank_labels", train.labels if held else None, persistent=False)
         self.prefix = prefix
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.history: list[tuple[int, float]] = []
@@ -34,18 +44,27 @@ class StudentModule(pl.LightningModule):
     def forward(self, x):
         return self.student(x)
 
+    def train_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1], augmented, and their labels."""
+        if self.bank is not None:
+            x, y = self.bank[batch], self.bank_labels[batch]
+        else:
+            x, y = batch
+        x = as_float(x)
+        return (self.augment(x) if self.augment is not None else x), y
+
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        if self.augment.get("enabled", True):
-            x = random_resized_crop(x, self.aug_rng, scale=tuple(self.augment["scale"]),
-                                    flip=self.augment["flip"])
-        loss = F.cross_entropy(self(x), y)
+        x, y = self.train_batch(batch)
+        target = y
+        if self.cutmix is not None:
+            x, target = self.cutmix(x, y)
+        loss = F.cross_entropy(self(x).float(), target)
         self.log(f"{self.prefix}/train_loss", loss, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.test_acc.update(self(x).argmax(dim=1), y)
+        self.test_acc.update(self(as_float(x)).argmax(dim=1), y)
 
     def on_validation_epoch_end(self):
         acc = float(self.test_acc.compute())
@@ -62,8 +81,25 @@ class StudentModule(pl.LightningModule):
         return max(acc for _, acc in self.history)
 
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.student.parameters(), lr=self.lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay)
-        steps = sorted({max(1, round(self.epochs * m)) for m in self.milestones})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=self.gamma)
+        o = self.optim
+        opt = torch.optim.SGD(self.student.parameters(), lr=o["lr"], momentum=o["momentum"],
+                              weight_decay=o["weight_decay"])
+        steps = sorted({max(1, round(self.epochs * m)) for m in o["milestones"]})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=o["gamma"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def fit(module: StudentModule, train_loader, test_loader, epochs: int, evals: int,
+        trainer_factory: Callable[..., pl.Trainer], logger=None, prefix: str = "student",
+        **trainer_kwargs) -> StudentModule:
+    """Train for ``epochs``, testing every ``epochs // evals`` epochs and after the last one."""
+    every = max(1, epochs // max(1, evals))
+    trainer = trainer_factory(max_epochs=epochs, logger=logger or False,
+                              check_val_every_n_epoch=every, num_sanity_val_steps=0,
+                              callbacks=[ProgressLog(prefix, every_s=15)],
+                              enable_checkpointing=False, enable_progress_bar=False,
+                              enable_model_summary=False, log_every_n_steps=1, **trainer_kwargs)
+    trainer.fit(module, train_loader, test_loader)
+    if epochs % every:
+        trainer.validate(module, test_loader, verbose=False)
+    return module

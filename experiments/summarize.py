@@ -1,7 +1,14 @@
-"""Table of a sweep: one row per job of a Hydra multirun folder, from each job's metrics.json.
+"""Table of a sweep: one row per config of a Hydra multirun folder, mean ± std over its jobs.
 
-    python experiments/summarize.py logs/multiruns/<time>            # Markdown to stdout
-    python experiments/summarize.py <dir> --csv table.csv             # also write CSV
+    python experiments/summarize.py logs/multiruns/<time>                 # Markdown to stdout
+    python experiments/summarize.py <dir> --csv table.csv                 # also write CSV
+    python experiments/summarize.py <dir> --curves tsg_lam.png            # accuracy vs t_SG (Fig. 4a)
+
+A job is a folder with a ``metrics.json``. Its config is what its ``.hydra/overrides.yaml`` says
+(else the folder name, which Hydra builds from the overrides). Jobs that differ only by ``seed``
+(or logger/path settings) are one config: accuracies are pooled over all their students (seeds x
+repeats), other metrics averaged over jobs. The config column shows the overrides that vary.
+For the curves, t_sg and lam come from the overrides or from ``distilled/manifest.json``.
 """
 
 from __future__ import annotations
@@ -9,56 +16,249 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-COLUMNS = [("method", "method"), ("ipc", "ipc"),
-           ("student/final_acc_mean", "final top-1"), ("student/final_acc_std", "±"),
-           ("student/best_acc_mean", "best top-1"), ("student/best_acc_std", "±"),
-           ("distill/seconds", "distill s"), ("student/seconds", "eval s")]
+import yaml
+
+# overrides that do not change what a job computes, or that a row averages over
+NOT_CONFIG = ("seed", "logger", "paths.", "hydra.", "dataset.root", "eval.distilled_dir")
+
+# (metrics.json key, column title, scale for display, digits); accuracies pool "<key>_runs"
+METRICS = [("student/final_acc", "final top-1", 100, 1), ("student/best_acc", "best top-1", 100, 1),
+           ("set/diversity_mean", "diversity", 1, 2),
+           ("set/representativeness_mean", "representativeness", 1, 2),
+           ("distill/seconds", "distill s", 1, 1), ("student/seconds", "eval s", 1, 1)]
 
 
-def collect(sweep_dir: Path) -> list[dict]:
+@dataclass
+class Job:
+    folder: Path
+    overrides: dict[str, str]
+    metrics: dict
+    manifest_config: dict = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple:
+        return tuple(sorted((k, v) for k, v in self.overrides.items() if not ignored(k)))
+
+    def setting(self, key: str):
+        """A config value: the override if there is one, else the manifest's resolved config."""
+        if key in self.overrides:
+            return parse_value(self.overrides[key])
+        node = self.manifest_config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+def ignored(key: str) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in NOT_CONFIG)
+
+
+def parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def read_job(folder: Path) -> Job:
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    if overrides_file.is_file():
+        overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or [])
+    else:  # Hydra's override_dirname: "a=1,b=2"
+        overrides = parse_overrides([p for p in folder.name.split(",") if "=" in p])
+    manifest_file = folder / "distilled" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    return Job(folder, overrides, json.loads((folder / "metrics.json").read_text()),
+               manifest.get("config", {}))
+
+
+def collect(sweep_dir: Path) -> list[Job]:
+    files = [sweep_dir / "metrics.json"] if (sweep_dir / "metrics.json").is_file() else \
+        sorted(sweep_dir.glob("*/metrics.json"))
+    return [read_job(f.parent) for f in files]
+
+
+# -- rows ----------------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def metric_values(jobs: list[Job], key: str) -> list[float]:
+    """Per-student values pooled over jobs when the jobs list them, else one value per job."""
+    values = []
+    for job in jobs:
+        runs = job.metrics.get(f"{key}_runs")
+        single = job.metrics.get(f"{key}_mean", job.metrics.get(key))
+        if isinstance(runs, list) and runs:
+            values += [float(v) for v in runs]
+        elif isinstance(single, (int, float)) and not isinstance(single, bool):
+            values.append(float(single))
+    return values
+
+
+def sort_key(identity: tuple) -> tuple:
+    """Numbers in numeric order (t_sg=5 before t_sg=10)."""
+    out = []
+    for key, value in identity:
+        parsed = parse_value(value)
+        out.append((key, 0, parsed, "") if isinstance(parsed, (int, float)) else (key, 1, 0, value))
+    return tuple(out)
+
+
+def group_jobs(jobs: list[Job]) -> list[dict]:
+    """One row per config: label, jobs, seeds, and (mean, std, n) per metric."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.identity, []).append(job)
+    varying = {k for ident in groups for k, v in ident
+               if any(dict(other).get(k) != v for other in groups)}
     rows = []
-    for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
-        row = json.loads(metrics_file.read_text())
-        row["job"] = metrics_file.parent.name
+    for identity in sorted(groups, key=sort_key):
+        members = groups[identity]
+        label = ",".join(f"{k}={v}" for k, v in identity if k in varying) or \
+            (",".join(f"{k}={v}" for k, v in identity) or "all")
+        row = {"config": label, "jobs": len(members), "members": members,
+               "method": unique(j.metrics.get("method") for j in members),
+               "ipc": unique(j.metrics.get("ipc") for j in members),
+               "seeds": unique(j.metrics.get("seed") for j in members)}
+        for key, *_ in METRICS:
+            values = metric_values(members, key)
+            row[key] = (*mean_std(values), len(values)) if values else None
         rows.append(row)
     return rows
 
 
-def cell(value) -> str:
-    if isinstance(value, float):
-        return f"{100 * value:.1f}" if value <= 1.0 else f"{value:.1f}"
-    return "" if value is None else str(value)
+def unique(values) -> str:
+    seen = []
+    for value in values:
+        if value is not None and value not in seen:
+            seen.append(value)
+    return "/".join(map(str, seen))
+
+
+# -- output --------------------------------------------------------------------------------------
+def cell(stat, scale: float, digits: int) -> str:
+    if stat is None:
+        return ""
+    mean, std, n = stat
+    text = f"{scale * mean:.{digits}f}"
+    return text + (f" ± {scale * std:.{digits}f}" if n > 1 else "")
+
+
+def shown_metrics(rows: list[dict]) -> list[tuple]:
+    return [m for m in METRICS if any(row[m[0]] is not None for row in rows)]
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["job"] + [title for _, title in COLUMNS]
+    metrics = shown_metrics(rows)
+    header = ["config", "method", "ipc", "jobs"] + [title for _, title, *_ in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["job"]] + [cell(row.get(key)) for key, _ in COLUMNS]
+        cells = [row["config"], row["method"], str(row["ipc"]), str(row["jobs"])]
+        cells += [cell(row[key], scale, digits) for key, _, scale, digits in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Raw numbers (accuracies as fractions): <metric>_mean, <metric>_std, <metric>_n."""
+    metrics = [key for key, *_ in shown_metrics(rows)]
+    base = {key: key.removesuffix("_mean") for key in metrics}  # set/diversity_mean -> set/diversity
+    fields = ["config", "method", "ipc", "jobs", "seeds"]
+    fields += [f"{base[key]}_{part}" for key in metrics for part in ("mean", "std", "n")]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            out = {k: row[k] for k in fields[:5]}
+            for key in metrics:
+                stat = row[key] or ("", "", 0)
+                out.update(zip((f"{base[key]}_mean", f"{base[key]}_std", f"{base[key]}_n"), stat))
+            writer.writerow(out)
+
+
+def save_curves(rows: list[dict], path: Path, metric: str = "student/final_acc") -> Path:
+    """Accuracy vs method.t_sg, one line per method.lam (MGD^3 Fig. 4a); configs without t_sg
+    (random, unguided) as dashed horizontal references."""
+    from matplotlib.figure import Figure
+
+    lines: dict = {}
+    references = []
+    for row in rows:
+        if row[metric] is None:
+            continue
+        job = row["members"][0]
+        t_sg, lam = job.setting("method.t_sg"), job.setting("method.lam")
+        if t_sg is None:
+            references.append((row["config"], row[metric]))
+        else:
+            lines.setdefault(lam, []).append((float(t_sg), *row[metric][:2]))
+    if not lines:
+        raise ValueError("no job has a method.t_sg (is this an MGD^3 sweep?)")
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    ax = fig.subplots()
+    for lam in sorted(lines, key=lambda v: (v is None, v)):
+        points = sorted(lines[lam])
+        x = [p[0] for p in points]
+        ax.errorbar(x, [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
+                    marker="o", capsize=3, label=f"λ = {lam}")
+    for i, (label, (mean, _std, _n)) in enumerate(references):
+        ax.axhline(100 * mean, linestyle="--", color=f"C{len(lines) + i}", label=label)
+    ax.set_xlabel("stop guidance t_SG (guidance on while step index > t_SG)")
+    ax.set_ylabel(f"{'final' if 'final' in metric else 'best'} test top-1 (%)")
+    ax.set_title("accuracy vs t_SG, one line per λ", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, facecolor="white")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    parser.add_argument("--curves", type=Path, default=None,
+                        help="PNG of accuracy vs method.t_sg, one line per method.lam")
+    parser.add_argument("--metric", choices=["final", "best"], default="final",
+                        help="accuracy drawn by --curves (default: final)")
     args = parser.parse_args(argv)
-    rows = collect(args.sweep_dir)
-    if not rows:
+    jobs = collect(args.sweep_dir)
+    if not jobs:
         print(f"error: no */metrics.json under {args.sweep_dir} (is it a multirun folder whose "
               "jobs finished?)", file=sys.stderr)
         return 2
+    unfinished = [p.name for p in sorted(args.sweep_dir.iterdir())
+                  if p.is_dir() and (p / ".hydra").is_dir() and not (p / "metrics.json").is_file()]
+    if unfinished:
+        print(f"note: {len(unfinished)} job(s) without metrics.json left out: "
+              f"{', '.join(unfinished[:3])}", file=sys.stderr)
+    rows = group_jobs(jobs)
     print(markdown(rows))
     if args.csv:
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["job"] + [k for k, _ in COLUMNS],
-                                    extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.csv)
+    if args.curves:
+        try:
+            save_curves(rows, args.curves, f"student/{args.metric}_acc")
+        except ValueError as exc:
+            print(f"error: --curves: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

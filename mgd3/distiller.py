@@ -1,8 +1,14 @@
-"""Distillation by sampling a generator: ``unguided`` (plain CFG sampling) and ``mgd3``.
+"""Distillation by sampling a generator: ``unguided``, ``mgd3`` and ``d4m``.
 
-Both run the same sampler with the same per-class random generators, so for lam = 0 (or
+All run the same sampler with the same per-class random generators, so for lam = 0 (or
 t_sg = steps) MGD^3 returns exactly the unguided images. All IPC samples of a class are denoised
-in one batch (``batch_size`` caps it when memory is short).
+in one batch (``batch_size`` caps it when memory is short). A method differs from ``unguided``
+only through three hooks per class: its modes (``class_modes``), a guidance hook built from
+them (``guidance``) and img2img start latents (``start_latents``).
+
+Per class, ``distill_class(data, label, ipc, seed, generator) -> (images, info)`` is the unit
+that sharded runs distribute; the modes of each class distilled are kept in ``self.modes``
+(label -> (ipc, C, H, W) tensor) and returned in ``DistilledSet.stats["modes"]``.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.distilled import DistilledSet
 from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator
-from ddcore.sampling import SAMPLERS, Guidance, sample_latents
+from ddcore.latent_cache import LatentCache
+from ddcore.sampling import SAMPLERS, Guidance, sample_latents, start_index
 from ddcore.seeding import rng_for
-from mgd3.guidance import ModeGuidance
-from mgd3.modes import modes_for_class
+from mgd3.guidance import ModeGuidance, check_injection
+from mgd3.modes import ModeDiscovery, modes_for_class
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +46,26 @@ class UnguidedSampling:
             raise UserError(f"unknown method.sampler {sampler!r} (use one of: {', '.join(SAMPLERS)})")
         self.steps, self.sampler, self.cfg_scale = steps, sampler, cfg_scale
         self.batch_size = batch_size
+        self.modes: dict[int, torch.Tensor] = {}
 
     def validate(self, data: ImageClassificationData, ipc: int) -> None:
         """Checks that need the data but no generator (run before anything is written)."""
 
-    def guidance(self, generator: DiffusionGenerator, data: ImageClassificationData, label: int,
-                 ipc: int, seed: int) -> Guidance | None:
+    # -- per-class hooks ----------------------------------------------------------------------
+    def class_modes(self, generator: DiffusionGenerator, data: ImageClassificationData,
+                    label: int, ipc: int, seed: int) -> torch.Tensor | None:
         return None
 
+    def guidance(self, modes: torch.Tensor | None) -> Guidance | None:
+        return None
+
+    def start_latents(self, modes: torch.Tensor | None) -> torch.Tensor | None:
+        """Clean latents to start from (img2img), or None to start from pure noise."""
+        return None
+
+    strength = 1.0  # img2img: the share of the schedule that start latents are noised to
+
+    # -- the loop -----------------------------------------------------------------------------
     def distill(self, data: ImageClassificationData, ipc: int, seed: int,
                 generator: DiffusionGenerator) -> DistilledSet:
         images, labels = [], []
@@ -56,48 +75,104 @@ class UnguidedSampling:
             labels.append(torch.full((ipc,), label, dtype=torch.long))
         seconds = time.perf_counter() - start
         log.info(f"{self.name}: {ipc * data.num_classes} images in {seconds:.1f}s")
+        stats = {"seconds": seconds, **({"modes": dict(self.modes)} if self.modes else {})}
         return DistilledSet(torch.cat(images), torch.cat(labels),
-                            info={"mode_id": list(range(ipc)) * data.num_classes},
-                            stats={"seconds": seconds})
+                            info={"mode_id": list(range(ipc)) * data.num_classes}, stats=stats)
+
+    def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
+                      generator: DiffusionGenerator) -> tuple[torch.Tensor, dict]:
+        images = self.sample_class(generator, data, label, ipc, seed)
+        return images, {"mode_id": list(range(ipc))}  # sample j belongs to mode j
 
     def sample_class(self, generator, data, label: int, ipc: int, seed: int) -> torch.Tensor:
-        guidance = self.guidance(generator, data, label, ipc, seed)
+        modes = self.class_modes(generator, data, label, ipc, seed)
+        if modes is not None:
+            self.modes[label] = modes.detach().cpu()
+        guidance, init = self.guidance(modes), self.start_latents(modes)
         rng = rng_for(seed, "sample", label)
         chunks = []
         for start in range(0, ipc, self.batch_size or ipc):
             n = min(self.batch_size or ipc, ipc - start)
-            chunk_guidance = guidance.subset(start, n) if guidance is not None else None
-            latents = sample_latents(generator, torch.full((n,), label, dtype=torch.long), rng=rng,
-                                     steps=self.steps, cfg_scale=self.cfg_scale,
-                                     sampler=self.sampler, guidance=chunk_guidance)
+            latents = sample_latents(
+                generator, torch.full((n,), label, dtype=torch.long), rng=rng, steps=self.steps,
+                cfg_scale=self.cfg_scale, sampler=self.sampler,
+                guidance=guidance.subset(start, n) if guidance is not None else None,
+                init=init[start:start + n] if init is not None else None, strength=self.strength)
             chunks.append(resize_images(generator.decode(latents).cpu(), data.resolution))
         return torch.cat(chunks)
 
 
-class MGD3(UnguidedSampling):
-    """Mode-guided sampling: k-means modes per class (k = IPC), sample j guided to mode j.
+class LatentModesMixin:
+    """Modes per class from latents read through the on-disk latent cache."""
+
+    discovery: ModeDiscovery
+    cache: LatentCache
+
+    def validate(self, data: ImageClassificationData, ipc: int) -> None:
+        data.check_ipc(ipc, f"{self.discovery.method} mode discovery needs at least ipc latents "
+                            "per class")
+
+    def class_modes(self, generator, data, label, ipc, seed) -> torch.Tensor:
+        return modes_for_class(generator, data, label, ipc, seed, discovery=self.discovery,
+                               cache=self.cache)
+
+
+class MGD3(LatentModesMixin, UnguidedSampling):
+    """Mode-guided sampling: modes per class (k = IPC), sample j guided to mode j.
 
     Args:
         lam: guidance strength lambda (paper default 0.1; too large is catastrophic).
         t_sg: stop guidance -- guide only while the step index is above t_sg (0 = always,
             steps = never).
+        injection: ``posterior_mean`` (official code, default) or ``eps`` (paper eq. 6); see
+            ``mgd3/guidance.py`` for how they relate.
+        mode_discovery: ``kmeans`` (default), ``closest_real``, ``random_real`` or ``dbscan``.
         kmeans_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
+        dbscan_eps, dbscan_min_samples: DBSCAN settings (eps None: chosen from the data).
+        latent_cache, latent_cache_dir: keep the real latents on disk across runs.
     """
 
     name = "mgd3"
 
-    def __init__(self, lam: float = 0.1, t_sg: int = 25, kmeans_backend: str = "auto", **kwargs):
+    def __init__(self, lam: float = 0.1, t_sg: int = 25, injection: str = "posterior_mean",
+                 mode_discovery: str = "kmeans", kmeans_backend: str = "auto",
+                 dbscan_eps: float | None = None, dbscan_min_samples: int = 5,
+                 latent_cache: bool = True, latent_cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if lam < 0:
             raise UserError(f"method.lam must be >= 0, got {lam}")
         if not 0 <= t_sg <= self.steps:
             raise UserError(f"method.t_sg={t_sg} is outside [0, {self.steps}] (the number of "
                             "sampling steps, method.steps)")
-        self.lam, self.t_sg, self.kmeans_backend = lam, t_sg, kmeans_backend
+        self.lam, self.t_sg, self.injection = lam, t_sg, check_injection(injection)
+        self.kmeans_backend = kmeans_backend
+        self.discovery = ModeDiscovery(mode_discovery, kmeans_backend,
+                                       dbscan_eps=dbscan_eps, dbscan_min_samples=dbscan_min_samples)
+        self.cache = LatentCache(latent_cache_dir if latent_cache else None)
 
-    def validate(self, data: ImageClassificationData, ipc: int) -> None:
-        data.check_ipc(ipc, "k-means needs at least k = ipc latents per class")
+    def guidance(self, modes: torch.Tensor) -> ModeGuidance:
+        return ModeGuidance(modes, self.lam, self.t_sg, self.injection)
 
-    def guidance(self, generator, data, label, ipc, seed) -> ModeGuidance:
-        modes = modes_for_class(generator, data, label, ipc, seed, self.kmeans_backend)
-        return ModeGuidance(modes, self.lam, self.t_sg)
+
+class D4M(LatentModesMixin, UnguidedSampling):
+    """D4M-style prototypes (REFERENCE §5): k-means prototypes of the class latents (k = IPC),
+    each noised to ``strength`` of the schedule and denoised by the same sampler (img2img),
+    conditioned on the class (a class-name prompt for Stable Diffusion). No mode guidance.
+
+    Args:
+        strength: 0.7 as D4M: with 50 steps the prototypes are noised to step index 34 and the
+            last 35 steps run.
+    """
+
+    name = "d4m"
+
+    def __init__(self, strength: float = 0.7, kmeans_backend: str = "auto",
+                 latent_cache: bool = True, latent_cache_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        start_index(self.steps, strength)  # range check: a UserError now, not mid-run
+        self.strength = float(strength)
+        self.discovery = ModeDiscovery("kmeans", kmeans_backend)
+        self.cache = LatentCache(latent_cache_dir if latent_cache else None)
+
+    def start_latents(self, modes: torch.Tensor) -> torch.Tensor:
+        return modes

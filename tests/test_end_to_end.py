@@ -25,6 +25,10 @@ def test_tiny_run_writes_distilled_set_metrics_and_grid(make_cfg, method):
     assert len(manifest["images"]) == 10 * cfg.ipc and manifest["git_commit"]
     if method != "random":
         assert [entry["mode_id"] for entry in manifest["images"][:2]] == [0, 1]
+    if method == "mgd3":  # modes saved with the run, one file per class
+        import torch
+
+        assert torch.load(out / "distilled" / ".modes" / "3.pt").shape[0] == cfg.ipc
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["method"] == method
     assert 0.0 <= saved["student/final_acc_mean"] <= 1.0

@@ -45,3 +45,52 @@ def test_protocol_learns_from_real_digits():
                                 trainer_factory=partial(pl.Trainer, accelerator="cpu"))
     assert metrics["student/final_acc_mean"] > 0.6
     assert metrics["student/best_acc_mean"] >= metrics["student/final_acc_mean"]
+
+
+# -- external class-per-folder sets --------------------------------------------------------------
+def write_folder(root, data, ipc, skip=()):
+    from PIL import Image
+
+    for label, class_id in enumerate(data.class_ids):
+        if class_id in skip:
+            continue
+        (root / class_id).mkdir(parents=True)
+        images = data.class_images(label)[:ipc]
+        for i, image in enumerate(images):
+            Image.fromarray((image[0] * 255).byte().numpy(), mode="L").save(root / class_id / f"{i}.png")
+    return root
+
+
+def test_external_folder_is_evaluated_with_labels_from_folder_names(tmp_path):
+    from ddcore.distilled import load_distilled
+
+    data = digits()
+    distilled = load_distilled(write_folder(tmp_path / "set", data, ipc=2), data)
+    assert distilled.per_class_counts(10) == [2] * 10
+    protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=1, evals=1, repeats=1)
+    metrics = protocol.evaluate(distilled, data, ipc=2, seed=0,
+                                trainer_factory=partial(pl.Trainer, accelerator="cpu"))
+    assert 0.0 <= metrics["student/final_acc_mean"] <= 1.0
+
+
+def test_external_folder_bad_input_is_named(tmp_path):
+    from ddcore.distilled import load_distilled
+    from ddcore.errors import UserError
+    from eval.protocol import check_distilled
+
+    data = digits()
+    root = write_folder(tmp_path / "corrupt", data, ipc=1)
+    (root / "3" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="broken.png"):
+        load_distilled(root, data)
+    root = write_folder(tmp_path / "empty", data, ipc=1)
+    (root / "4" / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match="empty.png"):
+        load_distilled(root, data)
+    root = write_folder(tmp_path / "unknown", data, ipc=1)
+    (root / "cat").mkdir()
+    with pytest.raises(UserError, match=r"class folders \['cat'\] are not classes of digits"):
+        load_distilled(root, data)
+    missing = load_distilled(write_folder(tmp_path / "missing", data, ipc=1, skip=("7",)), data)
+    with pytest.raises(UserError, match=r"no images of 1 of the 10 classes of digits \(e.g. \['7'\]\)"):
+        check_distilled(missing, data, ipc=1)

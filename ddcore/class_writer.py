@@ -1,0 +1,125 @@
+"""The distilled folder, one class at a time, so that a killed run can be resumed.
+
+Layout under ``<run>/distilled``:
+
+    <class_id>/<i:06d>.png       each PNG written to a hidden temp name, then ``os.replace``d
+    .done/<class_id>.json        the class's marker: its files and per-image info, written last
+    manifest.json                assembled from the markers once every class is done
+
+A class counts as done only when its marker exists and names files that exist. A killed run
+can leave PNGs without a marker, or a temp file, but never a truncated ``.png``. A rerun
+rewrites such a class whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ddcore.data.base import ImageClassificationData, to_uint8
+
+DONE_DIR = ".done"
+MANIFEST = "manifest.json"
+
+
+def _temp_name(path: Path) -> Path:
+    """A hidden, per-process temp name next to ``path`` (no image suffix: readers skip it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    tmp = _temp_name(path)
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    write_bytes_atomic(path, json.dumps(payload, indent=2, default=str).encode())
+
+
+def save_png_atomic(image01: torch.Tensor, path: Path) -> None:
+    """One (C, H, W) image in [0, 1] as an 8-bit PNG; the final name appears only when complete."""
+    arr = to_uint8(image01.float()).permute(1, 2, 0).numpy()
+    tmp = _temp_name(path)
+    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def marker_path(out_dir: Path, class_id: str) -> Path:
+    return Path(out_dir) / DONE_DIR / f"{class_id}.json"
+
+
+def write_class(out_dir: Path, data: ImageClassificationData, label: int, images: torch.Tensor,
+                info: dict | None = None, extra: dict | None = None) -> dict:
+    """Write one class's PNGs, remove leftovers of an earlier attempt, then its marker.
+
+    ``info`` maps a key to one value per image (mode ids, source indices) and goes into the
+    manifest; ``extra`` (fingerprint, seconds) goes into the marker only.
+    """
+    out_dir, class_id = Path(out_dir), data.class_ids[label]
+    class_dir = out_dir / class_id
+    class_dir.mkdir(parents=True, exist_ok=True)
+    marker = marker_path(out_dir, class_id)
+    marker.unlink(missing_ok=True)  # the class is incomplete until the new marker is written
+    entries = []
+    for i, image in enumerate(images):
+        name = f"{i:06d}.png"
+        save_png_atomic(image, class_dir / name)
+        entries.append({"file": f"{class_id}/{name}", "label": label,
+                        **{k: v[i] for k, v in (info or {}).items()}})
+    keep = {Path(e["file"]).name for e in entries}
+    for path in class_dir.iterdir():  # more images from an earlier, larger ipc; temp files
+        if path.is_file() and path.name not in keep:
+            path.unlink()
+    marker.parent.mkdir(exist_ok=True)
+    payload = {"class_id": class_id, "label": label, **(extra or {}), "images": entries}
+    write_json_atomic(marker, payload)
+    return payload
+
+
+def read_marker(out_dir: Path, class_id: str) -> dict | None:
+    """The class's marker if the class is complete (marker readable, its files present)."""
+    path = marker_path(out_dir, class_id)
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not all((Path(out_dir) / e["file"]).is_file() for e in marker.get("images", [])):
+        return None
+    return marker
+
+
+def read_markers(out_dir: Path, data: ImageClassificationData) -> dict[int, dict]:
+    """label -> marker, for the complete classes."""
+    markers = {}
+    for label, class_id in enumerate(data.class_ids):
+        marker = read_marker(out_dir, class_id)
+        if marker is not None:
+            markers[label] = marker
+    return markers
+
+
+def missing_classes(out_dir: Path, data: ImageClassificationData,
+                    fingerprint: dict | None = None) -> list[int]:
+    """Labels without a complete class (with a marker of this ``fingerprint``, when given)."""
+    markers = read_markers(out_dir, data)
+    return [label for label in range(data.num_classes)
+            if label not in markers
+            or (fingerprint is not None and markers[label].get("fingerprint") != fingerprint)]
+
+
+def write_manifest(out_dir: Path, data: ImageClassificationData, manifest_base: dict) -> dict:
+    """``manifest.json`` from the markers, in label order (call once every class is done)."""
+    markers = read_markers(out_dir, data)
+    missing = [data.class_ids[c] for c in range(data.num_classes) if c not in markers]
+    if missing:
+        raise RuntimeError(f"{out_dir}: classes {missing[:5]} are not complete yet")
+    images = [entry for label in range(data.num_classes) for entry in markers[label]["images"]]
+    manifest = {**manifest_base, "classes": data.class_ids, "class_names": data.class_names,
+                "images": images}
+    write_json_atomic(Path(out_dir) / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,109 @@
+"""Per-class latents of a dataset's train images, encoded once and cached on disk.
+
+Encoding every train image through a VAE is the slow part of mode discovery at ImageNet scale,
+and every method and sweep job that works in latent space needs the same latents. They are
+stored as ``<root>/<dataset>-<generator>-<key>/<label>.pt``, where ``key`` hashes
+
+- the dataset's identity: name, description, class ids, resolution, number of train images;
+- the encoder's identity: generator name, codec type, resolution, latent shape, scaling factor
+  and a hash of the codec's weights (its ``state_dict``; empty for pixel-space generators).
+
+A change to either gives a new key, so stale latents are never read. Files are written to a
+temporary name and renamed, so an interrupted job leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import weakref
+from pathlib import Path
+
+import torch
+
+from ddcore.data.base import ImageClassificationData, folder_safe
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # bump when the way latents are computed changes
+_weight_hashes: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def state_dict_hash(module: torch.nn.Module) -> str:
+    """sha256 over names, dtypes, shapes and bytes of a module's state_dict (memoised)."""
+    if module in _weight_hashes:
+        return _weight_hashes[module]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    _weight_hashes[module] = digest.hexdigest()
+    return _weight_hashes[module]
+
+
+def dataset_identity(data: ImageClassificationData) -> dict:
+    return {"name": data.name, "description": data.description, "class_ids": list(data.class_ids),
+            "resolution": data.resolution, "n_train": len(data.train)}
+
+
+def generator_identity(generator) -> dict:
+    codec = generator.codec
+    return {"name": generator.name, "codec": type(codec).__name__,
+            "resolution": generator.resolution, "latent_shape": list(generator.latent_shape),
+            "scaling_factor": getattr(codec, "scaling_factor", None),
+            "weights": state_dict_hash(codec)}
+
+
+def cache_key(data: ImageClassificationData, generator) -> str:
+    payload = {"format": FORMAT, "dataset": dataset_identity(data),
+               "generator": generator_identity(generator)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_class(generator, data: ImageClassificationData, label: int) -> torch.Tensor:
+    """Latents of every train image of one class (images through the generator's encoder)."""
+    return generator.encode(data.class_images(label, "train"))
+
+
+class LatentCache:
+    """``class_latents(generator, data, label)``, read from ``root`` when cached there.
+
+    Args:
+        root: cache folder; None computes latents every time and writes nothing.
+    """
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root else None
+
+    def folder(self, generator, data: ImageClassificationData) -> Path:
+        name = f"{folder_safe(data.name)}-{folder_safe(generator.name)}-{cache_key(data, generator)}"
+        return self.root / name
+
+    def class_latents(self, generator, data: ImageClassificationData, label: int) -> torch.Tensor:
+        if self.root is None:
+            return encode_class(generator, data, label)
+        path = self.folder(generator, data) / f"{label}.pt"
+        latents = self._read(path)
+        if latents is None:
+            latents = encode_class(generator, data, label).float()
+            self._write(latents.cpu(), path)
+        return latents.to(generator.device)
+
+    @staticmethod
+    def _read(path: Path) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: recompute it
+            log.warning(f"ignoring unreadable latent cache file {path}: {exc}")
+            return None
+
+    @staticmethod
+    def _write(latents: torch.Tensor, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(latents.contiguous(), tmp)
+        os.replace(tmp, path)

@@ -1,0 +1,240 @@
+"""Sharded, resumable distillation: classes dealt across processes, each class written when done.
+
+Process ``rank`` of ``world_size`` distils the classes with ``label % world_size == rank``.
+Every class draws from its own seeded generator (``ddcore.seeding.rng_for(seed, ..., label)``),
+so the images do not depend on how many processes share the work, or in what order they run.
+A rerun in the same folder skips the classes whose markers exist (``ddcore.class_writer``).
+Once every class is on disk, rank 0 writes ``manifest.json``.
+
+The rank comes from an initialized ``torch.distributed`` group, or from the launcher's
+environment: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun, torchelastic), or
+``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` inside a submitit job. All ranks must write
+to the same folder, so pass an explicit ``hydra.run.dir`` (the default one is time-stamped).
+
+The wait for the other ranks polls their class markers on the shared disk, not a collective:
+after a resume one rank may have hours more work than another, which would outlast
+``dist.barrier``'s timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ddcore.class_writer import (
+    MANIFEST,
+    missing_classes,
+    read_marker,
+    read_markers,
+    write_class,
+    write_manifest,
+)
+from ddcore.data.base import ImageClassificationData
+from ddcore.distilled import DistilledSet, load_complete
+from ddcore.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ClassDistiller = Callable[..., tuple[torch.Tensor, dict]]
+
+
+# -- who does what ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def owns(self, label: int) -> bool:
+        return label % self.world_size == self.rank
+
+
+def current_shard() -> Shard:
+    """This process's place among the distilling processes (see the module docstring)."""
+    import torch.distributed as dist
+
+    env = os.environ
+    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+    if dist.is_available() and dist.is_initialized():
+        return Shard(dist.get_rank(), dist.get_world_size(), local)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]), local)
+    # SLURM_NTASKS is also set in a plain sbatch script that starts one process; only
+    # submitit's srun step starts one process per task.
+    if env.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_PROCID" in env:
+        return Shard(int(env["SLURM_PROCID"]), int(env.get("SLURM_NTASKS", 1)), local)
+    return Shard()
+
+
+def bind_device(device: torch.device, shard: Shard | None = None) -> torch.device:
+    """The GPU of this process (``cuda:<local rank>``) when ``device`` is CUDA; else ``device``."""
+    if device.type != "cuda":
+        return device
+    index = (shard or current_shard()).local_rank % max(1, torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+# -- precision --------------------------------------------------------------------------------
+BF16 = ("bf16", "bf16-mixed", "bf16-true", "bfloat16")
+
+
+def autocast(device: torch.device | str, precision: str | None):
+    """bf16 autocast for sampling when ``precision`` asks for it (on CUDA, or on CPU if asked
+    there); a no-op for fp32 (``None``, ``32``, ``32-true``...). Images differ from fp32 ones."""
+    if str(precision).lower() not in BF16:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def model_device(generator) -> torch.device:
+    params = next(iter(generator.parameters()), None) if generator is not None else None
+    return params.device if params is not None else torch.device("cpu")
+
+
+# -- the per-class method API -----------------------------------------------------------------
+def class_distiller(method) -> ClassDistiller | None:
+    """``(data, label, ipc, seed, generator) -> (images, info)`` for one class, or None.
+
+    Methods expose ``distill_class``; sampling methods with only ``sample_class`` are adapted
+    here. A method with neither is run whole, once, by rank 0 (not sharded).
+    """
+    if hasattr(method, "distill_class"):
+        return method.distill_class
+    if hasattr(method, "sample_class"):
+        def distill_class(data, label, ipc, seed, generator):
+            images = method.sample_class(generator, data, label, ipc, seed)
+            return images, {"mode_id": list(range(ipc))}  # sample j is guided to mode j
+        return distill_class
+    return None
+
+
+def fingerprint(manifest_base: dict, data: ImageClassificationData,
+                precision: str | None) -> dict:
+    """What must match for a resumed run to continue a folder: the settings that shape images."""
+    config = manifest_base.get("config") or {}
+    stamp = {k: manifest_base.get(k) for k in ("method", "dataset", "ipc", "seed", "generator")}
+    stamp.update(method_config=config.get("method"), resolution=data.resolution,
+                 precision="bf16" if str(precision).lower() in BF16 else "fp32")
+    return json.loads(json.dumps(stamp, default=str))  # compared with markers read from JSON
+
+
+# -- the driver -------------------------------------------------------------------------------
+def distill_to_folder(method, data: ImageClassificationData, ipc: int, seed: int, generator,
+                      out_dir: Path, manifest_base: dict, shard: Shard | None = None,
+                      precision: str | None = None, poll_s: float = 5.0) -> DistilledSet:
+    """Distil this process's missing classes into ``out_dir``, wait for the other ranks, and
+    return the whole set as written (images read back from the PNGs, on every rank)."""
+    out_dir, shard = Path(out_dir), shard or current_shard()
+    start = time.perf_counter()
+    stamp = fingerprint(manifest_base, data, precision)
+    check_same_settings(out_dir, data, stamp)
+    todo = missing_classes(out_dir, data, stamp)
+    if len(todo) < data.num_classes:
+        log.info(f"resuming {out_dir}: {data.num_classes - len(todo)} of {data.num_classes} "
+                 "classes already complete")
+    per_class = class_distiller(method)
+    if per_class is None:
+        if shard.is_main and todo:
+            write_whole(method, data, ipc, seed, generator, out_dir, stamp, todo, precision)
+    else:
+        mine = [label for label in todo if shard.owns(label)]
+        device = model_device(generator)
+        for n, label in enumerate(mine, 1):
+            tic = time.perf_counter()
+            with autocast(device, precision):
+                images, info = per_class(data, label, ipc, seed, generator)
+            seconds = time.perf_counter() - tic
+            write_class(out_dir, data, label, images.float().cpu(), info,
+                        {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank})
+            log.info(f"{getattr(method, 'name', 'method')}: class {data.class_ids[label]} "
+                     f"({n}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s")
+    wait_for_classes(out_dir, data, stamp, shard, poll_s)
+    if shard.is_main and (todo or not (out_dir / MANIFEST).is_file()):  # a finished folder stays
+        write_manifest(out_dir, data, manifest_base)
+    distilled = load_complete(out_dir, data)
+    markers = read_markers(out_dir, data).values()
+    distilled.stats = {"seconds": sum(m.get("seconds", 0.0) for m in markers),  # all ranks, runs
+                       "wall_seconds": time.perf_counter() - start,
+                       "resumed_classes": data.num_classes - len(todo)}
+    modes = getattr(method, "modes", None) or {}
+    if len(modes) == data.num_classes:  # only when this process made every class: else absent
+        distilled.stats["modes"] = dict(modes)
+    return distilled
+
+
+def write_whole(method, data, ipc, seed, generator, out_dir, stamp, todo, precision) -> None:
+    """A method without a per-class API: distil every class at once, write the missing ones."""
+    tic = time.perf_counter()
+    with autocast(model_device(generator), precision):
+        whole = method.distill(data, ipc, seed, generator=generator)
+    seconds = (time.perf_counter() - tic) / data.num_classes
+    labels = whole.labels.tolist()
+    for label in todo:
+        rows = [i for i, y in enumerate(labels) if y == label]
+        info = {k: [v[i] for i in rows] for k, v in whole.info.items()}
+        write_class(out_dir, data, label, whole.images[rows].float().cpu(), info,
+                    {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": 0})
+
+
+def check_same_settings(out_dir: Path, data: ImageClassificationData, stamp: dict) -> None:
+    """Refuse to continue a folder that complete classes of other settings already fill."""
+    for marker in read_markers(out_dir, data).values():
+        changes = differences(stamp, marker.get("fingerprint") or {})
+        if changes:
+            raise UserError(f"{out_dir} holds classes made with other settings "
+                            f"({'; '.join(changes[:3])}): rerun with the folder's settings to "
+                            "resume, or use a new run folder (hydra.run.dir=...)")
+
+
+def differences(ours: dict, theirs: dict) -> list[str]:
+    """``key: <folder's value> there, <ours> here`` per differing setting (method.* one deeper)."""
+    lines = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b, name = ours.get(key), theirs.get(key), "method" if key == "method_config" else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += [f"{name}.{k}: {b.get(k)!r} there, {a.get(k)!r} here"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            lines.append(f"{name}: {b!r} there, {a!r} here")
+    return lines
+
+
+def wait_for_classes(out_dir: Path, data: ImageClassificationData, stamp: dict, shard: Shard,
+                     poll_s: float = 5.0, report_s: float = 300.0) -> None:
+    """Block until every class is complete on disk (the other ranks' share included).
+
+    Each poll reads only the markers still missing, so it stays cheap for 1000 classes.
+    """
+    pending = missing_classes(out_dir, data, stamp)
+    if pending and shard.world_size == 1:
+        raise RuntimeError(f"{out_dir}: classes {pending[:5]} were not written")
+    last_report = time.perf_counter()
+    while pending:
+        time.sleep(poll_s)
+        pending = [c for c in pending if not is_complete(out_dir, data.class_ids[c], stamp)]
+        if pending and time.perf_counter() - last_report > report_s:
+            last_report = time.perf_counter()
+            log.info(f"rank {shard.rank}/{shard.world_size}: waiting for {len(pending)} classes "
+                     f"of other ranks in {out_dir} (e.g. {data.class_ids[pending[0]]})")
+
+
+def is_complete(out_dir: Path, class_id: str, stamp: dict) -> bool:
+    marker = read_marker(out_dir, class_id)
+    return marker is not None and marker.get("fingerprint") == stamp

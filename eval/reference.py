@@ -1,0 +1,134 @@
+"""Reference points of an evaluated set and DD-Ranking's scores (REFERENCE §7).
+
+- **full**: students trained on the full real train split with hard labels (the hard-label
+  protocol; DD-Ranking's ``full_data_hard_label_acc``);
+- **random**: a random real subset of the same IPC (the ``random`` method at the run's seed)
+  under the *same* protocol as the set;
+- **distilled hard**: the set under the hard-label protocol (the set's own accuracy when that is
+  the protocol; an extra run under the soft-label protocol).
+
+    HLR = Acc(full, hard) - Acc(distilled, hard)
+    IOR = Acc(distilled, protocol) - Acc(random, protocol)
+    LRS = (e^a - e^-1) / (e - e^-1),  a = w * IOR - (1 - w) * HLR   (accuracies as fractions)
+
+Full and random accuracies are cached as JSON under ``cache_dir``, keyed by the dataset, the
+protocol's settings (student included), the IPC and the seed, so each is computed once.
+DD-Ranking takes each run's best test accuracy; ``acc: final`` uses the final one instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from ddcore.data.base import ImageClassificationData
+
+log = logging.getLogger(__name__)
+
+
+def hlr(full_hard: float, distilled_hard: float) -> float:
+    """Hard label recovery: how far the set is below the full data, both with hard labels."""
+    return full_hard - distilled_hard
+
+
+def ior(distilled: float, random: float) -> float:
+    """Improvement over random: the set vs a random real subset of the same size, same protocol."""
+    return distilled - random
+
+
+def lrs(hlr_value: float, ior_value: float, w: float = 0.5) -> float:
+    """Label-robust score in [0, 1] (0.5 x 100 = no better than random at zero recovery)."""
+    a = w * ior_value - (1 - w) * hlr_value
+    return (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
+
+
+def data_key(data: ImageClassificationData) -> dict:
+    classes = hashlib.sha256("\n".join(data.class_ids).encode()).hexdigest()[:12]
+    return {"dataset": data.name, "resolution": data.resolution, "channels": data.channels,
+            "classes": classes, "train": len(data.train), "test": len(data.test)}
+
+
+class ReferencePoints:
+    """Args (``eval.reference``):
+        enabled: compute the reference points and scores after each evaluation.
+        cache_dir: where computed accuracies are kept (None = recompute every time).
+        acc: ``best`` (DD-Ranking) or ``final`` test accuracy of each run.
+        w: LRS's weight of IOR against HLR.
+        full_epochs: epochs of the full-data students (None = the protocol's ``epochs`` when
+            set, else by IPC, i.e. the class size: 300 for ImageNet subsets).
+        full_repeats: how many full-data students (their mean is used).
+    """
+
+    def __init__(self, enabled: bool = True, cache_dir: str | None = None, acc: str = "best",
+                 w: float = 0.5, full_epochs: int | None = None, full_repeats: int = 1):
+        if acc not in ("best", "final"):
+            raise ValueError(f"reference.acc must be best or final, got {acc!r}")
+        self.enabled, self.acc, self.w = bool(enabled), acc, float(w)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.full_epochs, self.full_repeats = full_epochs, int(full_repeats)
+
+    def key_of(self, metrics: dict) -> float:
+        return float(metrics[f"student/{self.acc}_acc_mean"])
+
+    def compute(self, protocol, metrics: dict, train, data: ImageClassificationData, ipc: int,
+                seed: int, trainer_factory) -> dict:
+        """Reference accuracies and DD-Ranking's scores for a set just evaluated (``metrics``)."""
+        hard = protocol.hard_label_protocol()
+        distilled = self.key_of(metrics)
+        if hard is protocol:
+            distilled_hard = distilled
+        else:
+            distilled_hard = self.key_of(hard.evaluate_set(train, data, ipc, seed, trainer_factory,
+                                                           prefix="distilled_hard"))
+        full = self.full_accuracy(hard, data, seed, trainer_factory)
+        random = self.random_accuracy(protocol, data, ipc, seed, trainer_factory)
+        h, i = hlr(full, distilled_hard), ior(distilled, random)
+        return {"reference/acc": self.acc, "reference/full_hard_acc": full,
+                "reference/random_acc": random, "reference/distilled_hard_acc": distilled_hard,
+                "ddranking/hlr": h, "ddranking/ior": i, "ddranking/lrs": lrs(h, i, self.w)}
+
+    def full_accuracy(self, hard, data, seed, trainer_factory) -> float:
+        settings = {k: v for k, v in hard.describe().items() if k != "repeats"}  # full_repeats counts
+        epochs = self.full_epochs or hard.epochs  # None: by the IPC of the full data
+        key = {"kind": "full", **data_key(data), "protocol": settings,
+               "epochs": epochs, "repeats": self.full_repeats, "seed": seed}
+        return self.cached(key, lambda: self.key_of(hard.train_real(
+            data, seed, trainer_factory, epochs=epochs, repeats=self.full_repeats)))
+
+    def random_accuracy(self, protocol, data, ipc, seed, trainer_factory) -> float:
+        from ddcore.real_selection import RandomReal
+        from eval.batches import TrainSet
+
+        def compute() -> float:
+            subset = RandomReal().distill(data, ipc, seed)
+            train = TrainSet.from_images(subset.images, subset.labels)
+            return self.key_of(protocol.evaluate_set(train, data, ipc, seed, trainer_factory,
+                                                     prefix="random"))
+
+        key = {"kind": "random", **data_key(data), "protocol": protocol.describe(), "ipc": ipc,
+               "seed": seed}
+        return self.cached(key, compute)
+
+    def cached(self, key: dict, compute) -> float:
+        """The value stored for ``key``, else ``compute()`` stored under it."""
+        text = json.dumps(key, sort_keys=True, default=str)
+        path = None
+        if self.cache_dir is not None:
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            path = self.cache_dir / key["dataset"] / f"{key['kind']}-{digest}.json"
+            if path.is_file():
+                value = json.loads(path.read_text())["value"]
+                log.info(f"reference {key['kind']} accuracy {value:.4f} from {path}")
+                return value
+        log.info(f"computing the {key['kind']} reference accuracy (cached afterwards)")
+        value = float(compute())
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"value": value, "key": key}, indent=2, default=str))
+            os.replace(tmp, path)
+        return value

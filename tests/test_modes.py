@@ -1,0 +1,141 @@
+"""Mode discovery options, DBSCAN means, the faiss fallback, and the on-disk latent cache."""
+
+import pytest
+import torch
+
+import ddcore.kmeans as km
+from ddcore.data.small import digits
+from ddcore.errors import UserError
+from ddcore.kmeans import closest_points, dbscan_means, kmeans
+from ddcore.latent_cache import LatentCache, cache_key
+from ddcore.tasks import build, prepare_distillation
+from mgd3.modes import MODE_DISCOVERY, ModeDiscovery
+
+
+def rows_of(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether every row of a (flattened) is a row of b."""
+    a, b = a.flatten(1), b.flatten(1)
+    return bool(torch.isclose(a[:, None], b[None], atol=1e-5).all(dim=-1).any(dim=1).all())
+
+
+def blobs(k=4, per=25, seed=0):
+    """k well-separated clusters of 'latents' (n, 2, 2, 2); returns points and centres."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, 8, generator=g) * 10
+    points = centres.repeat_interleave(per, 0) + torch.randn(k * per, 8, generator=g) * 0.1
+    return points.view(-1, 2, 2, 2), centres
+
+
+@pytest.mark.parametrize("method", MODE_DISCOVERY)
+def test_each_option_finds_one_mode_per_cluster(method):
+    latents, centres = blobs()
+    modes = ModeDiscovery(method, backend="torch")(latents, 4, seed=0)
+    assert modes.shape == (4, 2, 2, 2)
+    flat = modes.flatten(1)
+    if method in ("closest_real", "random_real"):  # modes are real latents
+        assert rows_of(modes, latents)
+    if method != "random_real":  # one mode near each centre
+        nearest = torch.cdist(flat, centres)
+        assert nearest.min(dim=1).values.max() < 1.0
+        assert sorted(nearest.argmin(dim=1).tolist()) == [0, 1, 2, 3]
+
+
+def test_dbscan_tops_up_with_kmeans_when_it_finds_fewer_clusters_than_k():
+    latents, centres = blobs(k=2, per=40)
+    modes = dbscan_means(latents.flatten(1), 5, seed=0, backend="torch")
+    assert modes.shape == (5, 8)
+    # the two DBSCAN clusters come first, as means of (most of) each blob
+    assert torch.cdist(modes[:2], centres).argmin(dim=1).tolist() == [0, 1]
+    assert torch.cdist(modes[:2], centres).min(dim=1).values.max() < 0.1
+    assert torch.isfinite(modes).all() and len(torch.unique(modes, dim=0)) == 5
+
+
+def test_closest_points_are_distinct_even_when_centroids_share_a_nearest_point():
+    x = torch.tensor([[0.0], [1.0], [5.0]])
+    centroids = torch.tensor([[0.1], [0.2]])
+    assert sorted(closest_points(x, centroids).tolist()) == [0, 1]
+
+
+def test_kmeans_falls_back_to_torch_when_faiss_is_missing(monkeypatch):
+    latents, centres = blobs()
+    monkeypatch.setattr(km, "_faiss", lambda: None)
+    found, _ = kmeans(latents.flatten(1), 4, seed=0)  # backend auto
+    torch_found, _ = kmeans(latents.flatten(1), 4, seed=0, backend="torch")
+    assert torch.equal(found, torch_found)
+    with pytest.raises(ImportError, match="faiss is not installed"):
+        kmeans(latents.flatten(1), 4, seed=0, backend="faiss")
+
+
+def test_unknown_mode_discovery_is_a_one_line_error(make_cfg):
+    cfg = make_cfg("method=mgd3", "method.mode_discovery=meanshift")
+    with pytest.raises(UserError, match="unknown method.mode_discovery 'meanshift'") as err:
+        build(cfg.method)
+    assert "closest_real" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("option", MODE_DISCOVERY)
+def test_mgd3_runs_with_each_mode_discovery_and_returns_its_modes(make_cfg, option):
+    cfg = make_cfg("method=mgd3", "method.steps=4", "method.t_sg=1",
+                   f"method.mode_discovery={option}")
+    data, method, generator = prepare_distillation(cfg)
+    out = method.distill(data, cfg.ipc, cfg.seed, generator)
+    assert out.images.shape == (20, 1, 16, 16)
+    modes = out.stats["modes"]  # saved with the run
+    assert sorted(modes) == list(range(10)) and modes[0].shape == (2, 1, 16, 16)
+    if option in ("closest_real", "random_real"):
+        real = generator.encode(data.class_images(0)).cpu()
+        assert rows_of(modes[0], real)
+
+
+class CountingEncoder:
+    """Wraps a generator's encode to count the images it encodes."""
+
+    def __init__(self, generator):
+        self.generator, self.calls = generator, 0
+        self.encode = generator.encode
+
+    def __call__(self, images):
+        self.calls += 1
+        return self.encode(images)
+
+
+def test_latent_cache_encodes_once_and_is_keyed_by_dataset_and_encoder(make_cfg, tmp_path):
+    cfg = make_cfg("method=mgd3")
+    data, _, generator = prepare_distillation(cfg)
+    counter = CountingEncoder(generator)
+    generator.encode = counter
+    cache = LatentCache(tmp_path / "latents")
+    first = cache.class_latents(generator, data, 4)
+    again = LatentCache(tmp_path / "latents").class_latents(generator, data, 4)
+    assert counter.calls == 1 and torch.equal(first, again)
+    assert torch.equal(first.cpu(), counter.encode(data.class_images(4)).cpu())
+    files = list((tmp_path / "latents").rglob("*"))
+    assert [p.name for p in files if p.is_file()] == ["4.pt"]  # no temp files left behind
+
+    other_data = digits(resolution=16, test_fraction=0.3)  # another split: other latents
+    assert cache_key(other_data, generator) != cache_key(data, generator)
+    key = cache_key(data, generator)
+    generator.name = "another_generator"
+    assert cache_key(data, generator) != key
+
+
+def test_latent_cache_key_follows_the_encoder_weights():
+    from ddcore.generators.base import VAECodec
+
+    class FakeVAE(torch.nn.Module):
+        def __init__(self, seed):
+            super().__init__()
+            torch.manual_seed(seed)
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+            self.config = type("Config", (), {"scaling_factor": 0.18215,
+                                              "block_out_channels": [1, 1], "latent_channels": 4})
+
+    class FakeGenerator:
+        name, resolution, latent_shape = "fake", 32, (4, 16, 16)
+
+        def __init__(self, seed):
+            self.codec = VAECodec(FakeVAE(seed))
+
+    data = digits()
+    assert cache_key(data, FakeGenerator(0)) == cache_key(data, FakeGenerator(0))
+    assert cache_key(data, FakeGenerator(0)) != cache_key(data, FakeGenerator(1))
