@@ -53,3 +53,22 @@ class ProgressLog(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         total = time.perf_counter() - self._start
         log.info(f"{self.what}: done in {format_seconds(total)}")
+
+
+class RateLog:
+    """``<what>: 512/1300 images (41.3 images/s, ETA 0m19s)`` at most every ``every_s`` seconds,
+    and once at the end: progress for long loops outside Lightning (scoring, encoding)."""
+
+    def __init__(self, what: str, total: int, unit: str = "images", every_s: float = 10.0):
+        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self._start = self._last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self._last < self.every_s:
+            return
+        self._last = now
+        rate = done / max(now - self._start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        log.info(f"{self.what}: {done}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
+                 f"ETA {format_seconds(eta)})")

@@ -74,6 +74,35 @@ class HerdingSchema(FeatureSelectionSchema):
     _target_: str = "ddcore.real_selection.Herding"
 
 
+@dataclass
+class PatchSelectionSchema:
+    _target_: str = "patchsel.distiller.PatchSelection"
+    draws: int = 4                      # noise/timestep draws per image (relevance expectation)
+    t_min: float = 0.1                  # t ~ U(t_min, t_max) of the training schedule
+    t_max: float = 0.7
+    batched_null: bool = True           # cond + null terms in one forward pass
+    batch_size: int = 64                # denoiser rows per forward pass
+    crop: str = "auto"                  # auto (whole image when resolution <= low_res_max) | true | false
+    image_size: int = 256               # scoring image side (short side resize + center crop)
+    patch_size: int = 224               # patch window side
+    low_res_max: int = 64
+    features: str = "dift"              # dift | clip (needs clip_model, a local folder)
+    dift_layer: str = "auto"            # denoiser module path; auto: up_blocks.1 / middle DiT block
+    dift_t: int = 261                   # DIFT timestep
+    clip_model: Optional[str] = None
+    clustering: bool = True             # False: top patches by relevance alone (ablation)
+    clusters: int = 32                  # M
+    top_clusters: int = 10              # N
+    tile_max_ipc: int = 10              # 4 patches tiled 2x2 per image up to this ipc
+    images_per_class: Optional[int] = None  # score a random subset per class (None: all)
+    score_seed: int = 0                 # scoring noise seed, separate from the run seed
+    prompt_template: str = "An image of {}"   # text-conditioned generators
+    null_prompt: str = "An image of ."
+    kmeans_backend: str = "auto"
+    score_cache: bool = True            # one scoring pass serves every ipc / class subset
+    score_cache_dir: Optional[str] = None
+
+
 def register() -> None:
     from ddcore.result_logging import register_resolvers
 
@@ -85,3 +114,4 @@ def register() -> None:
     store.store(group="method", name="random_schema", node=RandomRealSchema)
     store.store(group="method", name="kmeans_real_schema", node=KMeansRealSchema)
     store.store(group="method", name="herding_schema", node=HerdingSchema)
+    store.store(group="method", name="patchsel_schema", node=PatchSelectionSchema)

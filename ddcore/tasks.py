@@ -113,6 +113,8 @@ def prepare_distillation(cfg: DictConfig):
     if method.uses_generator:
         device = bind_device(resolve_device(cfg.trainer.accelerator))  # cuda:<local rank>
         generator = build(cfg.generator, data=data).to(device)
+        if hasattr(method, "check_generator"):  # e.g. a text model needs class names
+            method.check_generator(generator, data)
     return data, method, generator
 
 

@@ -65,9 +65,8 @@ def write_tokenizer(folder):
     CLIPTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
 
 
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd")
+def save_tiny_sd(root):
+    """A tiny SD v1.x folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/) under ``root``."""
     torch.manual_seed(0)
     UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
@@ -84,6 +83,11 @@ def sd_folder(tmp_path_factory):
     PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                   skip_prk_steps=True).save_pretrained(root / "scheduler")
     return root
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    return save_tiny_sd(tmp_path_factory.mktemp("sd"))
 
 
 def ldm_folder(root, num_class_embeds, vq=False):

@@ -100,13 +100,15 @@ class DiffusionGenerator(nn.Module):
 
     # -- latents --------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images01: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Images in [0, 1] at any resolution -> latents (resized to the generator's input)."""
+    def encode(self, images01: torch.Tensor, batch_size: int = 64,
+               resolution: int | None = None) -> torch.Tensor:
+        """Images in [0, 1] at any resolution -> latents, resized to ``resolution`` first
+        (default: the generator's own; patch selection encodes at its scoring size)."""
         from ddcore.data.base import resize_images
 
         out = []
         for chunk in images01.split(batch_size):
-            chunk = resize_images(chunk.to(self.device, torch.float32), self.resolution)
+            chunk = resize_images(chunk.to(self.device, torch.float32), resolution or self.resolution)
             chunk = self._match_channels(chunk, self._codec_channels())
             out.append(self.codec.encode(chunk.to(self.dtype)).float())
         return torch.cat(out)

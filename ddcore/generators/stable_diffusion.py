@@ -8,6 +8,8 @@ score. Embeddings are computed once per generator and cached.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
@@ -95,10 +97,13 @@ def load_stable_diffusion(data: ImageClassificationData, path: str = "runwayml/s
         image_channels=data.channels, cfg_scale=cfg_scale, name=name)
 
 
+WNID = re.compile(r"n\d{8}")  # a WordNet id is no class name: "An image of n01440764" says nothing
+
+
 def class_prompts(data: ImageClassificationData, template: str, name: str) -> list[str]:
     """One prompt per label: the dataset's prompts (else class names) through ``template``."""
     base = list(getattr(data, "prompts", None) or getattr(data, "class_names", None) or [])
-    if not base or not all(p.strip() for p in base):
+    if not base or not all(p.strip() and not WNID.fullmatch(p.strip()) for p in base):
         raise UserError(f"Stable Diffusion needs class names for prompts; dataset {data.name} has "
                         f"none (give the dataset class names or prompts, or use a class-conditional "
                         f"generator instead of generator={name})")
