@@ -38,6 +38,7 @@ test-full: install ## all tests, slow ones included (GPU tests still need a GPU)
 bench: install ## speed benchmarks (numbers go into the README)
 	$(BIN)/python experiments/bench_sampling.py
 	$(BIN)/python experiments/bench_eval.py
+	$(BIN)/python experiments/bench_patchsel.py
 
 data: ## install Fashion-MNIST (Debian package dataset-fashion-mnist) where apt exists
 	@command -v apt-get >/dev/null || { echo "error: apt-get not found; put the IDX files in a folder and set dataset.root=<dir>"; exit 2; }

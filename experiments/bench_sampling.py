@@ -1,8 +1,10 @@
 """Sampling benchmark on this machine with the tiny DiT (one run, ratios measured together).
 
 Prints (1) guided / unguided time per class (MGD^3 guidance is a vector operation: target
-<= 1.03), and (2) batched-per-class / one-sample-at-a-time throughput (target >= 5x; the
-official code samples one image at a time).
+<= 1.03), (2) batched-per-class / one-sample-at-a-time throughput (target >= 5x; the
+official code samples one image at a time), and (3) what the denoiser alone gains from
+batching here: a CFG forward of all ipc samples (2 * ipc rows) against one of a single sample
+(2 rows). On a compute-bound CPU (3) bounds (2) from above, whatever the sampling loop does.
 
     python experiments/bench_sampling.py [--ipc 10] [--repeats 3]
 """
@@ -71,13 +73,22 @@ def main() -> None:
             sample_latents(gen, labels[j:j + 1], rng=rng_for(0, "b", j), steps=50,
                            guidance=ModeGuidance(modes[j:j + 1], lam=0.1, t_sg=25))
 
+    def forwards(rows: int):
+        x, t = torch.randn(rows, *gen.latent_shape), torch.tensor(500)
+        cond = torch.arange(rows) % data.num_classes
+        return lambda: [gen.denoise(x, t, cond) for _ in range(10)]
+
     t_unguided, t_guided = timed(unguided, args.repeats), timed(guided, args.repeats)
     t_single = timed(one_at_a_time, args.repeats)
+    with torch.no_grad():  # the denoiser alone: what batching can gain on this machine at most
+        t_rows_one, t_rows_all = timed(forwards(2), args.repeats), timed(forwards(2 * args.ipc), args.repeats)
     print(f"torch threads: {torch.get_num_threads()}, ipc {args.ipc}, 50 DDPM steps, CFG 3")
     print(f"unguided class batch: {t_unguided:.3f} s  guided: {t_guided:.3f} s  "
           f"ratio guided/unguided = {t_guided / t_unguided:.3f} (target <= 1.03)")
     print(f"one sample at a time: {t_single:.3f} s  batched speed-up = "
           f"{t_single / t_guided:.2f}x (target >= 5x)")
+    print(f"denoiser alone: {2 * args.ipc} rows {100 * t_rows_all:.1f} ms, 2 rows {100 * t_rows_one:.1f} ms "
+          f"per forward -> batching bound {args.ipc * t_rows_one / t_rows_all:.2f}x without the loop")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ def error_lines(proc):
     (["method.t_sg=60"], "method.t_sg=60 is outside [0, 50]"),
     (["method.lam=-0.1"], "method.lam must be >= 0"),
     (["dataset=fashion_mnist", "dataset.root=/nonexistent"], "Fashion-MNIST folder not found"),
+    (["method=patchsel", "method.patch_size=300"], "method.patch_size=300 is larger than the image"),
+    (["method=patchsel", "method.clusters=4"], "method.clusters=4 (M) is smaller than"),
 ])
 def test_bad_input_one_line_exit_2_no_run_dir(tmp_path, args, expected):
     proc, run_dir = run(tmp_path, *args)

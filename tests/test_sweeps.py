@@ -128,3 +128,15 @@ def test_local_parallel_launcher_runs_an_experiment_sweep(cache_dir, tmp_path):
         assert manifest["method"] == "kmeans_real" and len(manifest["images"]) == 20
         sets.append([entry["source_index"] for entry in manifest["images"]])
     assert sets[0] != sets[1]  # each job ran with its own seed
+
+
+def test_patchsel_ablations_sweep_clustering_and_images_per_class():
+    cfg = compose_job("experiment=patchsel_ablations")
+    assert sweep_points(cfg) == {"method.clustering": [True, False],
+                                 "method.images_per_class": [300, None]}
+    assert cfg.method._target_ == "patchsel.distiller.PatchSelection"
+    assert cfg.eval._target_ == "eval.soft_label.SoftLabelProtocol"
+    assert cfg.hydra.runtime.choices.generator == "sd15"
+    job = compose_job("experiment=patchsel_ablations", "method.clustering=false",
+                      "method.images_per_class=null")
+    assert job.method.clustering is False and job.method.images_per_class is None
