@@ -18,7 +18,7 @@ import time
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from bench_sampling import timed, tiny_dit  # noqa: E402
+from bench_sampling import timed_together, tiny_dit  # noqa: E402
 
 import ddcore  # noqa: E402,F401
 from ddcore.data.small import digits  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
         return lambda: relevance_maps(gen, latents, cond, null, keys, draws=args.draws,
                                       batched=batched, batch_size=64)
 
-    t_batched, t_separate = timed(score(True), args.repeats), timed(score(False), args.repeats)
+    t_batched, t_separate = timed_together([score(True), score(False)], args.repeats)
     n = len(latents)
     print(f"torch threads: {torch.get_num_threads()}, digits class 3 ({n} images), "
           f"{args.draws} draws, 64 rows per forward")

@@ -42,19 +42,27 @@ def tiny_dit(data):
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+    return timed_together([fn], repeats)[0]
+
+
+def timed_together(fns: list, repeats: int) -> list[float]:
+    """Best time of each function over ``repeats`` rounds that run them in turn, so that a slow
+    spell of a shared machine falls on every one of them, not on one."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     data = digits()
     gen = tiny_dit(data)
@@ -78,8 +86,7 @@ def main() -> None:
         cond = torch.arange(rows) % data.num_classes
         return lambda: [gen.denoise(x, t, cond) for _ in range(10)]
 
-    t_unguided, t_guided = timed(unguided, args.repeats), timed(guided, args.repeats)
-    t_single = timed(one_at_a_time, args.repeats)
+    t_unguided, t_guided, t_single = timed_together([unguided, guided, one_at_a_time], args.repeats)
     with torch.no_grad():  # the denoiser alone: what batching can gain on this machine at most
         t_rows_one, t_rows_all = timed(forwards(2), args.repeats), timed(forwards(2 * args.ipc), args.repeats)
     print(f"torch threads: {torch.get_num_threads()}, ipc {args.ipc}, 50 DDPM steps, CFG 3")
