@@ -291,6 +291,19 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
     assert counter.calls == calls and again.shape == (3, 3, 32, 32)
 
 
+def test_text_conditioned_run_through_the_configs(make_cfg, sd_generator):
+    """generator=sd15 from a local folder, as a user would run it (digits names as prompts)."""
+    from ddcore.tasks import distill_only
+
+    _, folder = sd_generator
+    cfg = make_cfg("task=distill", "method=patchsel", "generator=sd15", f"generator.path={folder}",
+                   "generator.resolution=16", "method.clusters=4", "method.top_clusters=2",
+                   "method.images_per_class=12", "method.draws=1")
+    metrics = distill_only(cfg)
+    distilled = load_distilled(Path(cfg.paths.output_dir) / "distilled", digits())
+    assert metrics["distill/images"] == 20 and distilled.images.shape == (20, 1, 16, 16)
+
+
 # -- bad input --------------------------------------------------------------------------------
 def test_bad_input_is_one_clear_error(data, sd_generator):
     with pytest.raises(UserError, match="patch_size=300 is larger than the image"):
