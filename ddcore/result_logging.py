@@ -32,8 +32,15 @@ def wandb_group(mode, sweep_dir: str, run_name: str) -> str:
     return str(run_name)
 
 
+def folder_name(text: str) -> str:
+    """A sweep job's folder name: '/' of group overrides (eval/student=convnet) becomes '.', so
+    that every job is one folder below the sweep directory."""
+    return str(text).replace("/", ".")
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("dd.wandb_group", wandb_group, replace=True)
+    OmegaConf.register_new_resolver("dd.folder_name", folder_name, replace=True)
 
 
 register_resolvers()

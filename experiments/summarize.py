@@ -89,7 +89,7 @@ def read_job(folder: Path) -> Job:
 
 def collect(sweep_dir: Path) -> list[Job]:
     files = [sweep_dir / "metrics.json"] if (sweep_dir / "metrics.json").is_file() else \
-        sorted(sweep_dir.glob("*/metrics.json"))
+        sorted(sweep_dir.rglob("metrics.json"))  # nested too: sweeps made before jobs were one level
     return [read_job(f.parent) for f in files]
 
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     jobs = collect(args.sweep_dir)
     if not jobs:
-        print(f"error: no */metrics.json under {args.sweep_dir} (is it a multirun folder whose "
+        print(f"error: no metrics.json under {args.sweep_dir} (is it a multirun folder whose "
               "jobs finished?)", file=sys.stderr)
         return 2
     unfinished = [p.name for p in sorted(args.sweep_dir.iterdir())

@@ -114,4 +114,4 @@ def test_cli_runs_as_a_script_and_fails_clearly_on_an_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = subprocess.run([sys.executable, script, str(tmp_path / "empty")],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: no */metrics.json")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no metrics.json")

@@ -140,3 +140,9 @@ def test_patchsel_ablations_sweep_clustering_and_images_per_class():
     job = compose_job("experiment=patchsel_ablations", "method.clustering=false",
                       "method.images_per_class=null")
     assert job.method.clustering is False and job.method.images_per_class is None
+
+
+def test_group_overrides_with_a_slash_still_give_one_folder_per_job():
+    job = compose_job("eval=soft_label", "eval/student=convnet", "method=patchsel")
+    subdir = OmegaConf.to_container(job.hydra.sweep, resolve=True)["subdir"]
+    assert subdir == "eval.student=convnet,eval=soft_label,method=patchsel"
