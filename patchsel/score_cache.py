@@ -86,6 +86,7 @@ class ScoreCache:
         self.root = Path(root) if root else None
         self.settings = {"format": FORMAT, **settings}
         self._memory: dict[str, ClassScores] = {}
+        self._paths: dict[tuple, Path] = {}  # hashing a class's images once per run is enough
 
     def folder(self, generator) -> Path:
         identity = {"name": generator.name, "weights": state_dict_hash(generator),
@@ -93,8 +94,11 @@ class ScoreCache:
         return self.root / f"{folder_safe(generator.name)}-{short_hash(identity)}"
 
     def path(self, generator, data: ImageClassificationData, label: int, condition: str) -> Path:
-        key = short_hash({"condition": condition, "images": class_images_identity(data, label)})
-        return self.folder(generator) / f"{folder_safe(data.class_ids[label])}-{key}.pt"
+        memo = (id(generator), data.name, data.class_ids[label], condition)
+        if memo not in self._paths:
+            key = short_hash({"condition": condition, "images": class_images_identity(data, label)})
+            self._paths[memo] = self.folder(generator) / f"{folder_safe(data.class_ids[label])}-{key}.pt"
+        return self._paths[memo]
 
     def load(self, generator, data: ImageClassificationData, label: int,
              condition: str) -> ClassScores:
