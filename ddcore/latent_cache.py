@@ -2,13 +2,17 @@
 
 Encoding every train image through a VAE is the slow part of mode discovery at ImageNet scale,
 and every method and sweep job that works in latent space needs the same latents. They are
-stored as ``<root>/<dataset>-<generator>-<key>/<label>.pt``, where ``key`` hashes
+stored as ``<root>/<dataset>-<generator>-<key>/<label>-<class digest>.pt``, where ``key`` hashes
 
-- the dataset's identity: name, description, class ids, resolution, number of train images;
-- the encoder's identity: generator name, codec type, resolution, latent shape, scaling factor
-  and a hash of the codec's weights (its ``state_dict``; empty for pixel-space generators).
+- the dataset's identity: name, description, class ids, resolution;
+- the encoder's identity: generator name, codec type, encode resolution, preprocessing (short
+  side resized to the generator resolution, center crop, [-1, 1], as the official code prepares
+  images for the VAE), latent shape, scaling factor, dtype and a hash of the codec's weights
+  (its ``state_dict``; empty for pixel-space generators);
 
-A change to either gives a new key, so stale latents are never read. Files are written to a
+and the class digest is the content digest of the class's train images (file paths, sizes and
+modification times for image folders, the pixel bytes for in-memory sets). A change to any of
+these gives a new file name, so stale latents are never read. Files are written to a
 temporary name and renamed, so an interrupted job leaves no half-written file.
 """
 
@@ -26,7 +30,8 @@ import torch
 from ddcore.data.base import ImageClassificationData, folder_safe
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # bump when the way latents are computed changes
+FORMAT = 2  # bump when the way latents are computed changes
+PREPROCESS = "short-side resize to the generator resolution, center crop, [-1, 1]"
 _weight_hashes: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
@@ -45,13 +50,14 @@ def state_dict_hash(module: torch.nn.Module) -> str:
 
 def dataset_identity(data: ImageClassificationData) -> dict:
     return {"name": data.name, "description": data.description, "class_ids": list(data.class_ids),
-            "resolution": data.resolution, "n_train": len(data.train)}
+            "resolution": data.resolution}
 
 
 def generator_identity(generator) -> dict:
     codec = generator.codec
     return {"name": generator.name, "codec": type(codec).__name__,
-            "resolution": generator.resolution, "latent_shape": list(generator.latent_shape),
+            "resolution": generator.resolution, "preprocess": PREPROCESS,
+            "latent_shape": list(generator.latent_shape), "dtype": str(generator.dtype),
             "scaling_factor": getattr(codec, "scaling_factor", None),
             "weights": state_dict_hash(codec)}
 
@@ -63,8 +69,9 @@ def cache_key(data: ImageClassificationData, generator) -> str:
 
 
 def encode_class(generator, data: ImageClassificationData, label: int) -> torch.Tensor:
-    """Latents of every train image of one class (images through the generator's encoder)."""
-    return generator.encode(data.class_images(label, "train"))
+    """Latents of every train image of one class, decoded straight at the generator resolution
+    (image folders: short side resized, center crop), then through the generator's encoder."""
+    return generator.encode(data.class_images(label, "train", generator.resolution))
 
 
 class LatentCache:
@@ -84,7 +91,7 @@ class LatentCache:
     def class_latents(self, generator, data: ImageClassificationData, label: int) -> torch.Tensor:
         if self.root is None:
             return encode_class(generator, data, label)
-        path = self.folder(generator, data) / f"{label}.pt"
+        path = self.folder(generator, data) / f"{label}-{data.class_digest(label)[:16]}.pt"
         latents = self._read(path)
         if latents is None:
             latents = encode_class(generator, data, label).float()

@@ -17,16 +17,21 @@ from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator
 
 SAMPLERS = ("ddpm", "ddim")
+SPACINGS = ("linspace", "leading", "trailing")
+X0_SOURCES = ("cfg", "cond")
 
 
 @dataclass
 class StepContext:
     """What a guidance hook may read at one denoising step.
 
-    ``index`` counts down from steps-1 to 0 (REFERENCE §1: with 50 steps, t_SG = 25 guides
-    indices 49..26). ``x0_hat`` is the clean latent predicted from the *conditional* half of
-    the CFG batch; ``sigma`` the standard deviation of this step's noise (0 for DDIM, eta=0);
-    ``sampler`` (``ddpm``/``ddim``) lets a hook pick the scale its update needs.
+    ``index`` counts down from steps-1 to 0 (with 50 steps, t_SG = 25 guides indices 49..26;
+    docs/mgd3.md). ``x`` is the current x_t (before the step). ``x0_hat`` is the clean latent
+    predicted from the CFG-combined eps (``x0_from="cfg"``, as the official code's
+    ``forward_with_cfg``) or from the conditional half (``"cond"``); ``sigma`` the standard
+    deviation of this step's noise (0 for DDIM, eta=0); ``alpha_bar``/``alpha_bar_prev`` the
+    cumulative alphas of this step and of the one it steps to; ``sampler`` (``ddpm``/``ddim``)
+    lets a hook pick the scale its update needs.
     """
 
     index: int
@@ -35,6 +40,8 @@ class StepContext:
     sigma: torch.Tensor
     alpha_bar: torch.Tensor
     sampler: str = "ddpm"
+    x: torch.Tensor | None = None
+    alpha_bar_prev: torch.Tensor | None = None
 
 
 class Guidance(Protocol):
@@ -43,11 +50,41 @@ class Guidance(Protocol):
     def adjust_prev(self, x_prev: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
 
 
-def make_scheduler(generator: DiffusionGenerator, sampler: str, steps: int):
-    """A fresh scheduler for ``steps`` inference steps from the generator's training schedule."""
+def timestep_grid(generator: DiffusionGenerator, sampler: str, spacing: str) -> str | None:
+    """The timestep spacing to use: ``spacing``, or for ``auto`` the generator family's official
+    grid for this sampler (``generator.timestep_spacing``, set in its config), else None (the
+    checkpoint's own scheduler config decides)."""
+    check_spacing(sampler, spacing)
+    if spacing == "auto":
+        spacing = (generator.timestep_spacing or {}).get(sampler)
+    return check_spacing(sampler, spacing) if spacing else None
+
+
+def check_spacing(sampler: str, spacing: str) -> str:
+    if spacing not in ("auto", *SPACINGS):
+        raise UserError(f"unknown method.timestep_spacing {spacing!r} (use auto or one of: "
+                        f"{', '.join(SPACINGS)})")
+    if sampler == "ddim" and spacing == "linspace":
+        # diffusers' DDIM step assumes a uniform stride (prev = t - 1000 // steps)
+        raise UserError("sampler=ddim needs a uniform timestep grid: use "
+                        "method.timestep_spacing=leading (the official DiT DDIM grid) or trailing")
+    return spacing
+
+
+def make_scheduler(generator: DiffusionGenerator, sampler: str, steps: int,
+                   timestep_spacing: str = "auto"):
+    """A fresh scheduler for ``steps`` inference steps from the generator's training schedule.
+
+    The grid: DiT's ``create_diffusion("50")`` visits t = round(i * 999 / 49), i = 49..0
+    (999, 979, ..., 20, 0) = diffusers' ``linspace`` spacing; diffusers' default ``leading``
+    (980, 960, ..., 0) differs in 48 of 50 steps. See ``timestep_grid``.
+    """
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r} (use one of: {', '.join(SAMPLERS)})")
-    config = {k: v for k, v in generator.scheduler_config.items() if not k.startswith("_")}
+    config = scheduler_settings(generator.scheduler_config)
+    spacing = timestep_grid(generator, sampler, timestep_spacing)
+    if spacing is not None:
+        config["timestep_spacing"] = spacing
     if not generator.pixel_space:
         config["clip_sample"] = False  # latents are not in [-1, 1]; DDPM's default would clip
     if sampler == "ddpm":
@@ -57,6 +94,20 @@ def make_scheduler(generator: DiffusionGenerator, sampler: str, steps: int):
         scheduler = DDIMScheduler.from_config(config)
     scheduler.set_timesteps(steps)
     return scheduler
+
+
+def scheduler_settings(config: dict) -> dict:
+    """A checkpoint's scheduler config without diffusers' private keys (``_class_name`` ...)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def prev_alpha_bar(scheduler, t: torch.Tensor) -> torch.Tensor:
+    """Cumulative alpha of the timestep this step moves to (1 past the end of the chain)."""
+    if isinstance(scheduler, DDIMScheduler):
+        prev = int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        return scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+    prev = int(scheduler.previous_timestep(t))
+    return scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.one
 
 
 def step_options(scheduler) -> dict:
@@ -141,11 +192,32 @@ def starting_point(generator: DiffusionGenerator, scheduler, n: int, rng: torch.
     return x, timesteps
 
 
+def check_x0_source(x0_from: str) -> str:
+    if x0_from not in X0_SOURCES:
+        raise UserError(f"unknown method.x0_from {x0_from!r} (use cfg, the official code's "
+                        "CFG-combined eps, or cond, the conditional half)")
+    return x0_from
+
+
+def check_finite(peak: torch.Tensor, limit: float = 1e6) -> None:
+    """The chain's largest |x_t| must be finite and not blown up: a guidance or CFG scale far
+    too large. Tracked over every step, since pixel-space schedules clip the final x0 back
+    into range (lam = 1e9 gives binary noise there, not large values)."""
+    peak = float(peak)
+    if peak != peak or peak == float("inf"):
+        raise UserError("sampling produced NaN/inf latents: the guidance or CFG scale is not a "
+                        "usable number (check method.lam and method.cfg_scale)")
+    if peak > limit:
+        raise UserError(f"sampling diverged (|x_t| reached {peak:.3g}): the guidance or CFG "
+                        "scale is far too large (lower method.lam or method.cfg_scale)")
+
+
 @torch.no_grad()
 def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng: torch.Generator,
                    steps: int = 50, cfg_scale: float | None = None, sampler: str = "ddpm",
                    guidance: Guidance | None = None, init: torch.Tensor | None = None,
-                   strength: float = 1.0) -> torch.Tensor:
+                   strength: float = 1.0, timestep_spacing: str = "auto",
+                   x0_from: str = "cfg") -> torch.Tensor:
     """Denoise from x_T (or from ``init`` noised to ``strength``) to clean latents.
 
     Args:
@@ -155,32 +227,49 @@ def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng: 
             the timestep of step index ``start_index(steps, strength)`` and denoised from there.
             Step indices keep their meaning (steps-1..0), so t_sg means the same with or
             without ``init``.
+        timestep_spacing: ``auto`` (the generator family's official grid) | linspace | leading |
+            trailing.
+        x0_from: where the x0_hat that guidance sees comes from: ``cfg`` (official) | ``cond``.
     """
     device = generator.device
     scale = generator.cfg_scale if cfg_scale is None else float(cfg_scale)
-    scheduler = make_scheduler(generator, sampler, steps)
+    check_x0_source(x0_from)
+    scheduler = make_scheduler(generator, sampler, steps, timestep_spacing)
     n = len(labels)
     x, timesteps = starting_point(generator, scheduler, n, rng, init, strength)
     cond = generator.condition(labels.to(device))
     both = torch.cat([cond, generator.null_condition(n)]) if scale != 1.0 else cond
     alphas = scheduler.alphas_cumprod.to(device)
+    peak = x.abs().amax()  # on the device: no sync per step
     for i, t in enumerate(timesteps):
         index = len(timesteps) - 1 - i
         model_in = scheduler.scale_model_input(x, t)
         model_in = torch.cat([model_in, model_in]) if scale != 1.0 else model_in
         eps_all, var_all = generator.split_output(generator.denoise(model_in, t.to(device), both))
         eps_cond = eps_all[:n]
+        # DiT's forward_with_cfg: the guided eps on the first cfg_channels, the rest per row
         eps = cfg_combine(eps_cond, eps_all[n:], scale, generator.cfg_channels) if scale != 1.0 \
             else eps_cond
         variance = None if var_all is None else var_all[:n]
         alpha_bar = alphas[t]
-        ctx = StepContext(index=index, timestep=t, alpha_bar=alpha_bar, sampler=sampler,
-                          x0_hat=predicted_x0(scheduler, x, eps_cond, alpha_bar),
-                          sigma=step_sigma(scheduler, t, variance).to(device))
+        ctx = StepContext(index=index, timestep=t, alpha_bar=alpha_bar, sampler=sampler, x=x,
+                          x0_hat=predicted_x0(scheduler, x, eps if x0_from == "cfg" else eps_cond,
+                                              alpha_bar),
+                          sigma=step_sigma(scheduler, t, variance).to(device),
+                          alpha_bar_prev=prev_alpha_bar(scheduler, t).to(device))
         if guidance is not None:
             eps = guidance.adjust_eps(eps, ctx)
-        model_out = eps if variance is None else torch.cat([eps, variance], dim=1)
-        x_prev = scheduler.step(model_out, t, x, generator=rng, **step_options(scheduler)).prev_sample
+        x_prev = scheduler.step(model_output(scheduler, eps, variance), t, x, generator=rng,
+                                **step_options(scheduler)).prev_sample
         x = guidance.adjust_prev(x_prev, ctx) if guidance is not None else x_prev
+        peak = torch.maximum(peak, x.abs().amax())
+    check_finite(peak)
     return x
 
+
+def model_output(scheduler, eps: torch.Tensor, variance: torch.Tensor | None) -> torch.Tensor:
+    """What ``scheduler.step`` takes: DDPM eps + learned variance channels; DDIM eps alone (the
+    variance channels would be read as eps, as diffusers' DiT pipeline avoids by dropping them)."""
+    if variance is None or isinstance(scheduler, DDIMScheduler):
+        return eps
+    return torch.cat([eps, variance], dim=1)

@@ -20,6 +20,8 @@ class SamplingSchema:
     sampler: str = "ddpm"               # ddpm | ddim (eta = 0)
     cfg_scale: Optional[float] = None   # None: the generator's default
     batch_size: Optional[int] = None    # None: all IPC samples of a class in one batch
+    timestep_spacing: str = "auto"      # auto (the generator's official grid) | linspace | leading | trailing
+    x0_from: str = "cfg"                # x0_hat for guidance from: cfg (official) | cond
 
 
 @dataclass
@@ -38,7 +40,7 @@ class MGD3Schema(LatentCacheSchema, SamplingSchema):
     _target_: str = "mgd3.distiller.MGD3"
     lam: float = 0.1                    # mode-guidance strength lambda
     t_sg: int = 25                      # stop guidance: guide while step index > t_sg
-    injection: str = "posterior_mean"   # posterior_mean (official code) | eps (paper eq. 6)
+    injection: str = "posterior_mean"   # posterior_mean (official code) | eps (paper eq. 6) | x0
     mode_discovery: str = "kmeans"      # kmeans | closest_real | random_real | dbscan
     kmeans_backend: str = "auto"        # auto | faiss | torch
     dbscan_eps: Optional[float] = None  # None: median radius holding dbscan_min_samples points

@@ -1,4 +1,4 @@
-"""Hard-label evaluation (IDC -> MinimaxDiffusion -> MGD^3 protocol, REFERENCE §3).
+"""Hard-label evaluation (IDC -> MinimaxDiffusion -> MGD^3 protocol, docs/protocols.md).
 
 Train a student from scratch on the distilled images with their class labels: SGD (lr 0.01,
 momentum 0.9, wd 5e-4, batch 64), MultiStepLR at 2/3 and 5/6 (gamma 0.2), epochs by IPC;

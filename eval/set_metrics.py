@@ -1,4 +1,4 @@
-"""Diversity and representativeness of a distilled set, per image and per class (REFERENCE §1).
+"""Diversity and representativeness of a distilled set, per image and per class (docs/protocols.md).
 
 - **diversity** of a distilled sample: distance to the nearest *other* distilled sample of its
   class (higher = more diverse; undefined with one image per class);
@@ -54,6 +54,8 @@ def tsne_embed(real: torch.Tensor, distilled: torch.Tensor, seed: int,
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
+    if is_degenerate(real, distilled):  # t-SNE of < 4 or identical points: NaNs (or a crash)
+        return torch.zeros(len(real), 2), torch.zeros(len(distilled), 2)
     joint = torch.cat([real, distilled]).double().numpy()
     # sklearn needs perplexity < n; n / 3 keeps tiny classes meaningful
     perplexity = max(1.0, min(perplexity, (len(joint) - 1) / 3))
@@ -64,6 +66,12 @@ def tsne_embed(real: torch.Tensor, distilled: torch.Tensor, seed: int,
                   random_state=seed % (2**31)).fit_transform(joint)
     xy = torch.from_numpy(xy).float()
     return xy[:len(real)], xy[len(real):]
+
+
+def is_degenerate(real: torch.Tensor, distilled: torch.Tensor) -> bool:
+    """Too few points, or all alike, for a neighbourhood embedding (one image, constant images)."""
+    joint = torch.cat([real.flatten(1), distilled.flatten(1)]).float()
+    return len(joint) < 4 or len(real) < 2 or bool((joint.amax(0) - joint.amin(0)).max() <= 1e-6)
 
 
 # -- features ----------------------------------------------------------------------------------
@@ -101,6 +109,7 @@ class SetMetrics:
     labels: torch.Tensor               # (n,)
     per_class: list[dict]
     embeddings: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    degenerate: list[int] = field(default_factory=list)  # classes with one real image or constant images
 
     def summary(self) -> dict:
         """Mean over images (NaN diversities of one-image classes left out) -> metrics.json."""
@@ -136,19 +145,21 @@ def set_metrics(distilled: DistilledSet, data: ImageClassificationData, space: s
     div, rep = torch.full((n,), math.nan), torch.full((n,), math.nan)
     labels = distilled.labels.cpu()
     classes = sorted(set(labels.tolist())) if classes is None else list(classes)
-    rows, embeddings = [], {}
+    rows, embeddings, degenerate = [], {}, []
     for label in classes:
         where = torch.nonzero(labels == label).flatten()
         if len(where) == 0:
             continue
         fake = features_of(distilled.images[where].cpu(), encoder)
         real = real_features(data, label, encoder, max_real, seed)
+        if is_degenerate(real, fake):
+            degenerate.append(label)
         if space == "tsne":
             real, fake = tsne_embed(real, fake, derive_seed(seed, "tsne", label))
             embeddings[label] = (real, fake)
         div[where], rep[where] = diversity(fake), representativeness(fake, real, k)
         rows.append(class_row(data, label, div[where], rep[where], len(real), k))
-    return SetMetrics(space, k, div, rep, labels, rows, embeddings)
+    return SetMetrics(space, k, div, rep, labels, rows, embeddings, degenerate)
 
 
 def class_row(data: ImageClassificationData, label: int, div: torch.Tensor, rep: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Soft-label evaluation (RDED / SRe2L's FKD protocol, REFERENCE §4).
+"""Soft-label evaluation (RDED / SRe2L's FKD protocol, docs/protocols.md).
 
 Each batch of the distilled set is augmented (RDED's ShufflePatches -> RandomResizedCrop(scale
 0.5-1) -> flip), CutMix-ed (beta 1, every batch), and labelled online by a teacher trained on

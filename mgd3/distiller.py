@@ -24,7 +24,14 @@ from ddcore.distilled import DistilledSet
 from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator
 from ddcore.latent_cache import LatentCache
-from ddcore.sampling import SAMPLERS, Guidance, sample_latents, start_index
+from ddcore.sampling import (
+    SAMPLERS,
+    Guidance,
+    check_spacing,
+    check_x0_source,
+    sample_latents,
+    start_index,
+)
 from ddcore.seeding import rng_for
 from mgd3.guidance import ModeGuidance, check_injection
 from mgd3.modes import ModeDiscovery, modes_for_class
@@ -39,12 +46,17 @@ class UnguidedSampling:
     name = "unguided"
 
     def __init__(self, steps: int = 50, sampler: str = "ddpm", cfg_scale: float | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, timestep_spacing: str = "auto",
+                 x0_from: str = "cfg"):
         if steps < 1:
             raise UserError(f"method.steps must be >= 1, got {steps}")
         if sampler not in SAMPLERS:
             raise UserError(f"unknown method.sampler {sampler!r} (use one of: {', '.join(SAMPLERS)})")
+        if cfg_scale is not None and not cfg_scale >= 0:  # also rejects nan
+            raise UserError(f"method.cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
         self.steps, self.sampler, self.cfg_scale = steps, sampler, cfg_scale
+        self.timestep_spacing = check_spacing(sampler, timestep_spacing)
+        self.x0_from = check_x0_source(x0_from)
         self.batch_size = batch_size
         self.modes: dict[int, torch.Tensor] = {}
 
@@ -97,7 +109,8 @@ class UnguidedSampling:
                 generator, torch.full((n,), label, dtype=torch.long), rng=rng, steps=self.steps,
                 cfg_scale=self.cfg_scale, sampler=self.sampler,
                 guidance=guidance.subset(start, n) if guidance is not None else None,
-                init=init[start:start + n] if init is not None else None, strength=self.strength)
+                init=init[start:start + n] if init is not None else None, strength=self.strength,
+                timestep_spacing=self.timestep_spacing, x0_from=self.x0_from)
             chunks.append(resize_images(generator.decode(latents).cpu(), data.resolution))
         return torch.cat(chunks)
 
@@ -124,8 +137,8 @@ class MGD3(LatentModesMixin, UnguidedSampling):
         lam: guidance strength lambda (paper default 0.1; too large is catastrophic).
         t_sg: stop guidance -- guide only while the step index is above t_sg (0 = always,
             steps = never).
-        injection: ``posterior_mean`` (official code, default) or ``eps`` (paper eq. 6); see
-            ``mgd3/guidance.py`` for how they relate.
+        injection: ``posterior_mean`` (official code, default), ``eps`` (paper eq. 6) or
+            ``x0`` (shift x0_hat, re-derive eps); see ``mgd3/guidance.py`` for how they relate.
         mode_discovery: ``kmeans`` (default), ``closest_real``, ``random_real`` or ``dbscan``.
         kmeans_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
         dbscan_eps, dbscan_min_samples: DBSCAN settings (eps None: chosen from the data).
@@ -139,8 +152,8 @@ class MGD3(LatentModesMixin, UnguidedSampling):
                  dbscan_eps: float | None = None, dbscan_min_samples: int = 5,
                  latent_cache: bool = True, latent_cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        if lam < 0:
-            raise UserError(f"method.lam must be >= 0, got {lam}")
+        if not 0 <= lam < float("inf"):  # also rejects nan
+            raise UserError(f"method.lam must be a finite number >= 0, got {lam}")
         if not 0 <= t_sg <= self.steps:
             raise UserError(f"method.t_sg={t_sg} is outside [0, {self.steps}] (the number of "
                             "sampling steps, method.steps)")
@@ -155,7 +168,7 @@ class MGD3(LatentModesMixin, UnguidedSampling):
 
 
 class D4M(LatentModesMixin, UnguidedSampling):
-    """D4M-style prototypes (REFERENCE §5): k-means prototypes of the class latents (k = IPC),
+    """D4M-style prototypes (docs/baselines.md): k-means prototypes of the class latents (k = IPC),
     each noised to ``strength`` of the schedule and denoised by the same sampler (img2img),
     conditioned on the class (a class-name prompt for Stable Diffusion). No mode guidance.
 

@@ -1,38 +1,47 @@
 """Mode guidance with stop guidance (MGD^3 stages 2 and 3).
 
-Sample j of a class is pulled toward mode j through ``g_t = m_j - x0_hat``, where ``x0_hat`` is
-predicted from the conditional half of the CFG batch. Guidance runs only while the step index
-(counting down from steps-1) is above ``t_sg``. Two ways to inject it (``injection``):
+Sample j of a class is pulled toward mode j through ``g_t = m_j - x0_hat``. ``x0_hat`` is
+predicted from the CFG-combined eps by default (``method.x0_from=cfg``): the official code calls
+DiT through ``forward_with_cfg``, which returns the guided eps for both halves, and computes
+``pred_xstart`` from it; ``x0_from=cond`` uses the conditional half instead (``ddcore.sampling``).
+Guidance runs only while the step index (counting down from steps-1) is above ``t_sg``.
+
+Three ways to inject it (``injection``). Each changes x_{t-1} by ``c_t * lam * g_t`` at a guided
+step; with abar = alpha_bar_t, abar' = alpha_bar_{t-1} (of the spaced grid) and
+beta_t = 1 - abar / abar':
 
 ``posterior_mean`` (default; the official code, which produced the paper's numbers)
-    x_{t-1} += lam * s_t * g_t after the scheduler step. Adding to x_{t-1} equals adding to its
+    x_{t-1} += lam * s_t * g_t after the scheduler step; adding to x_{t-1} equals adding to its
     posterior mean, since the step's noise is additive. DDPM: s_t = sigma_t, the step's own
-    standard deviation (DiT's learned one when the model predicts variance). DDIM (eta = 0) has
-    sigma_t = 0, and the official SD variant scales by sqrt(alpha_bar_t) instead (REFERENCE §1);
-    so does this code.
+    standard deviation (DiT's learned one, exp(0.5 * log_variance), when the model predicts
+    variance). DDIM (eta = 0) has sigma_t = 0, and the official SD variant scales by
+    sqrt(abar) instead; so does this code.
+        DDPM: c_t = sigma_t                     DDIM: c_t = sqrt(abar)
 
 ``eps`` (paper eq. 6 / Algorithm 1: guidance added to eps before the scheduler update)
-    Since x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), shifting eps by d moves x0_hat
-    by -sqrt(1 - abar_t) / sqrt(abar_t) * d. Eq. 6 read literally, eps_hat = eps + lam * sigma_t
-    * g_t, therefore moves x0_hat *away* from the mode (by lam * sigma_t * sqrt(1-abar)/sqrt(abar)
-    * g_t). We flip the sign so that it pulls toward the mode, as classifier guidance does
-    (Dhariwal & Nichol, Alg. 2: eps_hat = eps - sqrt(1 - abar_t) * grad log p, with the
-    "gradient" g_t). For sigma_t we take the marginal noise std sqrt(1 - abar_t) (the sigma_t of
-    x_t = alpha_t x0 + sigma_t eps, and that algorithm's scale): DDIM's step std is 0 at eta = 0,
-    which would switch eq. 6 off in Algorithm 1.
+    Since x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar), shifting eps by d moves x0_hat by
+    -sqrt(1 - abar) / sqrt(abar) * d. Eq. 6 read literally, eps_hat = eps + lam * sigma_t * g_t,
+    therefore moves x0_hat *away* from the mode. We flip the sign so that it pulls toward the
+    mode, as classifier guidance does (Dhariwal & Nichol, Alg. 2: eps_hat = eps - sqrt(1 - abar)
+    * grad log p, with the "gradient" g_t), and take for sigma_t the marginal noise std
+    sqrt(1 - abar) (DDIM's step std is 0 at eta = 0, which would switch eq. 6 off):
+        eps_hat = eps - lam * sqrt(1 - abar) * g_t   ->   x0_hat += lam * (1 - abar) / sqrt(abar) g_t
+        DDPM: c_t = sqrt(abar') beta_t / (1 - abar) * (1 - abar) / sqrt(abar)
+                  = sqrt(abar') beta_t / sqrt(abar)
+        DDIM: c_t = sqrt(abar') (1 - abar) / sqrt(abar) - sqrt(1 - abar') sqrt(1 - abar)
 
-        eps_hat = eps_cfg - lam * sqrt(1 - abar_t) * g_t   ->   x0_hat += lam * (1 - abar_t) /
-                                                                  sqrt(abar_t) * g_t
+``x0`` (the only public DDIM mode-guidance code, in the ManifoldGD repository)
+    x0_hat += lam * g_t, then eps re-derived from the shifted x0_hat, i.e.
+    eps_hat = eps - lam * sqrt(abar) / sqrt(1 - abar) * g_t:
+        DDPM: c_t = sqrt(abar') beta_t / (1 - abar)
+        DDIM: c_t = sqrt(abar') - sqrt(1 - abar') sqrt(abar) / sqrt(1 - abar)
 
-    Relation to ``posterior_mean`` under DDPM: the posterior mean is
-    mu = (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t), so an eps shift d moves mu by
-    -beta_t / (sqrt(alpha_t) sqrt(1 - abar_t)) * d. The posterior-mean shift lam * sigma_t * g_t
-    is the eps shift d = -lam * sigma_t * sqrt(alpha_t) sqrt(1 - abar_t) / beta_t * g_t; the
-    ``eps`` mode's shift of mu is lam * beta_t / sqrt(alpha_t) * g_t, weaker at low noise
-    (beta_t = 1 - abar_t / abar_{t-1} of the spaced schedule; sigma_t ~ sqrt(beta_t) >> beta_t).
-    Pixel-space schedules clip x0, so the eps route is linear only away from the clip; DDIM
-    there re-derives eps from the clipped x0 (``ddcore.sampling.step_options``), else a
-    clipped x0 would leave only the direction term, which moves x_{t-1} away from the mode.
+The defaults use ``posterior_mean`` for both samplers: it is what the official DiT code (DDPM)
+and SD code (DDIM scale) run. Pixel-space schedules clip x0, so the eps routes are linear only
+away from the clip; DDIM there re-derives eps from the clipped x0
+(``ddcore.sampling.step_options``), else a clipped x0 would leave only the direction term,
+which moves x_{t-1} away from the mode. The coefficients are checked step by step in
+tests/test_parity.py against an implementation written from these formulas.
 """
 
 from __future__ import annotations
@@ -42,13 +51,13 @@ import torch
 from ddcore.errors import UserError
 from ddcore.sampling import StepContext
 
-INJECTIONS = ("posterior_mean", "eps")
+INJECTIONS = ("posterior_mean", "eps", "x0")
 
 
 def check_injection(injection: str) -> str:
     if injection not in INJECTIONS:
         raise UserError(f"unknown method.injection {injection!r} (use one of: "
-                        f"{', '.join(INJECTIONS)}; posterior_mean reproduces the paper's numbers)")
+                        f"{', '.join(INJECTIONS)}; posterior_mean is the official code's update)")
     return injection
 
 
@@ -74,10 +83,13 @@ class ModeGuidance:
         return self.modes.to(ctx.x0_hat.device, ctx.x0_hat.dtype) - ctx.x0_hat
 
     def adjust_eps(self, eps: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if self.injection != "eps" or not self.active(ctx):
+        if self.injection == "posterior_mean" or not self.active(ctx):
             return eps
-        # eq. 6 with the sign that pulls x0_hat toward the mode (see the module docstring)
-        return eps - self.lam * (1 - ctx.alpha_bar).sqrt() * self.pull(ctx)
+        if self.injection == "eps":
+            # eq. 6 with the sign that pulls x0_hat toward the mode (see the module docstring)
+            return eps - self.lam * (1 - ctx.alpha_bar).sqrt() * self.pull(ctx)
+        # x0: shift x0_hat by lam * g_t and re-derive eps from it
+        return eps - self.lam * (ctx.alpha_bar / (1 - ctx.alpha_bar)).sqrt() * self.pull(ctx)
 
     def adjust_prev(self, x_prev: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         if self.injection != "posterior_mean" or not self.active(ctx):

@@ -1,4 +1,4 @@
-"""Patch geometry: the best window of a relevance map, crops, and 2x2 tiles (REFERENCE §2.2, §2.4).
+"""Patch geometry: the best window of a relevance map, crops, and 2x2 tiles (docs/patchsel.md).
 
 A relevance map covers the whole scoring image (``image_size`` pixels a side) with h x w latent
 cells. The patch window (``patch_size`` pixels) spans ``round(patch_size / image_size * h)``

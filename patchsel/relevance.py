@@ -1,6 +1,6 @@
 """Stage I: where in an image does the class condition help the denoiser most?
 
-For a real latent z of class c (REFERENCE §2.1), the paper scores
+For a real latent z of class c (docs/patchsel.md), the paper scores
 
     R(z | c) = E_{eps, t} [ L_t(z, eps, c) - L_t(z, eps, null) ],
     L_t = || eps_theta(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t, cond) - eps ||^2,
@@ -32,13 +32,14 @@ import torch
 from diffusers import DDPMScheduler
 
 from ddcore.generators.base import DiffusionGenerator
+from ddcore.sampling import scheduler_settings
 from ddcore.seeding import rng_for
 
 
 def alphas_cumprod(generator: DiffusionGenerator) -> torch.Tensor:
     """abar_t of the generator's training schedule, (T,)."""
-    config = {k: v for k, v in generator.scheduler_config.items() if not k.startswith("_")}
-    return DDPMScheduler.from_config(config).alphas_cumprod.float()
+    return DDPMScheduler.from_config(scheduler_settings(generator.scheduler_config)) \
+        .alphas_cumprod.float()
 
 
 def draw_noise(shape: tuple[int, ...], draws: int, t_range: tuple[float, float], steps: int,

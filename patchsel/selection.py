@@ -1,4 +1,4 @@
-"""Stage II choice of patches within a class (REFERENCE §2.3).
+"""Stage II choice of patches within a class (docs/patchsel.md).
 
 Patches are clustered (k-means, M = 32, on their features); clusters are ranked by the median
 relevance of their patches (higher first: see ``patchsel/relevance.py`` for the sign); inside a

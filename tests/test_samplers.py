@@ -12,7 +12,7 @@ from mgd3.guidance import ModeGuidance
 from mgd3.modes import modes_for_class
 
 SAMPLERS = ["ddpm", "ddim"]
-INJECTIONS = ["posterior_mean", "eps"]
+INJECTIONS = ["posterior_mean", "eps", "x0"]
 FAST = ["method.steps=4", "method.t_sg=1"]
 
 
@@ -103,6 +103,37 @@ def test_eps_injection_moves_x0_hat_toward_the_mode():
     assert torch.equal(guidance.adjust_prev(x, ctx), x)  # eps mode leaves x_{t-1} alone
 
 
+def test_x0_injection_shifts_x0_hat_by_lam_g_and_rederives_eps():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(clip_sample=False)
+    x, eps, alpha_bar = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor(0.64)
+    x0 = predicted_x0(scheduler, x, eps, alpha_bar)
+    modes = torch.randn(2, 3, 4, 4)
+    ctx = StepContext(index=5, timestep=torch.tensor(500), x0_hat=x0, sigma=torch.tensor(0.3),
+                      alpha_bar=alpha_bar)
+    guidance = ModeGuidance(modes, lam=0.5, t_sg=0, injection="x0")
+    moved = predicted_x0(scheduler, x, guidance.adjust_eps(eps, ctx), alpha_bar)
+    assert torch.allclose(moved - x0, 0.5 * (modes - x0), atol=1e-5)
+    assert torch.equal(guidance.adjust_prev(x, ctx), x)
+
+
+@pytest.mark.parametrize("lam, words", [("inf", "finite"), ("nan", "finite"),
+                                        ("1e9", "diverged")])
+def test_unusable_guidance_is_one_line_not_black_images(make_cfg, lam, words):
+    cfg = make_cfg("method=mgd3", "method.steps=4", "method.t_sg=0", f"method.lam={lam}")
+    data, method, generator = (None, None, None)
+    with pytest.raises(UserError, match=words) as err:
+        data, method, generator = prepare_distillation(cfg)
+        method.distill_class(data, 0, 2, 0, generator)
+    assert "\n" not in str(err.value)
+
+
+def test_negative_cfg_scale_is_refused(make_cfg):
+    with pytest.raises(UserError, match="cfg_scale"):
+        build(make_cfg("method=mgd3", "method.cfg_scale=-5").method)
+
+
 def test_img2img_start_runs_the_last_steps_and_stays_near_its_start(make_cfg):
     assert start_index(50, 0.7) == 34 and start_index(10, 1.0) == 9
     cfg = make_cfg("method=unguided")
@@ -117,7 +148,9 @@ def test_img2img_start_runs_the_last_steps_and_stays_near_its_start(make_cfg):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("method.injection=score", ["method.injection", "'score'", "posterior_mean, eps"]),
+    ("method.injection=score", ["method.injection", "'score'", "posterior_mean, eps, x0"]),
+    ("method.timestep_spacing=cosine", ["method.timestep_spacing", "'cosine'", "linspace"]),
+    ("method.x0_from=null_half", ["method.x0_from", "'null_half'", "cfg"]),
     ("method.sampler=euler", ["method.sampler", "'euler'", "ddpm, ddim"]),
 ])
 def test_unknown_injection_or_sampler_is_a_one_line_error(make_cfg, override, words):

@@ -7,6 +7,7 @@ without decoding the rest.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,13 @@ class ImageSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def load(self, indices: Sequence[int]) -> torch.Tensor:
-        """Images at ``indices`` as float (n, C, R, R) in [0, 1]."""
+    def load(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        """Images at ``indices`` as float (n, C, R, R) in [0, 1]; ``resolution`` overrides R
+        (files are decoded at it, so nothing is shrunk first and upsampled later)."""
+        ...
+
+    def digest(self, indices: Sequence[int]) -> str:
+        """A content digest of the images at ``indices``: it changes when any of them does."""
         ...
 
 
@@ -42,27 +48,68 @@ class TensorSource:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, indices: Sequence[int]) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.long)].float() / 255.0
+    def load(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        images = self.images[torch.as_tensor(indices, dtype=torch.long)].float() / 255.0
+        return images if resolution is None else resize_images(images, resolution)
+
+    def digest(self, indices: Sequence[int]) -> str:
+        pick = self.images[torch.as_tensor(list(indices), dtype=torch.long)].contiguous()
+        return hashlib.sha256(pick.numpy().tobytes()).hexdigest()
+
+
+# Modes PIL's convert("L") would clip to 0..255 instead of scaling: decoded as float planes.
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def resize_crop(im: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to ``resolution`` (bicubic), then center-crop a square."""
+    w, h = im.size
+    scale = resolution / min(w, h)
+    im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
+                   Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return im.crop((left, top, left + resolution, top + resolution))
+
+
+def high_depth_plane(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as one float plane in [0, 1] (mode F).
+
+    Integer images are scaled by 65535 (16-bit PNG/TIFF); float images are taken as [0, 1]
+    when they fit it, else as 0..255 or 0..65535 by their maximum.
+    """
+    arr = np.asarray(im, dtype=np.float32)
+    top = float(arr.max()) if arr.size else 0.0
+    if im.mode == "F":
+        scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    else:
+        scale = 65535.0
+    return Image.fromarray(np.clip(arr / scale, 0.0, 1.0).astype(np.float32), mode="F")
+
+
+def decode_image(im: Image.Image, resolution: int, channels: int) -> np.ndarray:
+    """(R, R, C) float32 in [0, 1] from any PIL mode (L, LA, P, RGB(A), CMYK, 1, I;16, I, F);
+    alpha is dropped, grayscale is repeated for RGB sets."""
+    if im.mode in HIGH_DEPTH_MODES:
+        plane = np.asarray(resize_crop(high_depth_plane(im), resolution), dtype=np.float32)
+        arr = np.clip(plane, 0.0, 1.0)[:, :, None]
+        return np.repeat(arr, channels, axis=2) if channels == 3 else arr
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # palette transparency: decode through RGBA, as PIL advises
+    im = resize_crop(im.convert("L" if channels == 1 else "RGB"), resolution)
+    arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return arr.astype(np.float32) / 255.0
 
 
 def load_image_file(path: Path, resolution: int, channels: int) -> torch.Tensor:
     """Decode one file, resize the short side to ``resolution`` and center-crop a square."""
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            w, h = im.size
-            scale = resolution / min(w, h)
-            im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
-                           Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - resolution) // 2, (h - resolution) // 2
-            im = im.crop((left, top, left + resolution, top + resolution))
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = decode_image(im, resolution, channels)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc} (remove or replace the file)") from exc
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
 class FileSource:
@@ -77,9 +124,17 @@ class FileSource:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, indices: Sequence[int]) -> torch.Tensor:
-        return torch.stack([load_image_file(self.paths[i], self.resolution, self.channels)
-                            for i in indices])
+    def load(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        return torch.stack([load_image_file(self.paths[i], resolution or self.resolution,
+                                            self.channels) for i in indices])
+
+    def digest(self, indices: Sequence[int]) -> str:
+        """Path, size and modification time of each file (cheap: no decoding)."""
+        digest = hashlib.sha256()
+        for i in indices:
+            stat = self.paths[i].stat()
+            digest.update(f"{self.paths[i]}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        return digest.hexdigest()
 
 
 class SourceDataset(torch.utils.data.Dataset):
@@ -144,9 +199,15 @@ class ImageClassificationData:
                             f"{self.class_ids[smallest]!r} in {self.name} ({why}; use ipc <= "
                             f"{int(counts[smallest])})")
 
-    def class_images(self, label: int, split: str = "train") -> torch.Tensor:
+    def class_images(self, label: int, split: str = "train",
+                     resolution: int | None = None) -> torch.Tensor:
         source = self.train if split == "train" else self.test
-        return source.load(self.class_indices(label, split).tolist())
+        return source.load(self.class_indices(label, split).tolist(), resolution)
+
+    def class_digest(self, label: int, split: str = "train") -> str:
+        """Content digest of one class's images (see ``ImageSource.digest``)."""
+        source = self.train if split == "train" else self.test
+        return source.digest(self.class_indices(label, split).tolist())
 
 
 def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:

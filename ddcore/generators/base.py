@@ -60,11 +60,15 @@ class DiffusionGenerator(nn.Module):
         image_channels: channels of decoded images (1 for grayscale sets, 3 for RGB).
         cfg_scale: default classifier-free guidance scale.
         cfg_channels: CFG only on the first k latent channels (DiT-XL/2 uses 3), None = all.
+        timestep_spacing: the family's official sampling grid per sampler, e.g. ``{"ddpm":
+            "linspace", "ddim": "leading"}`` for DiT; None keeps the checkpoint's scheduler
+            config (``method.timestep_spacing=auto`` reads this; ``ddcore.sampling``).
     """
 
     def __init__(self, denoiser: nn.Module, codec: LatentCodec, scheduler_config: dict,
                  resolution: int, image_channels: int, cfg_scale: float = 1.0,
-                 cfg_channels: int | None = None, name: str = "generator"):
+                 cfg_channels: int | None = None, name: str = "generator",
+                 timestep_spacing: dict | None = None):
         super().__init__()
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.codec = codec
@@ -74,6 +78,7 @@ class DiffusionGenerator(nn.Module):
         self.cfg_scale = float(cfg_scale)
         self.cfg_channels = cfg_channels
         self.name = name
+        self.timestep_spacing = dict(timestep_spacing) if timestep_spacing else None
 
     # -- shapes ---------------------------------------------------------------------------
     @property

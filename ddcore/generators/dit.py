@@ -29,11 +29,12 @@ def build_dit(in_channels: int, sample_size: int, num_classes: int, learned_vari
 def class_conditional(denoiser, codec: LatentCodec, scheduler_config: dict, *, model_classes: int,
                       null_label: int, class_map: list[int] | None, resolution: int,
                       image_channels: int, cfg_scale: float, cfg_channels: int | None,
-                      name: str) -> ClassConditionalGenerator:
+                      name: str, timestep_spacing: dict | None = None
+                      ) -> ClassConditionalGenerator:
     return ClassConditionalGenerator(
         denoiser, codec, scheduler_config, resolution=resolution, image_channels=image_channels,
         cfg_scale=cfg_scale, cfg_channels=cfg_channels, model_classes=model_classes,
-        null_label=null_label, class_map=class_map, name=name)
+        null_label=null_label, class_map=class_map, name=name, timestep_spacing=timestep_spacing)
 
 
 def dit_null_label(transformer: DiTTransformer2DModel) -> int:
@@ -45,7 +46,8 @@ def load_dit(data: ImageClassificationData, path: str = "facebook/DiT-XL-2-256",
              vae: str | None = "stabilityai/sd-vae-ft-mse", resolution: int = 256,
              cfg_scale: float = 4.0, cfg_channels: int | None = 3,
              class_space: str = "imagenet1k", dtype: str = "float32",
-             name: str = "dit_xl2") -> ClassConditionalGenerator:
+             name: str = "dit_xl2", timestep_spacing: dict | None = None
+             ) -> ClassConditionalGenerator:
     """DiT from a hub id or a local folder with ``transformer/``, ``vae/``, ``scheduler/``.
 
     ``vae`` names a separate VAE (MGD^3's official code uses sd-vae-ft-mse); None uses the
@@ -62,7 +64,8 @@ def load_dit(data: ImageClassificationData, path: str = "facebook/DiT-XL-2-256",
     return class_conditional(
         transformer, VAECodec(vae_model), dict(scheduler.config), model_classes=model_classes,
         null_label=dit_null_label(transformer), class_map=class_map, resolution=resolution,
-        image_channels=data.channels, cfg_scale=cfg_scale, cfg_channels=cfg_channels, name=name)
+        image_channels=data.channels, cfg_scale=cfg_scale, cfg_channels=cfg_channels, name=name,
+        timestep_spacing=timestep_spacing)
 
 
 def map_classes(data: ImageClassificationData, model_classes: int, class_space: str,

@@ -49,7 +49,8 @@ class VQCodec(VAECodec):
 
 def load_class_ldm(data: ImageClassificationData, path: str, class_space: str = "imagenet1k",
                    resolution: int = 256, cfg_scale: float = 3.0, dtype: str = "float32",
-                   name: str = "ldm") -> ClassConditionalGenerator:
+                   name: str = "ldm", timestep_spacing: dict | None = None
+                   ) -> ClassConditionalGenerator:
     """A class-conditional LDM; ``class_space`` maps labels to model classes (see dit.map_classes)."""
     dt = torch_dtype(dtype)
     unet = load_component(UNet2DModel, path, "unet", torch_dtype=dt)
@@ -66,4 +67,5 @@ def load_class_ldm(data: ImageClassificationData, path: str, class_space: str = 
     return ClassConditionalGenerator(
         unet, codec, dict(scheduler.config), resolution=resolution, image_channels=data.channels,
         cfg_scale=cfg_scale, model_classes=model_classes, null_label=model_classes,
-        class_map=map_classes(data, model_classes, class_space, name), name=name)
+        class_map=map_classes(data, model_classes, class_space, name), name=name,
+        timestep_spacing=timestep_spacing)

@@ -166,8 +166,8 @@ def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str 
                   schedule: dict | None = None, resolution: int = 16, cfg_scale: float = 3.0,
                   seed: int = 0, name: str = "dit_tiny", retrain: bool = False,
                   trainer_kwargs: dict | None = None,
-                  probe_per_class: int = 0, overrides: dict | None = None
-                  ) -> ClassConditionalGenerator:
+                  probe_per_class: int = 0, overrides: dict | None = None,
+                  timestep_spacing: dict | None = None) -> ClassConditionalGenerator:
     """The cached generator for (dataset, config), trained first if there is none.
 
     ``overrides`` replaces ``arch``/``train``/``probe_per_class`` wholesale (``debug=tiny`` uses
@@ -191,6 +191,7 @@ def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str 
         raise UserError(f"cached generator {folder} was trained on other classes than "
                         f"{data.name} has (delete the folder or use generator.retrain=true)")
     generator.folder = folder
+    generator.timestep_spacing = _plain(timestep_spacing) if timestep_spacing else None  # sampling grid
     generator.train_meta = {k: v for k, v in meta.items() if k not in ("spec", "class_ids")}
     generator.sample_accuracy = meta.get("sample_accuracy")
     return generator

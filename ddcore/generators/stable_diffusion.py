@@ -80,8 +80,8 @@ class TextConditionalGenerator(DiffusionGenerator):
 
 def load_stable_diffusion(data: ImageClassificationData, path: str = "runwayml/stable-diffusion-v1-5",
                           resolution: int = 512, cfg_scale: float = 8.0, prompt_template: str = "{}",
-                          null_prompt: str = "", dtype: str = "float32",
-                          name: str = "sd15") -> TextConditionalGenerator:
+                          null_prompt: str = "", dtype: str = "float32", name: str = "sd15",
+                          timestep_spacing: dict | None = None) -> TextConditionalGenerator:
     """Stable Diffusion from a hub id or a diffusers folder with ``unet/``, ``vae/``,
     ``text_encoder/``, ``tokenizer/`` and ``scheduler/``; one prompt per dataset class."""
     prompts = class_prompts(data, prompt_template, name)
@@ -94,7 +94,8 @@ def load_stable_diffusion(data: ImageClassificationData, path: str = "runwayml/s
     return TextConditionalGenerator(
         unet, VAECodec(vae), dict(scheduler.config), text_encoder=text_encoder,
         tokenizer=tokenizer, prompts=prompts, null_prompt=null_prompt, resolution=resolution,
-        image_channels=data.channels, cfg_scale=cfg_scale, name=name)
+        image_channels=data.channels, cfg_scale=cfg_scale, name=name,
+        timestep_spacing=timestep_spacing)
 
 
 WNID = re.compile(r"n\d{8}")  # a WordNet id is no class name: "An image of n01440764" says nothing
