@@ -8,7 +8,7 @@ FAISS ?= faiss-cpu
 STAMP := $(VENV)/.installed-$(FAISS)
 QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: help install run test test-full bench data format clean
+.PHONY: help install run test test-full bench data format clean reference reference-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,13 @@ bench: install ## speed benchmarks (numbers go into the README)
 	$(BIN)/python experiments/bench_sampling.py
 	$(BIN)/python experiments/bench_eval.py
 	$(BIN)/python experiments/bench_patchsel.py
+	$(BIN)/python experiments/bench_manifoldgd.py
+
+reference: install ## the reference experiment (digits + Fashion-MNIST; resumes) -> results/reference.md
+	$(BIN)/python experiments/reference.py
+
+reference-smoke: install ## a tiny subset of the reference experiment, same code path (CI)
+	$(BIN)/python experiments/reference.py --smoke
 
 data: ## install Fashion-MNIST (Debian package dataset-fashion-mnist) where apt exists
 	@command -v apt-get >/dev/null || { echo "error: apt-get not found; put the IDX files in a folder and set dataset.root=<dir>"; exit 2; }

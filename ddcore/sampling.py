@@ -162,9 +162,14 @@ def predicted_x0(scheduler, x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch
     return x0
 
 
-def initial_noise(generator: DiffusionGenerator, n: int, rng: torch.Generator) -> torch.Tensor:
-    """x_T drawn on the CPU from ``rng``, so results do not depend on the device."""
-    return torch.randn((n, *generator.latent_shape), generator=rng)
+def initial_noise(generator: DiffusionGenerator, n: int, rng) -> torch.Tensor:
+    """x_T drawn on the CPU from ``rng``, so results do not depend on the device. A list of
+    generators (one per sample) makes each sample's noise independent of the batch it is in."""
+    if isinstance(rng, torch.Generator):
+        return torch.randn((n, *generator.latent_shape), generator=rng)
+    if len(rng) != n:
+        raise ValueError(f"{len(rng)} random generators for {n} samples")
+    return torch.stack([torch.randn(generator.latent_shape, generator=g) for g in rng])
 
 
 def start_index(steps: int, strength: float) -> int:
@@ -178,7 +183,7 @@ def start_index(steps: int, strength: float) -> int:
     return max(1, round(strength * steps)) - 1
 
 
-def starting_point(generator: DiffusionGenerator, scheduler, n: int, rng: torch.Generator,
+def starting_point(generator: DiffusionGenerator, scheduler, n: int, rng,
                    init: torch.Tensor | None, strength: float):
     """(x at the first step, the timesteps to run): pure noise, or ``init`` noised (img2img)."""
     noise = initial_noise(generator, n, rng).to(generator.device)
@@ -213,7 +218,7 @@ def check_finite(peak: torch.Tensor, limit: float = 1e6) -> None:
 
 
 @torch.no_grad()
-def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng: torch.Generator,
+def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng,
                    steps: int = 50, cfg_scale: float | None = None, sampler: str = "ddpm",
                    guidance: Guidance | None = None, init: torch.Tensor | None = None,
                    strength: float = 1.0, timestep_spacing: str = "auto",
@@ -222,6 +227,8 @@ def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng: 
 
     Args:
         labels: dataset labels, one per sample.
+        rng: a ``torch.Generator`` for the batch, or one per sample (x_T and every step's
+            noise of sample j then come from ``rng[j]`` alone, whatever the batch).
         cfg_scale: None uses the generator's default; 1.0 skips the null pass.
         init: optional clean start latents (img2img, e.g. D4M's prototypes); they are noised to
             the timestep of step index ``start_index(steps, strength)`` and denoised from there.

@@ -41,10 +41,33 @@ class MGD3Schema(LatentCacheSchema, SamplingSchema):
     lam: float = 0.1                    # mode-guidance strength lambda
     t_sg: int = 25                      # stop guidance: guide while step index > t_sg
     injection: str = "posterior_mean"   # posterior_mean (official code) | eps (paper eq. 6) | x0
-    mode_discovery: str = "kmeans"      # kmeans | closest_real | random_real | dbscan
+    # kmeans | closest_real | random_real | dbscan | agglomerative | divisive | divisive_levels
+    mode_discovery: str = "kmeans"
     kmeans_backend: str = "auto"        # auto | faiss | torch
     dbscan_eps: Optional[float] = None  # None: median radius holding dbscan_min_samples points
     dbscan_min_samples: int = 5
+    linkage: str = "ward"               # agglomerative: ward | average | complete | single
+    divisive_criterion: str = "sse"     # divisive: split the leaf with the largest sse | var
+    divisive_level: int = 2             # divisive_levels: first depth picked (1 = the root)
+    divisive_tree_leaves: Optional[int] = None  # divisive_levels: leaves grown (None: ipc)
+    centres: str = "centroid"           # hierarchical centres: centroid | closest_real
+
+
+@dataclass
+class ManifoldGDSchema(MGD3Schema):
+    _target_: str = "manifoldgd.distiller.ManifoldGD"
+    mode_discovery: str = "divisive_levels"  # the public scripts' default
+    divisive_level: int = 6             # the public scripts' default level
+    manifold_scale: float = 0.1         # manifold-term step length
+    radius: float = 0.05                # cloud radius r (after the warm-up)
+    bandwidth: float = 0.2              # tanh(min_dist / bandwidth) weight
+    tangent_dim: int = 3                # tangent-plane dimension (< neighbours)
+    neighbours: int = 12                # K nearest cloud points
+    cloud_points: int = 300             # P cloud points per centre and step
+    cloud_linspace_start: float = 0.1   # half the radii on linspace(start, r)
+    warm_steps: int = 5                 # radius warm-up steps
+    max_mult: float = 2.0               # warm-up starts at r * max_mult
+    radius_schedule: str = "exp"        # linear | cosine | exp
 
 
 @dataclass
@@ -112,6 +135,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group="method", name="unguided_schema", node=UnguidedSchema)
     store.store(group="method", name="mgd3_schema", node=MGD3Schema)
+    store.store(group="method", name="manifoldgd_schema", node=ManifoldGDSchema)
     store.store(group="method", name="d4m_schema", node=D4MSchema)
     store.store(group="method", name="random_schema", node=RandomRealSchema)
     store.store(group="method", name="kmeans_real_schema", node=KMeansRealSchema)

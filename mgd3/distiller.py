@@ -101,12 +101,14 @@ class UnguidedSampling:
         if modes is not None:
             self.modes[label] = modes.detach().cpu()
         guidance, init = self.guidance(modes), self.start_latents(modes)
-        rng = rng_for(seed, "sample", label)
+        # one generator per sample: its noise does not depend on method.batch_size
+        rngs = [rng_for(seed, "sample", label, j) for j in range(ipc)]
         chunks = []
         for start in range(0, ipc, self.batch_size or ipc):
             n = min(self.batch_size or ipc, ipc - start)
             latents = sample_latents(
-                generator, torch.full((n,), label, dtype=torch.long), rng=rng, steps=self.steps,
+                generator, torch.full((n,), label, dtype=torch.long), rng=rngs[start:start + n],
+                steps=self.steps,
                 cfg_scale=self.cfg_scale, sampler=self.sampler,
                 guidance=guidance.subset(start, n) if guidance is not None else None,
                 init=init[start:start + n] if init is not None else None, strength=self.strength,
@@ -122,6 +124,8 @@ class LatentModesMixin:
     cache: LatentCache
 
     def validate(self, data: ImageClassificationData, ipc: int) -> None:
+        if self.discovery.representative == "closest_real":
+            data.check_ipc(ipc, "closest-real centres need ipc distinct real latents per class")
         data.check_ipc(ipc, f"{self.discovery.method} mode discovery needs at least ipc latents "
                             "per class")
 
@@ -142,6 +146,9 @@ class MGD3(LatentModesMixin, UnguidedSampling):
         mode_discovery: ``kmeans`` (default), ``closest_real``, ``random_real`` or ``dbscan``.
         kmeans_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
         dbscan_eps, dbscan_min_samples: DBSCAN settings (eps None: chosen from the data).
+        linkage, divisive_criterion, divisive_level, divisive_tree_leaves, centres: the
+            hierarchical options' settings (``agglomerative``, ``divisive``, ``divisive_levels``;
+            ``ddcore/hierarchical.py``); centres: ``centroid`` | ``closest_real``.
         latent_cache, latent_cache_dir: keep the real latents on disk across runs.
     """
 
@@ -150,6 +157,8 @@ class MGD3(LatentModesMixin, UnguidedSampling):
     def __init__(self, lam: float = 0.1, t_sg: int = 25, injection: str = "posterior_mean",
                  mode_discovery: str = "kmeans", kmeans_backend: str = "auto",
                  dbscan_eps: float | None = None, dbscan_min_samples: int = 5,
+                 linkage: str = "ward", divisive_criterion: str = "sse", divisive_level: int = 2,
+                 divisive_tree_leaves: int | None = None, centres: str = "centroid",
                  latent_cache: bool = True, latent_cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= lam < float("inf"):  # also rejects nan
@@ -159,8 +168,10 @@ class MGD3(LatentModesMixin, UnguidedSampling):
                             "sampling steps, method.steps)")
         self.lam, self.t_sg, self.injection = lam, t_sg, check_injection(injection)
         self.kmeans_backend = kmeans_backend
-        self.discovery = ModeDiscovery(mode_discovery, kmeans_backend,
-                                       dbscan_eps=dbscan_eps, dbscan_min_samples=dbscan_min_samples)
+        self.discovery = ModeDiscovery(
+            mode_discovery, kmeans_backend, dbscan_eps=dbscan_eps,
+            dbscan_min_samples=dbscan_min_samples, linkage=linkage, criterion=divisive_criterion,
+            level=int(divisive_level), tree_leaves=divisive_tree_leaves, representative=centres)
         self.cache = LatentCache(latent_cache_dir if latent_cache else None)
 
     def guidance(self, modes: torch.Tensor) -> ModeGuidance:

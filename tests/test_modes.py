@@ -110,13 +110,33 @@ def test_latent_cache_encodes_once_and_is_keyed_by_dataset_and_encoder(make_cfg,
     assert counter.calls == 1 and torch.equal(first, again)
     assert torch.equal(first.cpu(), counter.encode(data.class_images(4)).cpu())
     files = list((tmp_path / "latents").rglob("*"))
-    assert [p.name for p in files if p.is_file()] == ["4.pt"]  # no temp files left behind
+    # one file per class, named by the class's content digest; no temp files left behind
+    assert [p.name for p in files if p.is_file()] == [f"4-{data.class_digest(4)[:16]}.pt"]
 
     other_data = digits(resolution=16, test_fraction=0.3)  # another split: other latents
-    assert cache_key(other_data, generator) != cache_key(data, generator)
+    assert other_data.class_digest(4) != data.class_digest(4)
     key = cache_key(data, generator)
     generator.name = "another_generator"
     assert cache_key(data, generator) != key
+
+
+def test_class_digest_of_an_image_folder_follows_rewritten_files(tmp_path):
+    """Images rewritten in place (same names and count) give another digest: no stale latents."""
+    import os
+
+    from PIL import Image
+
+    from ddcore.data.base import FileSource
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.new("L", (8, 8), color=i * 40).save(path)
+    source = FileSource(paths, [0, 0, 0], resolution=8, channels=1)
+    before = source.digest([0, 1, 2])
+    Image.new("L", (8, 8), color=255).save(paths[1])
+    os.utime(paths[1], ns=(1, 10**18))  # a new mtime even on coarse clocks
+    assert source.digest([0, 1, 2]) != before and source.digest([0]) == FileSource(
+        paths, [0, 0, 0], 8, 1).digest([0])
 
 
 def test_latent_cache_key_follows_the_encoder_weights():
@@ -131,7 +151,7 @@ def test_latent_cache_key_follows_the_encoder_weights():
                                               "block_out_channels": [1, 1], "latent_channels": 4})
 
     class FakeGenerator:
-        name, resolution, latent_shape = "fake", 32, (4, 16, 16)
+        name, resolution, latent_shape, dtype = "fake", 32, (4, 16, 16), torch.float32
 
         def __init__(self, seed):
             self.codec = VAECodec(FakeVAE(seed))
