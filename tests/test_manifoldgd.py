@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.hierarchical import Node, bisecting_tree, hierarchical_centres, pick_by_levels
 from ddcore.sampling import StepContext
@@ -19,6 +20,7 @@ from manifoldgd.guidance import ManifoldGuidance, ManifoldSettings
 from manifoldgd.manifold import annealed_radius, noisy_cloud, normal_step
 from mgd3.guidance import ModeGuidance
 from mgd3.modes import ModeDiscovery
+from tests.test_generators_pretrained import sd_folder  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,3 +267,23 @@ def test_sweep_varies_the_four_knobs_around_the_scripts_defaults(make_cfg):
     assert 0.0 in points["method.manifold_scale"] and 6 in points["method.divisive_level"]
     assert cfg.method._target_ == "manifoldgd.distiller.ManifoldGD" and cfg.ipc == 10
     assert cfg.hydra.runtime.choices.generator == "dit_xl2"
+
+
+def test_works_with_a_text_generator_and_a_latent_learned_variance_dit(sd_folder, tmp_path):  # noqa: F811
+    """Stable Diffusion (prompts) and a DiT-XL/2-shaped model (VAE latents, learned sigma)."""
+    from ddcore.generators.dit import load_dit
+    from ddcore.generators.stable_diffusion import load_stable_diffusion
+    from manifoldgd.distiller import ManifoldGD
+    from tests.test_generators_dit import save_tiny_dit
+    from tests.test_generators_pretrained import RES, make_data
+
+    method = ManifoldGD(steps=4, t_sg=1, cloud_points=20, latent_cache_dir=str(tmp_path / "lat"))
+    sd_data = make_data()
+    sd = load_stable_diffusion(sd_data, path=str(sd_folder), resolution=RES)
+    images, info = method.distill_class(sd_data, 0, 2, 0, sd)
+    assert images.shape == (2, 3, RES, RES) and torch.isfinite(images).all()
+    folder = save_tiny_dit(tmp_path / "dit", num_classes=10, vae=True, learned_variance=True)
+    data = digits()
+    dit = load_dit(data, path=str(folder), vae=None, resolution=16, class_space="dataset")
+    images, _ = method.distill_class(data, 3, 2, 0, dit)
+    assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
