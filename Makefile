@@ -8,7 +8,7 @@ FAISS ?= faiss-cpu
 STAMP := $(VENV)/.installed-$(FAISS)
 QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: help install run test test-full bench data format clean reference reference-smoke
+.PHONY: help install run test test-full bench data format clean reference reference-smoke gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ bench: install ## speed benchmarks (numbers go into the README)
 	$(BIN)/python experiments/bench_eval.py
 	$(BIN)/python experiments/bench_patchsel.py
 	$(BIN)/python experiments/bench_manifoldgd.py
+	$(BIN)/python experiments/bench_decode.py
+
+gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible GPUs (skips without CUDA)
+	$(BIN)/python experiments/gpu_check.py
 
 reference: install ## the reference experiment (digits + Fashion-MNIST; resumes) -> results/reference.md
 	$(BIN)/python experiments/reference.py

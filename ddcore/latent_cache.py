@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ddcore.data.base import ImageClassificationData, folder_safe
+from ddcore.data.base import ImageClassificationData, SourceDataset, folder_safe
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # bump when the way latents are computed changes
@@ -68,10 +68,22 @@ def cache_key(data: ImageClassificationData, generator) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_class(generator, data: ImageClassificationData, label: int) -> torch.Tensor:
+def encode_class(generator, data: ImageClassificationData, label: int, batch_size: int = 64,
+                 workers: int = 0) -> torch.Tensor:
     """Latents of every train image of one class, decoded straight at the generator resolution
-    (image folders: short side resized, center crop), then through the generator's encoder."""
-    return generator.encode(data.class_images(label, "train", generator.resolution))
+    (image folders: short side resized, center crop), then through the generator's encoder.
+
+    ``workers`` > 0 decodes files in DataLoader worker processes while the encoder runs (the
+    ImageNet-scale cost); 0 decodes in this process. ``batch_size`` images per encoder call.
+    """
+    indices = data.class_indices(label, "train").tolist()
+    if workers == 0:
+        images = data.train.load(indices, generator.resolution)
+        return generator.encode(images, batch_size)
+    loader = torch.utils.data.DataLoader(
+        SourceDataset(data.train, indices, generator.resolution), batch_size=batch_size,
+        num_workers=workers, pin_memory=generator.device.type == "cuda")
+    return torch.cat([generator.encode(images, batch_size) for images, _ in loader])
 
 
 class LatentCache:
@@ -79,10 +91,18 @@ class LatentCache:
 
     Args:
         root: cache folder; None computes latents every time and writes nothing.
+        batch_size, workers: see ``encode_class``.
     """
 
-    def __init__(self, root: str | Path | None):
+    def __init__(self, root: str | Path | None, batch_size: int = 64, workers: int = 0):
         self.root = Path(root) if root else None
+        self.batch_size, self.workers = int(batch_size), int(workers)
+
+    @classmethod
+    def from_settings(cls, enabled: bool, root: str | None, batch_size: int = 64,
+                      workers: int = 0) -> "LatentCache":
+        """The cache a method's ``latent_cache*`` settings describe."""
+        return cls(root if enabled else None, batch_size, workers)
 
     def folder(self, generator, data: ImageClassificationData) -> Path:
         name = f"{folder_safe(data.name)}-{folder_safe(generator.name)}-{cache_key(data, generator)}"
@@ -90,11 +110,11 @@ class LatentCache:
 
     def class_latents(self, generator, data: ImageClassificationData, label: int) -> torch.Tensor:
         if self.root is None:
-            return encode_class(generator, data, label)
+            return encode_class(generator, data, label, self.batch_size, self.workers)
         path = self.folder(generator, data) / f"{label}-{data.class_digest(label)[:16]}.pt"
         latents = self._read(path)
         if latents is None:
-            latents = encode_class(generator, data, label).float()
+            latents = encode_class(generator, data, label, self.batch_size, self.workers).float()
             self._write(latents.cpu(), path)
         return latents.to(generator.device)
 

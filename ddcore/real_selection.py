@@ -75,13 +75,15 @@ class FeatureSelection(RealSelection):
     """A selection in pixel or latent features (see the module docstring)."""
 
     def __init__(self, space: str = "pixels", feature_resolution: int | None = None,
-                 latent_cache: bool = True, latent_cache_dir: str | None = None):
+                 latent_cache: bool = True, latent_cache_dir: str | None = None,
+                 latent_batch_size: int = 64, latent_workers: int = 0):
         super().__init__()
         if space not in SPACES:
             raise UserError(f"unknown method.space {space!r} (use one of: {', '.join(SPACES)})")
         self.space, self.feature_resolution = space, feature_resolution
         self.uses_generator = space == "latents"
-        self.cache = LatentCache(latent_cache_dir if latent_cache else None)
+        self.cache = LatentCache.from_settings(latent_cache, latent_cache_dir, latent_batch_size,
+                                               latent_workers)
 
     def features(self, data, label: int, generator) -> torch.Tensor:
         """(n, ...) features of the class's train images, in class_indices order."""

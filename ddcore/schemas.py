@@ -28,6 +28,8 @@ class SamplingSchema:
 class LatentCacheSchema:
     latent_cache: bool = True                # keep real-image latents on disk across runs
     latent_cache_dir: Optional[str] = None   # set by the yaml to ${paths.cache_dir}/latents
+    latent_batch_size: int = 64              # images per encoder (VAE) call
+    latent_workers: int = 0                  # DataLoader workers decoding image files
 
 
 @dataclass

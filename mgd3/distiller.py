@@ -150,6 +150,7 @@ class MGD3(LatentModesMixin, UnguidedSampling):
             hierarchical options' settings (``agglomerative``, ``divisive``, ``divisive_levels``;
             ``ddcore/hierarchical.py``); centres: ``centroid`` | ``closest_real``.
         latent_cache, latent_cache_dir: keep the real latents on disk across runs.
+        latent_batch_size, latent_workers: encoder batch and DataLoader decode workers.
     """
 
     name = "mgd3"
@@ -159,7 +160,8 @@ class MGD3(LatentModesMixin, UnguidedSampling):
                  dbscan_eps: float | None = None, dbscan_min_samples: int = 5,
                  linkage: str = "ward", divisive_criterion: str = "sse", divisive_level: int = 2,
                  divisive_tree_leaves: int | None = None, centres: str = "centroid",
-                 latent_cache: bool = True, latent_cache_dir: str | None = None, **kwargs):
+                 latent_cache: bool = True, latent_cache_dir: str | None = None,
+                 latent_batch_size: int = 64, latent_workers: int = 0, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= lam < float("inf"):  # also rejects nan
             raise UserError(f"method.lam must be a finite number >= 0, got {lam}")
@@ -172,7 +174,8 @@ class MGD3(LatentModesMixin, UnguidedSampling):
             mode_discovery, kmeans_backend, dbscan_eps=dbscan_eps,
             dbscan_min_samples=dbscan_min_samples, linkage=linkage, criterion=divisive_criterion,
             level=int(divisive_level), tree_leaves=divisive_tree_leaves, representative=centres)
-        self.cache = LatentCache(latent_cache_dir if latent_cache else None)
+        self.cache = LatentCache.from_settings(latent_cache, latent_cache_dir, latent_batch_size,
+                                               latent_workers)
 
     def guidance(self, modes: torch.Tensor) -> ModeGuidance:
         return ModeGuidance(modes, self.lam, self.t_sg, self.injection)
@@ -191,12 +194,14 @@ class D4M(LatentModesMixin, UnguidedSampling):
     name = "d4m"
 
     def __init__(self, strength: float = 0.7, kmeans_backend: str = "auto",
-                 latent_cache: bool = True, latent_cache_dir: str | None = None, **kwargs):
+                 latent_cache: bool = True, latent_cache_dir: str | None = None,
+                 latent_batch_size: int = 64, latent_workers: int = 0, **kwargs):
         super().__init__(**kwargs)
         start_index(self.steps, strength)  # range check: a UserError now, not mid-run
         self.strength = float(strength)
         self.discovery = ModeDiscovery("kmeans", kmeans_backend)
-        self.cache = LatentCache(latent_cache_dir if latent_cache else None)
+        self.cache = LatentCache.from_settings(latent_cache, latent_cache_dir, latent_batch_size,
+                                               latent_workers)
 
     def start_latents(self, modes: torch.Tensor) -> torch.Tensor:
         return modes

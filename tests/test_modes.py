@@ -94,9 +94,9 @@ class CountingEncoder:
         self.generator, self.calls = generator, 0
         self.encode = generator.encode
 
-    def __call__(self, images):
+    def __call__(self, images, *args):
         self.calls += 1
-        return self.encode(images)
+        return self.encode(images, *args)
 
 
 def test_latent_cache_encodes_once_and_is_keyed_by_dataset_and_encoder(make_cfg, tmp_path):
@@ -159,3 +159,24 @@ def test_latent_cache_key_follows_the_encoder_weights():
     data = digits()
     assert cache_key(data, FakeGenerator(0)) == cache_key(data, FakeGenerator(0))
     assert cache_key(data, FakeGenerator(0)) != cache_key(data, FakeGenerator(1))
+
+
+def test_latents_decoded_by_dataloader_workers_equal_the_one_process_loop(tmp_path):
+    from PIL import Image
+
+    from ddcore.data.base import FileSource, ImageClassificationData
+    from ddcore.generators.base import ClassConditionalGenerator, LatentCodec
+    from ddcore.latent_cache import encode_class
+    from experiments.bench_decode import Identity
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (12, 9), color=(i * 50, 10, 200)).save(paths[-1])
+    source = FileSource(paths, [0] * 5, resolution=8, channels=3)
+    data = ImageClassificationData("f", ["a"], ["a"], 8, 3, source, source)
+    gen = ClassConditionalGenerator(Identity(), LatentCodec(), {}, resolution=8, image_channels=3,
+                                    model_classes=1, null_label=1)
+    one = encode_class(gen, data, 0, batch_size=2, workers=0)
+    assert one.shape == (5, 3, 8, 8)
+    assert torch.equal(one, encode_class(gen, data, 0, batch_size=2, workers=1))

@@ -138,16 +138,21 @@ class FileSource:
 
 
 class SourceDataset(torch.utils.data.Dataset):
-    """A torch Dataset view of a source, for DataLoaders (workers decode files in parallel)."""
+    """A torch Dataset view of a source, for DataLoaders (workers decode files in parallel):
+    all its images, or those at ``indices``, at ``resolution`` (default: the source's)."""
 
-    def __init__(self, source: ImageSource):
+    def __init__(self, source: ImageSource, indices: Sequence[int] | None = None,
+                 resolution: int | None = None):
         self.source = source
+        self.indices = list(range(len(source))) if indices is None else list(indices)
+        self.resolution = resolution
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
     def __getitem__(self, i: int):
-        return self.source.load([i])[0], self.source.labels[i]
+        index = self.indices[i]
+        return self.source.load([index], self.resolution)[0], self.source.labels[index]
 
 
 def folder_safe(name: str) -> str:
