@@ -14,39 +14,23 @@ rewrites such a class whole.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ddcore.data.base import ImageClassificationData, to_uint8
+from ddcore.files import atomic_write, write_json
 
 DONE_DIR = ".done"
 MANIFEST = "manifest.json"
 
 
-def _temp_name(path: Path) -> Path:
-    """A hidden, per-process temp name next to ``path`` (no image suffix: readers skip it)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    tmp = _temp_name(path)
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    write_bytes_atomic(path, json.dumps(payload, indent=2, default=str).encode())
-
-
 def save_png_atomic(image01: torch.Tensor, path: Path) -> None:
     """One (C, H, W) image in [0, 1] as an 8-bit PNG; the final name appears only when complete."""
     arr = to_uint8(image01.float()).permute(1, 2, 0).numpy()
-    tmp = _temp_name(path)
-    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def marker_path(out_dir: Path, class_id: str) -> Path:
@@ -77,7 +61,7 @@ def write_class(out_dir: Path, data: ImageClassificationData, label: int, images
             path.unlink()
     marker.parent.mkdir(exist_ok=True)
     payload = {"class_id": class_id, "label": label, **(extra or {}), "images": entries}
-    write_json_atomic(marker, payload)
+    write_json(marker, payload)
     return payload
 
 
@@ -121,5 +105,5 @@ def write_manifest(out_dir: Path, data: ImageClassificationData, manifest_base: 
     images = [entry for label in range(data.num_classes) for entry in markers[label]["images"]]
     manifest = {**manifest_base, "classes": data.class_ids, "class_names": data.class_names,
                 "images": images}
-    write_json_atomic(Path(out_dir) / MANIFEST, manifest)
+    write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest

@@ -19,15 +19,14 @@ temporary name and renamed, so an interrupted job leaves no half-written file.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import weakref
 from pathlib import Path
 
 import torch
 
 from ddcore.data.base import ImageClassificationData, SourceDataset, folder_safe
+from ddcore.files import atomic_write, short_hash
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # bump when the way latents are computed changes
@@ -63,9 +62,8 @@ def generator_identity(generator) -> dict:
 
 
 def cache_key(data: ImageClassificationData, generator) -> str:
-    payload = {"format": FORMAT, "dataset": dataset_identity(data),
-               "generator": generator_identity(generator)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return short_hash({"format": FORMAT, "dataset": dataset_identity(data),
+                       "generator": generator_identity(generator)})
 
 
 def encode_class(generator, data: ImageClassificationData, label: int, batch_size: int = 64,
@@ -130,7 +128,4 @@ class LatentCache:
 
     @staticmethod
     def _write(latents: torch.Tensor, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(latents.contiguous(), tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(latents.contiguous(), tmp))

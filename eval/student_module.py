@@ -2,7 +2,8 @@
 
 The train set is a buffer of the module (uint8, moved to the device with it); the train
 DataLoader yields only shuffled indices, so an epoch costs one gather, whole-batch tensor
-augmentation and CutMix, and the forward/backward. Test accuracy is a torchmetrics Accuracy.
+augmentation and CutMix, and the forward/backward. Test accuracy is a torchmetrics Accuracy,
+the best of the run a torchmetrics MaxMetric.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class StudentModule(pl.LightningModule):
         self.register_buffer("bank_labels", train.labels if held else None, persistent=False)
         self.prefix = prefix
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+        self.best_test_acc = torchmetrics.MaxMetric()
         self.history: list[tuple[int, float]] = []
 
     def forward(self, x):
@@ -69,6 +71,7 @@ class StudentModule(pl.LightningModule):
     def on_validation_epoch_end(self):
         acc = float(self.test_acc.compute())
         self.test_acc.reset()
+        self.best_test_acc.update(acc)
         self.history.append((min(self.current_epoch + 1, self.epochs), acc))
         self.log(f"{self.prefix}/test_acc", acc)
 
@@ -78,7 +81,7 @@ class StudentModule(pl.LightningModule):
 
     @property
     def best_acc(self) -> float:
-        return max(acc for _, acc in self.history)
+        return float(self.best_test_acc.compute())
 
     def configure_optimizers(self):
         o = self.optim
