@@ -87,8 +87,11 @@ def test_posterior_mean_scale_is_sigma_for_ddpm_and_sqrt_alpha_bar_for_ddim():
         assert torch.allclose(guidance.adjust_prev(x0, ctx), torch.full_like(x0, expected))
 
 
-def test_eps_injection_moves_x0_hat_toward_the_mode():
-    """Paper eq. 6 with the sign that pulls: x0_hat moves by lam (1 - abar) / sqrt(abar) g."""
+@pytest.mark.parametrize("injection, factor", [
+    ("eps", 0.36 / 0.8),  # paper eq. 6 with the sign that pulls: lam (1 - abar) / sqrt(abar) g
+    ("x0", 1.0),          # x0_hat shifted by lam g, eps re-derived from it
+])
+def test_eps_routes_move_x0_hat_toward_the_mode_and_leave_x_prev_alone(injection, factor):
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(clip_sample=False)
@@ -97,24 +100,9 @@ def test_eps_injection_moves_x0_hat_toward_the_mode():
     modes = torch.randn(2, 3, 4, 4)
     ctx = StepContext(index=5, timestep=torch.tensor(500), x0_hat=x0, sigma=torch.tensor(0.3),
                       alpha_bar=alpha_bar)
-    guidance = ModeGuidance(modes, lam=0.5, t_sg=0, injection="eps")
+    guidance = ModeGuidance(modes, lam=0.5, t_sg=0, injection=injection)
     moved = predicted_x0(scheduler, x, guidance.adjust_eps(eps, ctx), alpha_bar)
-    assert torch.allclose(moved - x0, 0.5 * 0.36 / 0.8 * (modes - x0), atol=1e-5)
-    assert torch.equal(guidance.adjust_prev(x, ctx), x)  # eps mode leaves x_{t-1} alone
-
-
-def test_x0_injection_shifts_x0_hat_by_lam_g_and_rederives_eps():
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler(clip_sample=False)
-    x, eps, alpha_bar = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor(0.64)
-    x0 = predicted_x0(scheduler, x, eps, alpha_bar)
-    modes = torch.randn(2, 3, 4, 4)
-    ctx = StepContext(index=5, timestep=torch.tensor(500), x0_hat=x0, sigma=torch.tensor(0.3),
-                      alpha_bar=alpha_bar)
-    guidance = ModeGuidance(modes, lam=0.5, t_sg=0, injection="x0")
-    moved = predicted_x0(scheduler, x, guidance.adjust_eps(eps, ctx), alpha_bar)
-    assert torch.allclose(moved - x0, 0.5 * (modes - x0), atol=1e-5)
+    assert torch.allclose(moved - x0, 0.5 * factor * (modes - x0), atol=1e-5)
     assert torch.equal(guidance.adjust_prev(x, ctx), x)
 
 
