@@ -19,7 +19,13 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ddcore.cli import check_group_choices, fail  # noqa: E402
+from ddcore.cli import (  # noqa: E402
+    IN_TASK,
+    check_group_choices,
+    fail,
+    install_one_line_errors,
+    remember_run_record,
+)
 from ddcore.errors import UserError  # noqa: E402
 from ddcore.schemas import register  # noqa: E402
 
@@ -29,6 +35,12 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from ddcore.config_checks import check_config, is_environment_error, os_error_line
+
+    try:
+        check_config(cfg)  # every setting, before any work (and before torch is imported)
+    except UserError as exc:
+        fail(str(exc), Path(cfg.paths.output_dir))
     from ddcore.tasks import build, close_loggers, quiet_lightning
 
     quiet_lightning()
@@ -36,6 +48,14 @@ def main(cfg: DictConfig) -> float | None:
         metrics = build(cfg.task)(cfg)
     except UserError as exc:
         fail(str(exc), Path(cfg.paths.output_dir))
+    except OSError as exc:  # a read-only or full disk: the user fixes the machine, not the code
+        if not is_environment_error(exc):
+            setattr(exc, IN_TASK, True)
+            raise
+        fail(os_error_line(exc), Path(cfg.paths.output_dir))
+    except Exception as exc:
+        setattr(exc, IN_TASK, True)  # a bug: Hydra prints its traceback
+        raise
     finally:
         close_loggers()  # one wandb run per job, even when a job fails
     return metrics.get("student/final_acc_mean")  # what sweepers optimise
@@ -46,4 +66,6 @@ if __name__ == "__main__":
     if problem:
         print(problem, file=sys.stderr)
         sys.exit(2)
+    install_one_line_errors()
+    remember_run_record(sys.argv[1:])
     main()

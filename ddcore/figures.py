@@ -157,8 +157,11 @@ def save_scatter(diversity: Sequence[float], representativeness: Sequence[float]
                   "lower = more representative")
     ax.set_title(f"{title}\n(dots: images, outlined: class means)", fontsize=10)
     ax.grid(alpha=0.3)
-    if len(present) <= 20:
+    if ax.get_legend_handles_labels()[0] and len(present) <= 20:  # none: no finite point
         ax.legend(title="class", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif not ax.get_legend_handles_labels()[0]:
+        ax.text(0.5, 0.5, "no finite values (one image per class?)", ha="center",
+                transform=ax.transAxes)
     fig.tight_layout()
     return _save(fig, path)
 

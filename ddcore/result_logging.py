@@ -115,7 +115,13 @@ def report_run(out_dir: Path, data, distilled, generator=None, histories=None, s
         space, base = ("pixels" if space == "latents" else space), "pixels"
     result = set_metrics(distilled, data, space=space, encoder=encoder, k=k, seed=seed,
                          max_real=max_real)
-    metrics = {**result.summary(), "set/features": base, "set/per_class": result.per_class}
+    if result.degenerate:  # reported once, in one line; the figures still get drawn
+        ids = [data.class_ids[label] for label in result.degenerate]
+        log.warning(f"degenerate data: {len(ids)} of {data.num_classes} classes (e.g. {ids[:3]}) "
+                    "have one real image or constant images; their t-SNE is flat and their "
+                    "diversity undefined")
+    metrics = {**result.summary(), "set/features": base, "set/per_class": result.per_class,
+               "set/degenerate_classes": len(result.degenerate)}
     figures = draw_figures(Path(out_dir) / "figures", data, distilled, result, encoder, base,
                            histories, tsne_classes, seed, max_real)
     return Report(metrics, result.per_class, figures)

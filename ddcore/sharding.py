@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ddcore import folder_lock
 from ddcore.class_writer import (
     MANIFEST,
     missing_classes,
@@ -125,13 +126,40 @@ def class_distiller(method) -> ClassDistiller | None:
     return None
 
 
+# Settings that say where things are kept, not what the images are: a resume that changes only
+# these continues the folder (the generator's weights are compared by digest, not by path).
+NOT_SHAPING = frozenset({"cache_dir", "latent_cache", "latent_cache_dir", "score_cache",
+                         "score_cache_dir", "retrain", "trainer_kwargs", "path", "vae"})
+
+
+def shaping(config: dict | None) -> dict | None:
+    """``config`` without the keys that do not shape images (cache folders, paths)."""
+    if not isinstance(config, dict):
+        return config
+    return {k: v for k, v in config.items() if k not in NOT_SHAPING}
+
+
 def fingerprint(manifest_base: dict, data: ImageClassificationData,
-                precision: str | None) -> dict:
-    """What must match for a resumed run to continue a folder: the settings that shape images."""
+                precision: str | None, generator=None, uses_generator: bool = False) -> dict:
+    """What must match for a resumed run to continue a folder: the settings that shape images.
+
+    The method's settings; the generator's whole config and a digest of its weights (when the
+    method uses one); the data's identity (root, classes, content digest of the train images);
+    the precision. Cache folders and model paths are left out (``NOT_SHAPING``).
+    ``uses_generator`` without a ``generator``: the config part only (checks before loading).
+    """
+    from ddcore.data.identity import data_identity
+    from ddcore.latent_cache import state_dict_hash
+
     config = manifest_base.get("config") or {}
     stamp = {k: manifest_base.get(k) for k in ("method", "dataset", "ipc", "seed", "generator")}
-    stamp.update(method_config=config.get("method"), resolution=data.resolution,
-                 precision="bf16" if str(precision).lower() in BF16 else "fp32")
+    stamp.update(method_config=shaping(config.get("method")), resolution=data.resolution,
+                 precision="bf16" if str(precision).lower() in BF16 else "fp32",
+                 data=data_identity(data))
+    if generator is not None or uses_generator:
+        stamp["generator_config"] = shaping(config.get("generator"))
+    if generator is not None:
+        stamp["generator_weights"] = state_dict_hash(generator)
     return json.loads(json.dumps(stamp, default=str))  # compared with markers read from JSON
 
 
@@ -143,8 +171,15 @@ def distill_to_folder(method, data: ImageClassificationData, ipc: int, seed: int
     return the whole set as written (images read back from the PNGs, on every rank)."""
     out_dir, shard = Path(out_dir), shard or current_shard()
     start = time.perf_counter()
-    stamp = fingerprint(manifest_base, data, precision)
-    check_same_settings(out_dir, data, stamp)
+    stamp = fingerprint(manifest_base, data, precision, generator)
+    with folder_lock.writing(out_dir, stamp, differences):  # other settings: refused at once
+        check_same_settings(out_dir, data, stamp)
+        return _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, shard,
+                               precision, poll_s, stamp, start)
+
+
+def _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, shard, precision,
+                    poll_s, stamp, start) -> DistilledSet:
     todo = missing_classes(out_dir, data, stamp)
     if len(todo) < data.num_classes:
         log.info(f"resuming {out_dir}: {data.num_classes - len(todo)} of {data.num_classes} "
@@ -193,21 +228,42 @@ def write_whole(method, data, ipc, seed, generator, out_dir, stamp, todo, precis
                     {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": 0})
 
 
-def check_same_settings(out_dir: Path, data: ImageClassificationData, stamp: dict) -> None:
+# What is only known once the generator is loaded (its name is in generator_config too)
+AFTER_LOADING = ("generator_weights", "generator")
+
+
+def check_before_loading(out_dir: Path, data: ImageClassificationData, manifest_base: dict,
+                         precision: str | None, uses_generator: bool) -> None:
+    """Refuse at once, before a generator is loaded or trained, a folder that another process
+    writes, or finished classes fill, with other settings (all but the weights' digest)."""
+    stamp = fingerprint(manifest_base, data, precision, uses_generator=uses_generator)
+    held = folder_lock.other_writer(out_dir)
+    if held is not None:
+        changes = differences(stamp, held.get("settings") or {}, ignore=AFTER_LOADING)
+        if changes:
+            raise folder_lock.busy_error(out_dir, held, changes)
+    check_same_settings(out_dir, data, stamp, ignore=AFTER_LOADING)
+
+
+def check_same_settings(out_dir: Path, data: ImageClassificationData, stamp: dict,
+                        ignore: tuple[str, ...] = ()) -> None:
     """Refuse to continue a folder that complete classes of other settings already fill."""
     for marker in read_markers(out_dir, data).values():
-        changes = differences(stamp, marker.get("fingerprint") or {})
+        changes = differences(stamp, marker.get("fingerprint") or {}, ignore)
         if changes:
             raise UserError(f"{out_dir} holds classes made with other settings "
                             f"({'; '.join(changes[:3])}): rerun with the folder's settings to "
                             "resume, or use a new run folder (hydra.run.dir=...)")
 
 
-def differences(ours: dict, theirs: dict) -> list[str]:
+SECTION_NAMES = {"method_config": "method", "generator_config": "generator"}
+
+
+def differences(ours: dict, theirs: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """``key: <folder's value> there, <ours> here`` per differing setting (method.* one deeper)."""
     lines = []
-    for key in sorted(set(ours) | set(theirs)):
-        a, b, name = ours.get(key), theirs.get(key), "method" if key == "method_config" else key
+    for key in sorted((set(ours) | set(theirs)) - set(ignore)):
+        a, b, name = ours.get(key), theirs.get(key), SECTION_NAMES.get(key, key)
         if isinstance(a, dict) and isinstance(b, dict):
             lines += [f"{name}.{k}: {b.get(k)!r} there, {a.get(k)!r} here"
                       for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -27,7 +27,7 @@ from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.errors import UserError
 from ddcore.figures import save_grid
 from ddcore.result_logging import Report, log_results, report_run
-from ddcore.sharding import bind_device, current_shard, distill_to_folder
+from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +102,83 @@ def numeric(metrics: dict) -> dict:
 
 
 # -- stages -----------------------------------------------------------------------------------
-def prepare_distillation(cfg: DictConfig):
-    """Data, method and (if needed) generator, all validated; nothing written yet."""
+def prepare_distillation(cfg: DictConfig, check_data=None):
+    """Data, method and (if needed) generator, all validated; nothing written yet.
+    ``check_data(data)`` runs before the generator is loaded or trained."""
     ipc = check_ipc(cfg.ipc)
     method = build(cfg.method)
     data: ImageClassificationData = build(cfg.dataset)
     log.info(f"dataset {data.name}: {data.description or len(data.train)}")
     method.validate(data, ipc)
+    if check_data is not None:
+        check_data(data)
+    check_run_folder(cfg, data, method)
     generator = None
     if method.uses_generator:
         device = bind_device(resolve_device(cfg.trainer.accelerator))  # cuda:<local rank>
-        generator = build(cfg.generator, data=data).to(device)
+        generator = build_generator(cfg, data).to(device)
         if hasattr(method, "check_generator"):  # e.g. a text model needs class names
             method.check_generator(generator, data)
     return data, method, generator
 
 
+# where a self-trained generator's cached files are read (ddcore/generators/self_trained.py)
+CACHE_READERS = frozenset({"load_saved", "read_meta", "saved_generator"})
+
+
+def build_generator(cfg: DictConfig, data):
+    """The generator; a cached self-trained one whose files cannot be read is a one-line error
+    that says how to train it again, not a traceback from deep inside diffusers."""
+    try:
+        return build(cfg.generator, data=data)
+    except UserError:
+        raise
+    except Exception as exc:
+        if "load_or_train" not in str(cfg.generator.get("_target_", "")) or \
+                not raised_in(exc, CACHE_READERS):
+            raise
+        first = (str(innermost(exc)).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"the cached generator {cfg.generator.get('name')} under "
+                        f"{cfg.generator.get('cache_dir')} cannot be read ({first}): rerun with "
+                        "generator.retrain=true to train it again") from exc
+
+
+def exception_chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def innermost(exc: BaseException) -> BaseException:
+    return list(exception_chain(exc))[-1]
+
+
+def raised_in(exc: BaseException, functions: frozenset) -> bool:
+    """Whether any exception of the chain passed through a function named in ``functions``."""
+    import traceback
+
+    return any(frame.name in functions for e in exception_chain(exc)
+               for frame in traceback.extract_tb(e.__traceback__))
+
+
+def manifest_base(cfg: DictConfig, data, method, generator) -> dict:
+    return {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
+            "generator": getattr(generator, "name", None), "git_commit": git_commit(),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "config": resolved_config(cfg)}
+
+
+def check_run_folder(cfg: DictConfig, data, method) -> None:
+    """A run folder that another process writes, or that holds classes, with other settings is
+    refused now, before the generator is loaded or trained (``ddcore.sharding``)."""
+    check_before_loading(output_dir(cfg) / "distilled", data,
+                         manifest_base(cfg, data, method, None), cfg.get("sample_precision"),
+                         method.uses_generator)
+
+
 def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Path]:
-    manifest = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
-                "generator": getattr(generator, "name", None), "git_commit": git_commit(),
-                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "config": resolved_config(cfg)}
+    manifest = manifest_base(cfg, data, method, generator)
     folder = output_dir(cfg) / "distilled"
     # classes sharded over ranks (torchrun/SLURM), written atomically; a rerun resumes
     distilled = distill_to_folder(method, data, cfg.ipc, cfg.seed, generator, folder, manifest,
@@ -153,11 +209,13 @@ def distill_metrics(distilled: DistilledSet, generator) -> dict:
     meta_sample_acc = getattr(generator, "sample_accuracy", None)
     if meta_sample_acc is not None:
         metrics["generator/sample_accuracy"] = meta_sample_acc
+    if getattr(generator, "sample_warning", None):  # samples mostly off-class (self_trained.py)
+        metrics["generator/warning"] = generator.sample_warning
     return metrics
 
 
-def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger) -> dict:
-    protocol = build(cfg.eval)
+def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger, protocol=None) -> dict:
+    protocol = protocol or build(cfg.eval)
     trainer_factory = build(cfg.trainer)
     return protocol.evaluate(distilled, data, cfg.ipc, cfg.seed, trainer_factory, logger)
 
@@ -190,14 +248,19 @@ def run_experiment(cfg: DictConfig) -> dict:
     ``eval.distilled_dir=<folder>`` evaluate that folder instead (any class-per-folder set)."""
     if cfg.eval.get("distilled_dir"):
         return evaluate_only(cfg)
-    data, method, generator = prepare_distillation(cfg)
     protocol = build(cfg.eval)  # fail on a bad eval config before spending time on distillation
+
+    def check_test(data) -> None:  # before the generator: an unreadable test file fails now,
+        check_test_split(data)     # and the decoded split then serves the evaluation
+        protocol.test_images.loader(data.test, protocol.test_batch_size)
+
+    data, method, generator = prepare_distillation(cfg, check_test)
     protocol.prepare(data, cfg.seed, build(cfg.trainer))  # soft labels: teacher loaded + checked now
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
     metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
                **distill_metrics(distilled, generator)}
-    metrics.update(evaluate(cfg, distilled, data, logger))
+    metrics.update(evaluate(cfg, distilled, data, logger, protocol))
     return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
 
@@ -210,12 +273,29 @@ def distill_only(cfg: DictConfig) -> dict:
     return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
 
+def check_test_split(data) -> None:
+    """The test split has images, only of the run's classes, and of every one of them."""
+    labels = data.test.labels
+    if len(labels) == 0:
+        raise UserError(f"{data.name} has no test images (add a val/ or test/ split)")
+    if int(labels.min()) < 0 or int(labels.max()) >= data.num_classes:
+        raise UserError(f"{data.name}: test labels lie outside the {data.num_classes} train "
+                        "classes (the test split must use the train split's classes)")
+    counts = torch.bincount(labels, minlength=data.num_classes)
+    empty = [data.class_ids[c] for c in range(data.num_classes) if counts[c] == 0]
+    if empty:
+        raise UserError(f"{data.name}: {len(empty)} of {data.num_classes} classes have no test "
+                        f"images, first {empty[0]!r} (give every train class test images, or "
+                        "remove the class from train/)")
+
+
 def evaluate_only(cfg: DictConfig) -> dict:
     """Evaluate an existing distilled folder (``eval.distilled_dir=<folder>``)."""
     folder = cfg.eval.get("distilled_dir")
     if not folder:
         raise UserError("task=evaluate needs eval.distilled_dir=<folder of class folders>")
     data = build(cfg.dataset)
+    check_test_split(data)
     distilled = load_distilled(Path(folder), data)
     ipc = max(distilled.per_class_counts(data.num_classes))
     manifest = read_manifest(Path(folder))
@@ -235,6 +315,8 @@ def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:
     generator = build(cfg.generator, data=data, retrain=retrain)
     metrics = {"dataset": data.name, "generator": generator.name,
                "generator/folder": str(generator.folder), **generator.train_meta}
+    if getattr(generator, "sample_warning", None):
+        metrics["generator/warning"] = generator.sample_warning
     return finish(cfg, metrics, make_logger(cfg))
 
 

@@ -1,4 +1,4 @@
-"""Reference points of an evaluated set and DD-Ranking's scores (REFERENCE §7).
+"""Reference points of an evaluated set and DD-Ranking's scores (docs/protocols.md).
 
 - **full**: students trained on the full real train split with hard labels (the hard-label
   protocol; DD-Ranking's ``full_data_hard_label_acc``);
@@ -11,8 +11,9 @@
     IOR = Acc(distilled, protocol) - Acc(random, protocol)
     LRS = (e^a - e^-1) / (e - e^-1),  a = w * IOR - (1 - w) * HLR   (accuracies as fractions)
 
-Full and random accuracies are cached as JSON under ``cache_dir``, keyed by the dataset, the
-protocol's settings (student included), the IPC and the seed, so each is computed once.
+Full and random accuracies are cached as JSON under ``cache_dir``, keyed by the dataset (with
+content digests of its train and test images), the protocol's settings (student included), the
+IPC and the seed, so each is computed once.
 DD-Ranking takes each run's best test accuracy; ``acc: final`` uses the final one instead.
 """
 
@@ -47,9 +48,14 @@ def lrs(hlr_value: float, ior_value: float, w: float = 0.5) -> float:
 
 
 def data_key(data: ImageClassificationData) -> dict:
+    """The data's identity: classes, sizes and the content digests of both splits (file sizes and
+    modification times, or pixels), so rewritten images never reuse an old accuracy."""
+    from ddcore.data.identity import source_digest
+
     classes = hashlib.sha256("\n".join(data.class_ids).encode()).hexdigest()[:12]
     return {"dataset": data.name, "resolution": data.resolution, "channels": data.channels,
-            "classes": classes, "train": len(data.train), "test": len(data.test)}
+            "classes": classes, "train": len(data.train), "test": len(data.test),
+            "train_digest": source_digest(data.train), "test_digest": source_digest(data.test)}
 
 
 class ReferencePoints:

@@ -7,8 +7,9 @@ report 10-point gaps from label-order mix-ups) or another resolution, and any fi
 that record. A timm model's ImageNet-1k weights can also be read from a local folder; the
 dataset's classes are then picked from its 1000 outputs by wnid.
 
-Trained teachers are cached under ``cache_dir`` keyed by dataset, architecture and training
-settings (``task=train_teacher`` retrains); the seed is the teacher's own, so runs share it.
+Trained teachers are cached under ``cache_dir`` keyed by dataset (with a content digest of its
+train images), architecture and training settings (``task=train_teacher`` retrains); the seed
+is the teacher's own, so runs share it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from ddcore.data.base import ImageClassificationData, folder_safe
+from ddcore.data.identity import source_digest
 from ddcore.errors import UserError
 from eval.students import arch_name, local_weights, timm_student, unwrap, with_normalization
 
@@ -127,6 +129,7 @@ class Teacher:
         key = json.dumps({"arch": self.arch, "classes": list(data.class_ids), "train": self.train_settings,
                           "resolution": data.resolution, "channels": data.channels,
                           "train_images": len(data.train), "seed": self.seed,
+                          "train_digest": source_digest(data.train),  # rewritten images: retrain
                           "normalize": self.normalize}, sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.cache_dir / f"{data.name}-{folder_safe(self.arch)}-{digest}" / "teacher.pt"

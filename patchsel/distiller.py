@@ -1,4 +1,4 @@
-"""``method=patchsel``: diffusion-driven patch selection (Zhong et al.; REFERENCE §2).
+"""``method=patchsel``: diffusion-driven patch selection (Zhong et al.; docs/patchsel.md).
 
 Per class: (I) score every real image with a relevance map (``patchsel/relevance.py``) and keep
 its best patch window (``patchsel/patches.py``); (II) describe each chosen patch by DIFT (or CLIP)

@@ -10,7 +10,8 @@ are scored and added.
 Files: ``<root>/<generator>-<settings key>/<class_id>-<class key>.pt``. The settings key hashes
 the generator (name and all its weights) and every scoring setting; the class key hashes
 what the class's scores depend on: its condition (class index or prompt), and its images (file
-paths, or the pixels of in-memory sets). Writes go to a temp file renamed into place.
+paths, sizes and modification times, or the pixels of in-memory sets). Writes go to a temp
+file renamed into place.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ddcore.data.base import FileSource, ImageClassificationData, folder_safe
+from ddcore.data.base import ImageClassificationData, folder_safe
 from ddcore.latent_cache import state_dict_hash
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,9 @@ def short_hash(payload) -> str:
 
 
 def class_images_identity(data: ImageClassificationData, label: int) -> str:
-    """A hash of the class's train images: file paths, or the pixels of in-memory sets."""
-    indices = data.class_indices(label).tolist()
-    source = data.train
-    digest = hashlib.sha256()
-    if isinstance(source, FileSource):
-        for i in indices:
-            digest.update(str(source.paths[i]).encode() + b"\0")
-    else:
-        digest.update(source.load(indices).mul(255).round().to(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The content digest of the class's train images: path, size and mtime of each file (an
+    image rewritten in place gets a new key), or the pixels of in-memory sets."""
+    return data.class_digest(label)[:16]
 
 
 @dataclass

@@ -7,12 +7,19 @@ the path was read as a folder or a hub id, and what to set instead.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from ddcore.errors import UserError
 
+log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -23,7 +30,13 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def load_component(cls, path: str | Path, subfolder: str | None = None, **kwargs):
-    """``cls.from_pretrained(path, subfolder=subfolder, **kwargs)``, failing with a UserError."""
+    """``cls.from_pretrained(path, subfolder=subfolder, **kwargs)``, failing with a UserError.
+
+    A hub id is read from the local hub cache only (no request) when the hub is offline, so an
+    offline machine gets the one-line error at once instead of a minute of retries.
+    """
+    if not Path(path).expanduser().is_dir() and hub_offline():
+        kwargs.setdefault("local_files_only", True)
     try:
         return cls.from_pretrained(str(path), subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as exc:  # EnvironmentError is OSError; HFValidationError a ValueError
@@ -52,6 +65,33 @@ def component_error(cls, path: str | Path, subfolder: str | None,
     return UserError(
         f"cannot load {what} from '{path}': {problem} (download it where there is network, e.g. "
         f"`hf download {path} --local-dir <dir>`, then set generator.path=<dir>)")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_offline(timeout_s: float = 3.0) -> bool:
+    """HF_HUB_OFFLINE is set, or the hub's endpoint (HF_ENDPOINT) takes no TCP connection within
+    ``timeout_s`` (asked once per process; DNS included, so a machine without it does not hang)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    reached = threading.Event()
+
+    def probe():
+        try:
+            with socket.create_connection((url.hostname, port), timeout=timeout_s):
+                reached.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, daemon=True).start()
+    if not reached.wait(timeout_s):
+        log.warning(f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: reading "
+                    "hub ids from the local hub cache only")
+        return True
+    return False
 
 
 def first_line(exc: BaseException | None) -> str:
