@@ -19,7 +19,7 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ddcore.cli import (  # noqa: E402
+from ddapp.cli import (  # noqa: E402
     IN_TASK,
     check_group_choices,
     fail,
@@ -27,7 +27,7 @@ from ddcore.cli import (  # noqa: E402
     remember_run_record,
 )
 from ddcore.errors import UserError  # noqa: E402
-from ddcore.schemas import register  # noqa: E402
+from ddapp.schemas import register  # noqa: E402
 
 register()
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 2.13 deprecation
@@ -35,13 +35,13 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from ddcore.config_checks import check_config, is_environment_error, os_error_line
+    from ddapp.config_checks import check_config, is_environment_error, os_error_line
 
     try:
         check_config(cfg)  # every setting, before any work (and before torch is imported)
     except UserError as exc:
         fail(str(exc), Path(cfg.paths.output_dir))
-    from ddcore.tasks import build, close_loggers, quiet_lightning
+    from ddapp.tasks import build, close_loggers, quiet_lightning
 
     quiet_lightning()
     try:

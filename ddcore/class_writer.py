@@ -3,6 +3,7 @@
 Layout under ``<run>/distilled``:
 
     <class_id>/<i:06d>.png       each PNG written to a hidden temp name, then ``os.replace``d
+    .modes/<class_id>.pt         the class's modes, for methods that find them (before the marker)
     .done/<class_id>.json        the class's marker: its files and per-image info, written last
     manifest.json                assembled from the markers once every class is done
 
@@ -23,6 +24,7 @@ from ddcore.data.base import ImageClassificationData, to_uint8
 from ddcore.files import atomic_write, write_json
 
 DONE_DIR = ".done"
+MODES_DIR = ".modes"
 MANIFEST = "manifest.json"
 
 
@@ -31,6 +33,23 @@ def save_png_atomic(image01: torch.Tensor, path: Path) -> None:
     arr = to_uint8(image01.float()).permute(1, 2, 0).numpy()
     image = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def modes_path(out_dir: Path, class_id: str) -> Path:
+    return Path(out_dir) / MODES_DIR / f"{class_id}.pt"
+
+
+def write_modes(out_dir: Path, data: ImageClassificationData, label: int,
+                modes: torch.Tensor) -> None:
+    """A class's modes (k-means centroids, IPC centres) as ``.modes/<class_id>.pt``."""
+    tensor = modes.detach().cpu().contiguous()
+    atomic_write(modes_path(out_dir, data.class_ids[label]), lambda tmp: torch.save(tensor, tmp))
+
+
+def read_modes(out_dir: Path, data: ImageClassificationData) -> dict[int, torch.Tensor]:
+    """label -> modes, for the classes whose modes were saved."""
+    return {label: torch.load(modes_path(out_dir, cid), map_location="cpu", weights_only=True)
+            for label, cid in enumerate(data.class_ids) if modes_path(out_dir, cid).is_file()}
 
 
 def marker_path(out_dir: Path, class_id: str) -> Path:

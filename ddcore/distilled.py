@@ -16,6 +16,7 @@ import torch
 from ddcore.class_writer import MANIFEST, read_markers, write_class, write_manifest
 from ddcore.data.base import ImageClassificationData, load_image_file, to_uint8
 from ddcore.errors import UserError
+from ddcore.seeding import rng_for
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -34,6 +35,22 @@ class DistilledSet:
 
     def per_class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+
+def random_positions(data: ImageClassificationData, label: int, ipc: int, seed: int) -> torch.Tensor:
+    """Positions, within class ``label``'s train images, of ``ipc`` drawn without replacement:
+    the ``random`` baseline and the random-subset reference of the evaluation share this draw."""
+    n = len(data.class_indices(label))
+    return torch.randperm(n, generator=rng_for(seed, "random", label))[:ipc]
+
+
+def random_real_subset(data: ImageClassificationData, ipc: int, seed: int) -> DistilledSet:
+    """``ipc`` random real train images per class, in class order (``source_index`` per image)."""
+    indices = torch.cat([data.class_indices(label)[random_positions(data, label, ipc, seed)]
+                         for label in range(data.num_classes)])
+    return DistilledSet(data.train.load(indices.tolist()), data.train.labels[indices],
+                        info={"source_index": indices.tolist()})
+
 
 
 def save_distilled(distilled: DistilledSet, data: ImageClassificationData, out_dir: Path,

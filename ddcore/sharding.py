@@ -3,6 +3,7 @@
 Process ``rank`` of ``world_size`` distils the classes with ``label % world_size == rank``.
 Every class draws from its own seeded generator (``ddcore.seeding.rng_for(seed, ..., label)``),
 so the images do not depend on how many processes share the work, or in what order they run.
+Each class is one call of the method's ``distill_class`` (the interface in ``ddcore/method.py``).
 A rerun in the same folder skips the classes whose markers exist (``ddcore.class_writer``).
 Once every class is on disk, rank 0 writes ``manifest.json``.
 
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from ddcore.class_writer import (
     read_markers,
     write_class,
     write_manifest,
+    write_modes,
 )
 from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_complete
@@ -44,7 +45,6 @@ from ddcore.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ClassDistiller = Callable[..., tuple[torch.Tensor, dict]]
 
 
 # -- who does what ----------------------------------------------------------------------------
@@ -109,23 +109,6 @@ def model_device(generator) -> torch.device:
     return params.device if params is not None else torch.device("cpu")
 
 
-# -- the per-class method API -----------------------------------------------------------------
-def class_distiller(method) -> ClassDistiller | None:
-    """``(data, label, ipc, seed, generator) -> (images, info)`` for one class, or None.
-
-    Methods expose ``distill_class``; sampling methods with only ``sample_class`` are adapted
-    here. A method with neither is run whole, once, by rank 0 (not sharded).
-    """
-    if hasattr(method, "distill_class"):
-        return method.distill_class
-    if hasattr(method, "sample_class"):
-        def distill_class(data, label, ipc, seed, generator):
-            images = method.sample_class(generator, data, label, ipc, seed)
-            return images, {"mode_id": list(range(ipc))}  # sample j is guided to mode j
-        return distill_class
-    return None
-
-
 # Settings that say where things are kept, not what the images are: a resume that changes only
 # these continues the folder (the generator's weights are compared by digest, not by path).
 NOT_SHAPING = frozenset({"cache_dir", "latent_cache", "latent_cache_dir", "score_cache",
@@ -184,22 +167,21 @@ def _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, 
     if len(todo) < data.num_classes:
         log.info(f"resuming {out_dir}: {data.num_classes - len(todo)} of {data.num_classes} "
                  "classes already complete")
-    per_class = class_distiller(method)
-    if per_class is None:
-        if shard.is_main and todo:
-            write_whole(method, data, ipc, seed, generator, out_dir, stamp, todo, precision)
-    else:
-        mine = [label for label in todo if shard.owns(label)]
-        device = model_device(generator)
-        for n, label in enumerate(mine, 1):
-            tic = time.perf_counter()
-            with autocast(device, precision):
-                images, info = per_class(data, label, ipc, seed, generator)
-            seconds = time.perf_counter() - tic
-            write_class(out_dir, data, label, images.float().cpu(), info,
-                        {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank})
-            log.info(f"{getattr(method, 'name', 'method')}: class {data.class_ids[label]} "
-                     f"({n}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s")
+    mine = [label for label in todo if shard.owns(label)]
+    device = model_device(generator)
+    for n, label in enumerate(mine, 1):
+        tic = time.perf_counter()
+        with autocast(device, precision):
+            images, info = method.distill_class(data, label, ipc, seed, generator)
+        seconds = time.perf_counter() - tic
+        info = dict(info)
+        modes = info.pop("modes", None)
+        if modes is not None:  # before the marker: a complete class has its modes
+            write_modes(out_dir, data, label, modes)
+        write_class(out_dir, data, label, images.float().cpu(), info,
+                    {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank})
+        log.info(f"{method.name}: class {data.class_ids[label]} "
+                 f"({n}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s")
     wait_for_classes(out_dir, data, stamp, shard, poll_s)
     if shard.is_main and (todo or not (out_dir / MANIFEST).is_file()):  # a finished folder stays
         write_manifest(out_dir, data, manifest_base)
@@ -208,24 +190,7 @@ def _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, 
     distilled.stats = {"seconds": sum(m.get("seconds", 0.0) for m in markers),  # all ranks, runs
                        "wall_seconds": time.perf_counter() - start,
                        "resumed_classes": data.num_classes - len(todo)}
-    modes = getattr(method, "modes", None) or {}
-    if len(modes) == data.num_classes:  # only when this process made every class: else absent
-        distilled.stats["modes"] = dict(modes)
     return distilled
-
-
-def write_whole(method, data, ipc, seed, generator, out_dir, stamp, todo, precision) -> None:
-    """A method without a per-class API: distil every class at once, write the missing ones."""
-    tic = time.perf_counter()
-    with autocast(model_device(generator), precision):
-        whole = method.distill(data, ipc, seed, generator=generator)
-    seconds = (time.perf_counter() - tic) / data.num_classes
-    labels = whole.labels.tolist()
-    for label in todo:
-        rows = [i for i, y in enumerate(labels) if y == label]
-        info = {k: [v[i] for i in rows] for k, v in whole.info.items()}
-        write_class(out_dir, data, label, whole.images[rows].float().cpu(), info,
-                    {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": 0})
 
 
 # What is only known once the generator is loaded (its name is in generator_config too)

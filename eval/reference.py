@@ -106,11 +106,11 @@ class ReferencePoints:
             data, seed, trainer_factory, epochs=epochs, repeats=self.full_repeats)))
 
     def random_accuracy(self, protocol, data, ipc, seed, trainer_factory) -> float:
-        from ddcore.real_selection import RandomReal
+        from ddcore.distilled import random_real_subset
         from eval.batches import TrainSet
 
         def compute() -> float:
-            subset = RandomReal().distill(data, ipc, seed)
+            subset = random_real_subset(data, ipc, seed)
             train = TrainSet.from_images(subset.images, subset.labels)
             return self.key_of(protocol.evaluate_set(train, data, ipc, seed, trainer_factory,
                                                      prefix="random"))

@@ -42,7 +42,7 @@ from PIL import Image  # noqa: E402
 
 from ddcore.data.base import resize_images, to_uint8  # noqa: E402
 from ddcore.data.small import digits  # noqa: E402
-from ddcore.real_selection import RandomReal  # noqa: E402
+from ddcore.distilled import random_real_subset  # noqa: E402
 from eval.augment import BatchAugment, lighting  # noqa: E402
 from eval.batches import TrainSet  # noqa: E402
 from eval.student_module import StudentModule  # noqa: E402
@@ -103,9 +103,9 @@ def sync(device) -> None:
 def the_set(res: int, n224: int) -> tuple[torch.Tensor, torch.Tensor]:
     """28px: 10 digits per class (grayscale). 224px: n224 digits, coloured per class (RGB)."""
     if res == 28:
-        s = RandomReal().distill(digits(resolution=28), ipc=10, seed=0)
+        s = random_real_subset(digits(resolution=28), ipc=10, seed=0)
         return s.images, s.labels
-    s = RandomReal().distill(digits(resolution=32), ipc=max(1, n224 // 10), seed=0)
+    s = random_real_subset(digits(resolution=32), ipc=max(1, n224 // 10), seed=0)
     tint = torch.rand(10, 3, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.7 + 0.3
     rgb = resize_images(s.images, res).repeat(1, 3, 1, 1) * tint[s.labels]
     return rgb.clamp(0, 1), s.labels

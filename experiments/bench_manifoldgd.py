@@ -26,25 +26,9 @@ from ddcore.sampling import StepContext  # noqa: E402
 from manifoldgd.guidance import ManifoldGuidance, ManifoldSettings  # noqa: E402
 from manifoldgd.manifold import normal_step  # noqa: E402
 from mgd3.guidance import ModeGuidance  # noqa: E402
+from tests.manifold_reference import direct_normal_step  # noqa: E402
 
 SHAPE = (4, 32, 32)
-
-
-def direct_step(x, clouds, k, tangent_dim, bandwidth, scale, ridge=1e-5):
-    """The public code's manifold term: per sample, D x D covariance + eigh."""
-    out = []
-    for xi, cloud in zip(x, clouds):
-        dist = torch.cdist(xi[None], cloud)[0]
-        near, idx = torch.topk(dist, k, largest=False)
-        neigh = cloud[idx]
-        mu = neigh.mean(dim=0)
-        centred = neigh - mu
-        cov = centred.T @ centred / (k - 1) + ridge * torch.eye(len(mu), device=x.device)
-        values, vectors = torch.linalg.eigh(cov)
-        u = vectors[:, torch.argsort(values, descending=True)][:, :tangent_dim]
-        vec = -((xi - mu) - u @ (u.T @ (xi - mu)))
-        out.append(scale * torch.tanh(near[0] / bandwidth) * vec / (vec.norm() + 1e-8))
-    return torch.stack(out)
 
 
 def timed(fn, repeats: int) -> float:
@@ -81,11 +65,11 @@ def main() -> None:
               bandwidth=settings.bandwidth, scale=settings.scale)
     n = min(args.direct_samples, args.batch)
     fast = normal_step(flat, clouds, **kw)
-    exact = direct_step(flat[:n], clouds[:n], settings.neighbours, settings.tangent_dim,
+    exact = direct_normal_step(flat[:n], clouds[:n], settings.neighbours, settings.tangent_dim,
                         settings.bandwidth, settings.scale)
     cloud_s = timed(lambda: hook.clouds(ctx), args.repeats)
     svd_s = timed(lambda: normal_step(flat, clouds, **kw), args.repeats)
-    eigh_s = timed(lambda: direct_step(flat[:n], clouds[:n], settings.neighbours,
+    eigh_s = timed(lambda: direct_normal_step(flat[:n], clouds[:n], settings.neighbours,
                                        settings.tangent_dim, settings.bandwidth, settings.scale),
                    max(1, args.repeats // 3)) * args.batch / n
     print(f"manifold term, D={flat.shape[1]}, batch {args.batch}, {settings.cloud_points} cloud "

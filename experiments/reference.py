@@ -143,8 +143,8 @@ def compose(overrides: list[str], folder: Path, runs: Path):
 
 def run_job(job: Job, runs: Path) -> dict:
     """What ``python run.py <overrides>`` does, in this process."""
-    from ddcore.config_checks import check_config
-    from ddcore.tasks import build, close_loggers, quiet_lightning
+    from ddapp.config_checks import check_config
+    from ddapp.tasks import build, close_loggers, quiet_lightning
 
     folder = job.folder(runs)
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or ROOT / "logs" / ("reference-smoke" if args.smoke else "reference")
     out = args.out or (runs / "results" if args.smoke else ROOT / "results")
     import ddcore  # noqa: F401  (torchvision import fix)
-    from ddcore.schemas import register
+    from ddapp.schemas import register
 
     register()
     if not args.report:

@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from ddapp.figures import save_figure
+
 HEADER = """# Reference experiment
 
 Produced by `make reference` (`python experiments/reference.py`); every number below is read from
@@ -108,9 +110,7 @@ def tsg_curve(jobs: dict, dataset: str, t_sgs, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def side_by_side(jobs: dict, names: list[str], path: Path) -> Path | None:
@@ -151,9 +151,7 @@ def scatter(jobs: dict, names: dict[str, str], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def claims(jobs: dict, dataset: str, ipcs, t_sgs) -> list[str]:

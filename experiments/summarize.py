@@ -197,6 +197,8 @@ def save_curves(rows: list[dict], path: Path, metric: str = "student/final_acc")
     (random, unguided) as dashed horizontal references."""
     from matplotlib.figure import Figure
 
+    from ddapp.figures import save_figure
+
     lines: dict = {}
     references = []
     for row in rows:
@@ -225,9 +227,7 @@ def save_curves(rows: list[dict], path: Path, metric: str = "student/final_acc")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,11 +68,12 @@ class ManifoldGD(MGD3):
             warm_steps=int(warm_steps), max_mult=float(max_mult), schedule=radius_schedule))
         self.cloud_seed = 0
 
-    def sample_class(self, generator, data, label: int, ipc: int, seed: int) -> torch.Tensor:
+    def sample_class(self, generator, data, label: int, ipc: int, seed: int,
+                     modes: torch.Tensor | None = None) -> torch.Tensor:
         # the clouds' seed: per run seed and class, apart from the sampler's own generator, so
         # they do not depend on chunking or on the order in which classes are sampled
         self.cloud_seed = derive_seed(seed, "manifold", label)
-        return super().sample_class(generator, data, label, ipc, seed)
+        return super().sample_class(generator, data, label, ipc, seed, modes)
 
     def guidance(self, modes: torch.Tensor) -> ManifoldGuidance:
         return ManifoldGuidance(super().guidance(modes), modes, self.settings, self.steps, self.cloud_seed)

@@ -6,24 +6,22 @@ in one batch (``batch_size`` caps it when memory is short). A method differs fro
 only through three hooks per class: its modes (``class_modes``), a guidance hook built from
 them (``guidance``) and img2img start latents (``start_latents``).
 
-Per class, ``distill_class(data, label, ipc, seed, generator) -> (images, info)`` is the unit
-that sharded runs distribute; the modes of each class distilled are kept in ``self.modes``
-(label -> (ipc, C, H, W) tensor) and returned in ``DistilledSet.stats["modes"]``.
+Each is a method of the one interface in ``ddcore/method.py``: per class, ``distill_class``
+returns the images and ``info`` with ``mode_id`` (sample j belongs to mode j) and the class's
+``modes`` ((ipc, C, H, W) latents), which the driver saves as ``distilled/.modes/<class>.pt``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
-from tqdm.auto import tqdm
 
 from ddcore.data.base import ImageClassificationData, resize_images
-from ddcore.distilled import DistilledSet
 from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator
 from ddcore.latent_cache import LatentCache
+from ddcore.method import MethodBase, mode_ids
 from ddcore.sampling import (
     SAMPLERS,
     Guidance,
@@ -39,7 +37,7 @@ from mgd3.modes import ModeDiscovery, modes_for_class
 log = logging.getLogger(__name__)
 
 
-class UnguidedSampling:
+class UnguidedSampling(MethodBase):
     """IPC generator samples per class, conditioned on the class, no extra guidance."""
 
     uses_generator = True
@@ -58,10 +56,6 @@ class UnguidedSampling:
         self.timestep_spacing = check_spacing(sampler, timestep_spacing)
         self.x0_from = check_x0_source(x0_from)
         self.batch_size = batch_size
-        self.modes: dict[int, torch.Tensor] = {}
-
-    def validate(self, data: ImageClassificationData, ipc: int) -> None:
-        """Checks that need the data but no generator (run before anything is written)."""
 
     # -- per-class hooks ----------------------------------------------------------------------
     def class_modes(self, generator: DiffusionGenerator, data: ImageClassificationData,
@@ -78,28 +72,17 @@ class UnguidedSampling:
     strength = 1.0  # img2img: the share of the schedule that start latents are noised to
 
     # -- the loop -----------------------------------------------------------------------------
-    def distill(self, data: ImageClassificationData, ipc: int, seed: int,
-                generator: DiffusionGenerator) -> DistilledSet:
-        images, labels = [], []
-        start = time.perf_counter()
-        for label in tqdm(range(data.num_classes), desc=f"{self.name}: classes", unit="class"):
-            images.append(self.sample_class(generator, data, label, ipc, seed))
-            labels.append(torch.full((ipc,), label, dtype=torch.long))
-        seconds = time.perf_counter() - start
-        log.info(f"{self.name}: {ipc * data.num_classes} images in {seconds:.1f}s")
-        stats = {"seconds": seconds, **({"modes": dict(self.modes)} if self.modes else {})}
-        return DistilledSet(torch.cat(images), torch.cat(labels),
-                            info={"mode_id": list(range(ipc)) * data.num_classes}, stats=stats)
-
     def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
                       generator: DiffusionGenerator) -> tuple[torch.Tensor, dict]:
-        images = self.sample_class(generator, data, label, ipc, seed)
-        return images, {"mode_id": list(range(ipc))}  # sample j belongs to mode j
-
-    def sample_class(self, generator, data, label: int, ipc: int, seed: int) -> torch.Tensor:
         modes = self.class_modes(generator, data, label, ipc, seed)
+        info = mode_ids(ipc)
         if modes is not None:
-            self.modes[label] = modes.detach().cpu()
+            info["modes"] = modes.detach().cpu()
+        return self.sample_class(generator, data, label, ipc, seed, modes), info
+
+    def sample_class(self, generator, data, label: int, ipc: int, seed: int,
+                     modes: torch.Tensor | None = None) -> torch.Tensor:
+        """IPC images of class ``label``, guided by (or started from) ``modes`` if given."""
         guidance, init = self.guidance(modes), self.start_latents(modes)
         # one generator per sample: its noise does not depend on method.batch_size
         rngs = [rng_for(seed, "sample", label, j) for j in range(ipc)]

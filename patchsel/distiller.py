@@ -29,6 +29,7 @@ import torch
 from ddcore.data.base import FileSource, ImageClassificationData, load_image_file, resize_images
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import class_prompts
+from ddcore.method import MethodBase
 from ddcore.progress import RateLog
 from ddcore.seeding import derive_seed, rng_for
 from patchsel.features import FEATURES, ClipFeatures, DiftFeatures
@@ -50,7 +51,7 @@ def load_images(data: ImageClassificationData, indices: list[int], size: int) ->
     return resize_images(source.load(indices), size)
 
 
-class PatchSelection:
+class PatchSelection(MethodBase):
     """Select real patches by diffusion relevance; see the module docstring.
 
     Args:

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 import ddcore  # noqa: E402,F401  (torchvision import fix)
-from ddcore.schemas import register  # noqa: E402
+from ddapp.schemas import register  # noqa: E402
 
 register()
 CONF = ROOT / "conf"

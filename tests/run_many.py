@@ -24,11 +24,11 @@ def warm_imports() -> None:
     sys.path.insert(0, str(ROOT))
     import sklearn.datasets  # noqa: F401
 
+    import ddapp.tasks  # noqa: F401  (torch, lightning, hydra)
+    import baselines.real  # noqa: F401
     import ddcore  # noqa: F401  (first: the torchvision fix)
     import ddcore.generators.dit  # noqa: F401  (diffusers)
     import ddcore.generators.self_trained  # noqa: F401
-    import ddcore.real_selection  # noqa: F401
-    import ddcore.tasks  # noqa: F401  (torch, lightning, hydra)
     import eval.hard_label  # noqa: F401
     import eval.set_metrics  # noqa: F401
     import mgd3.distiller  # noqa: F401

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddapp.tasks import build, prepare_distillation
+from baselines.real import herding
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from ddcore.kmeans import kmeans
-from ddcore.real_selection import herding
 from ddcore.seeding import derive_seed
-from ddcore.tasks import build, prepare_distillation
 from mgd3.distiller import D4M
+from tests.distill import distill_set
 from tests.test_generators_pretrained import RES, make_data, sd_folder  # noqa: F401 (fixture)
 
 BASELINES = {"unguided": ["method.steps=4"], "d4m": ["method.steps=4"], "kmeans_real": [],
@@ -34,12 +35,12 @@ def test_baseline_distills_a_folder_end_to_end(make_cfg, method):
 def test_d4m_starts_from_its_prototypes_with_the_unguided_sampler_and_seeds(make_cfg):
     cfg = make_cfg("method=d4m", "method.steps=6")
     data, method, generator = prepare_distillation(cfg)
-    out = method.distill(data, cfg.ipc, cfg.seed, generator)
+    out = distill_set(method, data, cfg.ipc, cfg.seed, generator)
     prototypes = out.stats["modes"]  # k-means prototypes, saved with the run
     assert sorted(prototypes) == list(range(10)) and prototypes[0].shape == (2, 1, 16, 16)
     # noised to 70% and denoised, the images stay closer to their prototypes than unguided ones
     unguided = build(make_cfg("method=unguided", "method.steps=6").method)
-    plain = unguided.distill(data, cfg.ipc, cfg.seed, generator)
+    plain = distill_set(unguided, data, cfg.ipc, cfg.seed, generator)
     protos = generator.decode(torch.cat([prototypes[c] for c in range(10)])).cpu()
     assert (out.images - protos).norm() < (plain.images - protos).norm()
 
@@ -48,7 +49,7 @@ def test_d4m_with_stable_diffusion_uses_class_prompts_and_latents(sd_folder, tmp
     data = make_data()  # 3 imagenette classes, 2 images each
     generator = load_stable_diffusion(data, path=str(sd_folder), resolution=RES)
     method = D4M(steps=3, latent_cache_dir=str(tmp_path / "latents"))
-    out = method.distill(data, 2, 0, generator)
+    out = distill_set(method, data, 2, 0, generator)
     assert out.images.shape == (6, 3, RES, RES) and out.stats["modes"][0].shape == (2, 4, 16, 16)
     assert len(list((tmp_path / "latents").rglob("*.pt"))) == 3
 
@@ -62,7 +63,7 @@ def test_stable_diffusion_without_class_names_is_a_one_line_error(sd_folder):  #
 def test_kmeans_real_returns_the_distinct_real_image_closest_to_each_centroid(make_cfg):
     cfg = make_cfg("method=kmeans_real", "ipc=3")
     data, method, _ = prepare_distillation(cfg)
-    out = method.distill(data, 3, cfg.seed)
+    out = distill_set(method, data, 3, cfg.seed)
     label = 7
     rows = [i for i, y in enumerate(out.labels.tolist()) if y == label]
     chosen = [out.info["source_index"][i] for i in rows]
@@ -78,7 +79,7 @@ def test_kmeans_real_in_latent_space_uses_the_generator(make_cfg):
     cfg = make_cfg("method=kmeans_real", "method.space=latents")
     data, method, generator = prepare_distillation(cfg)
     assert method.uses_generator and generator is not None
-    out = method.distill(data, cfg.ipc, cfg.seed, generator)
+    out = distill_set(method, data, cfg.ipc, cfg.seed, generator)
     assert out.images.shape == (20, 1, 16, 16) and len(set(out.info["source_index"])) == 20
 
 
@@ -97,7 +98,7 @@ def test_herding_method_picks_real_images_without_a_generator(make_cfg):
     cfg = make_cfg("method=herding")
     data, method, generator = prepare_distillation(cfg)
     assert generator is None
-    out = method.distill(data, cfg.ipc, cfg.seed)
+    out = distill_set(method, data, cfg.ipc, cfg.seed)
     assert torch.equal(out.images[:2], data.train.load(out.info["source_index"][:2]))
 
 

@@ -5,7 +5,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ddcore.cli import GROUPS, check_group_choices, group_options
+from ddapp.cli import GROUPS, check_group_choices, group_options
 from tests.conftest import CONF
 
 GENERATOR_ARGS = {  # what each loader's signature takes besides the dataset
@@ -22,7 +22,7 @@ def resolved(cfg):
 @pytest.mark.parametrize("group", ["dataset", "generator", "method", "eval", "trainer", "logger",
                                    "task", "experiment", "debug"])
 def test_every_option_composes_and_resolves(make_cfg, group):
-    for option in group_options(CONF, group):
+    for option in group_options([CONF], group):
         extra = ["dataset.root=/some/dir"] if option == "image_folder" else []
         cfg = make_cfg(f"{group}={option}", *extra, tiny=False)
         resolved(cfg)

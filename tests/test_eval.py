@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddcore.data.small import digits
-from ddcore.real_selection import RandomReal
+from ddcore.distilled import random_real_subset
 from eval.augment import random_resized_crop
 from eval.hard_label import HardLabelProtocol, epochs_for_ipc
 from eval.students import ConvNet, convnet_depth
@@ -39,7 +39,7 @@ def test_augment_is_seeded_and_keeps_full_crop_identity():
 def test_protocol_learns_from_real_digits():
     """Students trained on 10 real images per class do far better than chance (10%)."""
     data = digits()
-    distilled = RandomReal().distill(data, ipc=10, seed=0)
+    distilled = random_real_subset(data, ipc=10, seed=0)
     protocol = HardLabelProtocol(partial(ConvNet, width=32), epochs=40, evals=4, repeats=1)
     metrics = protocol.evaluate(distilled, data, ipc=10, seed=0,
                                 trainer_factory=partial(pl.Trainer, accelerator="cpu"))

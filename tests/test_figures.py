@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ddapp.figures import save_grid, save_scatter, save_training_curves, save_tsne
+from ddapp.result_logging import log_results, report_run, wandb_group
 from ddcore.data.base import ImageClassificationData, TensorSource
 from ddcore.distilled import DistilledSet
-from ddcore.figures import save_grid, save_scatter, save_training_curves, save_tsne
-from ddcore.result_logging import log_results, report_run, wandb_group
 
 NAMES = ["tench", "English springer", "a rather long class name that gets cut", "golf ball"]
 

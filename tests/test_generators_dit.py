@@ -17,7 +17,8 @@ def save_tiny_dit(folder, num_classes=10, in_channels=1, vae=False, learned_vari
     channels = 4 if vae else in_channels
     build_dit(channels, 8 if vae else 16, num_classes, learned_variance, **tiny).save_pretrained(
         folder / "transformer")
-    DDPMScheduler(num_train_timesteps=train_timesteps, clip_sample=False).save_pretrained(folder / "scheduler")
+    DDPMScheduler(num_train_timesteps=train_timesteps, clip_sample=False).save_pretrained(
+        folder / "scheduler")
     if vae:
         AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
                       block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from ddcore.data.small import digits
-from ddcore.distilled import DistilledSet
+from ddcore.distilled import DistilledSet, random_real_subset
 from ddcore.errors import UserError
-from ddcore.real_selection import RandomReal
 from eval.augment import (
     BatchAugment,
     color_jitter,
@@ -116,7 +115,7 @@ def test_cutmix_is_torchvisions_and_mixes_targets():
 
 # -- data path ------------------------------------------------------------------------------------
 def test_set_is_held_as_one_uint8_tensor_and_batched_by_index(data):
-    distilled = RandomReal().distill(data, ipc=2, seed=0)
+    distilled = random_real_subset(data, ipc=2, seed=0)
     train = TrainSet.from_images(distilled.images, distilled.labels)
     assert train.images.dtype == torch.uint8 and train.images.shape == (20, 1, 16, 16)
     batch = next(iter(train.loader(8, seed=0)))
@@ -130,7 +129,7 @@ def test_set_is_held_as_one_uint8_tensor_and_batched_by_index(data):
 
 # -- runs ------------------------------------------------------------------------------------------
 def test_tiny_run_reports_final_best_and_histories(data):
-    distilled = RandomReal().distill(data, ipc=2, seed=0)
+    distilled = random_real_subset(data, ipc=2, seed=0)
     protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=4, evals=2, repeats=2)
     metrics = protocol.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
     assert metrics["student/repeats"] == 2 and len(metrics["student/final_acc_runs"]) == 2
@@ -150,10 +149,10 @@ def test_student_on_full_digits_reaches_90_percent(data):
 
 
 def test_configured_students_run_through_hydra(make_cfg):
-    from ddcore.tasks import build
+    from ddapp.tasks import build
 
     data = digits()
-    distilled = RandomReal().distill(data, ipc=2, seed=0)
+    distilled = random_real_subset(data, ipc=2, seed=0)
     for student in ("convnet", "resnet_ap10", "resnet18"):
         cfg = make_cfg(f"eval/student={student}", "eval.epochs=1", "eval.evals=1",
                        "eval.reference.enabled=false")
@@ -172,13 +171,13 @@ def test_missing_classes_and_ipc_mismatch_are_refused(data):
     with pytest.raises(UserError, match="ipc mismatch: class '3' has 3 images but ipc=2"):
         check_distilled(uneven, data, 2)
     with pytest.raises(UserError, match="ipc mismatch"):
-        check_distilled(RandomReal().distill(data, ipc=2, seed=0), data, 3)
+        check_distilled(random_real_subset(data, ipc=2, seed=0), data, 3)
 
 
 @pytest.mark.slow
 def test_repeats_run_in_worker_processes(data):
     """The multi-GPU path (one spawned worker per GPU), exercised here with one CPU worker."""
-    distilled = RandomReal().distill(data, ipc=2, seed=0)
+    distilled = random_real_subset(data, ipc=2, seed=0)
     train = TrainSet.from_images(distilled.images, distilled.labels)
     protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=2)
     sequential = [protocol.train_one(train, data, 2, s, CPU, None, "s") for s in (1, 2)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"ddcore": "core", "mgd3": "methods", "patchsel": "methods", "manifoldgd": "methods",
-          "baselines": "methods", "eval": "eval", "app": "app"}
+          "baselines": "methods", "eval": "eval", "ddapp": "app"}
 MAY_IMPORT = {"core": {"core"}, "methods": {"core", "methods"}, "eval": {"core", "eval"},
               "app": {"core", "methods", "eval", "app"}}
 

@@ -11,36 +11,21 @@ import numpy as np
 import pytest
 import torch
 
+from ddapp.tasks import build, prepare_distillation
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.hierarchical import Node, bisecting_tree, hierarchical_centres, pick_by_levels
 from ddcore.sampling import StepContext
-from ddcore.tasks import build, prepare_distillation
 from manifoldgd.guidance import ManifoldGuidance, ManifoldSettings
 from manifoldgd.manifold import annealed_radius, noisy_cloud, normal_step
 from mgd3.guidance import ModeGuidance
 from mgd3.modes import ModeDiscovery
+from tests.manifold_reference import direct_normal_step
 from tests.test_generators_pretrained import sd_folder  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def direct_normal_step(x, clouds, k, tangent_dim, bandwidth, scale, ridge=1e-5):
-    """The public code's manifold term, one sample at a time: D x D covariance + eigh."""
-    out = []
-    for xi, cloud in zip(x, clouds):
-        dist = ((cloud - xi) ** 2).sum(dim=1).sqrt()
-        idx = torch.topk(dist, k, largest=False).indices
-        neigh = cloud[idx]
-        mu = neigh.mean(dim=0)
-        centred = neigh - mu
-        cov = centred.T @ centred / (k - 1) + ridge * torch.eye(len(mu), dtype=x.dtype)
-        values, vectors = torch.linalg.eigh(cov)
-        u = vectors[:, torch.argsort(values, descending=True)][:, :tangent_dim]
-        to_mu = xi - mu
-        vec = -(to_mu - u @ (u.T @ to_mu))
-        out.append(scale * torch.tanh(dist.min() / bandwidth) * vec / (vec.norm() + 1e-8))
-    return torch.stack(out)
 
 
 def step_context(x, index=40, alpha_bar=0.3, sampler="ddpm"):

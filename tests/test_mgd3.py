@@ -2,17 +2,18 @@
 
 import torch
 
+from ddapp.tasks import prepare_distillation
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
-from ddcore.tasks import prepare_distillation
 from mgd3.guidance import ModeGuidance
 from mgd3.modes import modes_for_class
+from tests.distill import distill_set
 
 
 def distill_images(make_cfg, *overrides):
     cfg = make_cfg(*overrides)
     data, method, generator = prepare_distillation(cfg)
-    return method.distill(data, cfg.ipc, cfg.seed, generator).images, (data, generator)
+    return distill_set(method, data, cfg.ipc, cfg.seed, generator).images, (data, generator)
 
 
 
@@ -65,4 +66,4 @@ def test_images_do_not_depend_on_the_sampling_batch_size(make_cfg):
     whole, _ = distill_images(make_cfg, "method=mgd3", "method.steps=10", "method.t_sg=5")
     chunked, _ = distill_images(make_cfg, "method=mgd3", "method.steps=10", "method.t_sg=5",
                                 "method.batch_size=1")
-    assert (whole - chunked).abs().max() < 1e-3
+    assert (whole - chunked).abs().max() <= 1 / 255 + 1e-6  # at most one 8-bit level

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 import ddcore.kmeans as km
+from ddapp.tasks import build, prepare_distillation
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.kmeans import closest_points, dbscan_means, kmeans
 from ddcore.latent_cache import LatentCache, cache_key
-from ddcore.tasks import build, prepare_distillation
 from mgd3.modes import MODE_DISCOVERY, ModeDiscovery
+from tests.distill import distill_set
 
 
 def rows_of(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -78,7 +79,7 @@ def test_mgd3_runs_with_each_mode_discovery_and_returns_its_modes(make_cfg, opti
     cfg = make_cfg("method=mgd3", "method.steps=4", "method.t_sg=1",
                    f"method.mode_discovery={option}")
     data, method, generator = prepare_distillation(cfg)
-    out = method.distill(data, cfg.ipc, cfg.seed, generator)
+    out = distill_set(method, data, cfg.ipc, cfg.seed, generator)
     assert out.images.shape == (20, 1, 16, 16)
     modes = out.stats["modes"]  # saved with the run
     assert sorted(modes) == list(range(10)) and modes[0].shape == (2, 1, 16, 16)

@@ -239,7 +239,7 @@ def test_two_ranks_and_a_resume_give_the_single_process_set(data, generator, tmp
 
 # -- both model kinds end to end --------------------------------------------------------------
 def test_class_conditional_run_end_to_end(make_cfg):
-    from ddcore.tasks import distill_only
+    from ddapp.tasks import distill_only
 
     cfg = make_cfg("task=distill", "method=patchsel", "method.clusters=4", "method.top_clusters=2",
                    "method.images_per_class=24", "ipc=3")
@@ -293,7 +293,7 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
 
 def test_text_conditioned_run_through_the_configs(make_cfg, sd_generator):
     """generator=sd15 from a local folder, as a user would run it (digits names as prompts)."""
-    from ddcore.tasks import distill_only
+    from ddapp.tasks import distill_only
 
     _, folder = sd_generator
     cfg = make_cfg("task=distill", "method=patchsel", "generator=sd15", f"generator.path={folder}",
@@ -329,7 +329,7 @@ def test_trained_tiny_dit_finds_the_digit_more_relevant_than_the_empty_border(ma
     session) must rank the digit above the empty border; the paper's R (the negation) would
     rank them the other way round.
     """
-    from ddcore.tasks import build
+    from ddapp.tasks import build
 
     cfg = make_cfg("generator.probe_per_class=0", tiny=False)
     data = digits()

@@ -6,8 +6,9 @@ from functools import partial
 import lightning.pytorch as pl
 import pytest
 
+import ddcore.distilled
 from ddcore.data.small import digits
-from ddcore.real_selection import RandomReal
+from ddcore.distilled import random_real_subset
 from eval.hard_label import HardLabelProtocol
 from eval.reference import hlr, ior, lrs
 from eval.soft_label import SoftLabelProtocol
@@ -26,7 +27,7 @@ def test_ddranking_formulas():
 
 def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
     data = digits()
-    distilled = RandomReal().distill(data, ipc=2, seed=1)
+    distilled = random_real_subset(data, ipc=2, seed=1)
     reference = {"enabled": True, "cache_dir": str(tmp_path), "full_epochs": 1, "acc": "final"}
     protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1,
                                  reference=reference)
@@ -44,7 +45,7 @@ def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
         raise AssertionError("recomputed a cached reference accuracy")
 
     monkeypatch.setattr(HardLabelProtocol, "train_real", fail)
-    monkeypatch.setattr(RandomReal, "distill", fail)
+    monkeypatch.setattr(ddcore.distilled, "random_real_subset", fail)
     again = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1,
                               reference=reference).evaluate(distilled, data, 2, 0, CPU)
     assert (again["reference/full_hard_acc"], again["reference/random_acc"]) == (full, rnd)
@@ -52,7 +53,7 @@ def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
 
 def test_soft_label_reference_uses_the_hard_label_protocol_for_hlr(tmp_path):
     data = digits()
-    distilled = RandomReal().distill(data, ipc=2, seed=1)
+    distilled = random_real_subset(data, ipc=2, seed=1)
     teacher = Teacher(partial(ConvNet, width=8), cache_dir=str(tmp_path / "teachers"),
                       train={"epochs": 1, "evals": 1})
     protocol = SoftLabelProtocol(partial(ConvNet, width=8), teacher, epochs=2, evals=1, repeats=1,

@@ -4,12 +4,13 @@ when guidance is stopped; img2img starts; bad settings are one-line errors."""
 import pytest
 import torch
 
+from ddapp.tasks import build, prepare_distillation
 from ddcore.errors import UserError
 from ddcore.sampling import StepContext, predicted_x0, sample_latents, start_index
 from ddcore.seeding import rng_for
-from ddcore.tasks import build, prepare_distillation
 from mgd3.guidance import ModeGuidance
 from mgd3.modes import modes_for_class
+from tests.distill import distill_set
 
 SAMPLERS = ["ddpm", "ddim"]
 INJECTIONS = ["posterior_mean", "eps", "x0"]
@@ -19,7 +20,7 @@ FAST = ["method.steps=4", "method.t_sg=1"]
 def distill(make_cfg, *overrides):
     cfg = make_cfg(*overrides)
     data, method, generator = prepare_distillation(cfg)
-    return method.distill(data, cfg.ipc, cfg.seed, generator), data
+    return distill_set(method, data, cfg.ipc, cfg.seed, generator), data
 
 
 class Recorder:

@@ -4,9 +4,9 @@ import json
 import time
 from pathlib import Path
 
+from ddapp.tasks import build
 from ddcore.data.small import digits
 from ddcore.generators.self_trained import load_or_train
-from ddcore.tasks import build
 
 TINY = dict(arch=dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=2),
             train=dict(steps=4, batch_size=16, lr=1e-3, warmup_steps=1, label_dropout=0.1),

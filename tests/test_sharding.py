@@ -13,14 +13,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from baselines.real import RandomReal
 from ddcore import class_writer
 from ddcore.data.small import digits
 from ddcore.distilled import load_distilled
 from ddcore.errors import UserError
 from ddcore.generators.dit import load_dit
-from ddcore.real_selection import RandomReal
 from ddcore.seeding import rng_for
-from ddcore.sharding import Shard, autocast, class_distiller, current_shard, distill_to_folder
+from ddcore.method import MethodBase
+from ddcore.sharding import Shard, autocast, current_shard, distill_to_folder
 from mgd3.distiller import MGD3
 
 IPC = 2
@@ -67,17 +68,17 @@ def manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-class Counting:
+class Counting(MethodBase):
     """A method that records which classes it was asked for."""
 
     name = "counting"
 
     def __init__(self, inner):
-        self.inner, self.labels = class_distiller(inner), []
+        self.inner, self.labels = inner, []
 
     def distill_class(self, data, label, ipc, seed, generator):
         self.labels.append(label)
-        return self.inner(data, label, ipc, seed, generator)
+        return self.inner.distill_class(data, label, ipc, seed, generator)
 
 
 def _worker(rank: int, world_size: int, init_file: str, dit_folder: str, out: str,
@@ -161,7 +162,7 @@ def test_other_settings_in_the_folder_are_refused(setup, reference):
                           precision="bf16-mixed")
 
 
-class Noise:
+class Noise(MethodBase):
     """A cheap per-class method: images depend only on (seed, label)."""
 
     name = "noise"
@@ -190,7 +191,7 @@ def run_ranks(make_method, data, out, world_size):
     assert not errors, errors
 
 
-@pytest.mark.parametrize("make_method", [Noise, RandomReal], ids=["per_class", "whole_set"])
+@pytest.mark.parametrize("make_method", [Noise, RandomReal], ids=["noise", "random_real"])
 def test_ranks_meet_on_disk_without_a_process_group(make_method, tmp_path):
     data = digits()
     run_ranks(make_method, data, tmp_path / "one", 1)
@@ -227,7 +228,7 @@ def test_task_distill_resumes_in_its_run_folder(make_cfg):
     """Through the task: a rerun in the same folder redoes only the class that was lost."""
     import inspect
 
-    from ddcore import tasks
+    from ddapp import tasks
 
     if "distill_to_folder" not in inspect.getsource(tasks.distill):
         pytest.skip("tasks.distill does not write through ddcore.sharding yet")

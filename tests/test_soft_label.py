@@ -9,8 +9,8 @@ import torch
 
 from ddcore.data.base import ImageClassificationData, TensorSource
 from ddcore.data.small import digits
+from ddcore.distilled import random_real_subset
 from ddcore.errors import UserError
-from ddcore.real_selection import RandomReal
 from eval.soft_label import SoftLabelModule, SoftLabelProtocol, batch_size_for_ipc, lr_factor, soft_label_loss
 from eval.students import ConvNet, ResNet18
 from eval.teacher import Teacher, save_teacher
@@ -139,7 +139,7 @@ def test_timm_teacher_from_a_local_folder_picks_the_subset_logits(tmp_path):
 
 # -- runs ------------------------------------------------------------------------------------------
 def test_tiny_soft_label_run_keeps_the_teacher_frozen(data, teacher_dir):
-    distilled = RandomReal().distill(data, ipc=2, seed=0)
+    distilled = random_real_subset(data, ipc=2, seed=0)
     protocol = SoftLabelProtocol(partial(ConvNet, width=8), tiny_teacher(teacher_dir), epochs=2,
                                  evals=2, repeats=1)
     protocol.prepare(data, 0, CPU)
@@ -155,7 +155,7 @@ def test_tiny_soft_label_run_keeps_the_teacher_frozen(data, teacher_dir):
 def test_soft_label_config_and_train_teacher_task(make_cfg):
     from pathlib import Path
 
-    from ddcore.tasks import build
+    from ddapp.tasks import build
 
     overrides = ["eval=soft_label", "eval.teacher.train.epochs=1", "eval.teacher.model.width=4",
                  "eval.reference.enabled=false"]

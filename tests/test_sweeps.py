@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from ddcore.schemas import MGD3Schema
+from ddapp.schemas import MGD3Schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -67,7 +67,7 @@ def test_mode_discovery_sweep_names_the_papers_four_methods():
 
 
 ROWS = {"unguided": ("mgd3.distiller.UnguidedSampling", None),
-        "mode_discovery_only": ("ddcore.real_selection.KMeansReal", None),
+        "mode_discovery_only": ("baselines.real.KMeansReal", None),
         "mode_guidance": ("mgd3.distiller.MGD3", 0),
         "stop_guidance": ("mgd3.distiller.MGD3", 25)}
 

@@ -156,8 +156,8 @@ def load_or_train_vae(data: ImageClassificationData, *, cache_dir: str, arch: di
         log.info(f"VAE on {data.name}: test reconstruction MSE {meta['test_reconstruction_mse']:.4f}"
                  f", scaling factor {meta['scaling_factor']:.3f}")
     meta = json.loads((folder / "meta.json").read_text())
-    trained_on = meta.get("data", {})
-    if (trained_on.get("name"), trained_on.get("class_ids")) != (data.name, list(data.class_ids)):
+    trained_on, here = meta.get("data", {}), identity
+    if (trained_on.get("name"), trained_on.get("classes")) != (here["name"], here["classes"]):
         raise UserError(f"the VAE in {folder} was trained on {trained_on.get('name')!r}, not on "
                         f"{data.name} (unset generator.vae.path to train one for {data.name})")
     return AutoencoderKL.from_pretrained(folder / "vae").eval(), meta

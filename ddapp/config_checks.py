@@ -1,6 +1,6 @@
 """Every setting a job reads, checked before any work: one UserError naming the first problem.
 
-Hydra's typed schemas (``ddcore/schemas.py``) already refuse misspelt method keys and values of
+Hydra's typed schemas (``ddapp/schemas.py``) already refuse misspelt method keys and values of
 the wrong type when the config is composed. This pass adds what a schema cannot say: ranges
 (``eval.epochs >= 1``, ``method.cfg_scale >= 0``), choices (``report.space``,
 ``sample_precision``), finite numbers (``method.lam=nan``), mandatory values left at ``???``,
@@ -103,10 +103,10 @@ TRAINER_PRECISIONS = ("32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf1
                       "bf16-true", "64", "64-true")
 FLIP = ("auto", "true", "false", "True", "False")
 
-RULES: dict[str, Check] = {  # (ipc: ddcore.tasks.check_ipc, the same moment)
+RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
     "seed": integer(0),
     "sample_precision": choice(*PRECISIONS),
-    # report (ddcore/result_logging.py)
+    # report (ddapp/result_logging.py)
     "report.space": choice("pixels", "latents", "tsne"),
     "report.tsne_input": choice("pixels", "latents"),
     "report.tsne_classes": integer(0),
@@ -153,7 +153,7 @@ RULES: dict[str, Check] = {  # (ipc: ddcore.tasks.check_ipc, the same moment)
     "generator.resolution": integer(1),
     "generator.dtype": choice("float32", "bfloat16", "float16"),
     "generator.retrain": boolean,
-    # methods (conf/method + ddcore/schemas.py); applied when the method has the key
+    # methods (conf/method + ddapp/schemas.py); applied when the method has the key
     "method.steps": integer(1),
     "method.cfg_scale": number(0, null=True),
     "method.batch_size": integer(1, null=True),

@@ -130,7 +130,7 @@ def report_run(out_dir: Path, data, distilled, generator=None, histories=None, s
 def draw_figures(folder: Path, data, distilled, result, encoder, base: str, histories,
                  tsne_classes: int, seed: int, max_real: int | None) -> dict[str, Path]:
     """grid (kept when distillation already drew it), scatter, tsne, training curves."""
-    from ddcore.figures import save_grid, save_scatter, save_training_curves, save_tsne
+    from ddapp.figures import save_grid, save_scatter, save_training_curves, save_tsne
     from eval.set_metrics import tsne_panels
 
     figures = {"grid": folder / "grid.png"}

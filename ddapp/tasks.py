@@ -22,11 +22,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ddapp.figures import save_grid
+from ddapp.result_logging import Report, log_results, report_run
 from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.errors import UserError
-from ddcore.figures import save_grid
-from ddcore.result_logging import Report, log_results, report_run
 from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ def prepare_distillation(cfg: DictConfig, check_data=None):
     if method.uses_generator:
         device = bind_device(resolve_device(cfg.trainer.accelerator))  # cuda:<local rank>
         generator = build_generator(cfg, data).to(device)
-        if hasattr(method, "check_generator"):  # e.g. a text model needs class names
-            method.check_generator(generator, data)
+        method.check_generator(generator, data)  # e.g. a text model needs class names
     return data, method, generator
 
 
@@ -183,22 +182,10 @@ def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Pat
     # classes sharded over ranks (torchrun/SLURM), written atomically; a rerun resumes
     distilled = distill_to_folder(method, data, cfg.ipc, cfg.seed, generator, folder, manifest,
                                   precision=cfg.get("sample_precision"))
-    save_modes(method, data, folder)
     if current_shard().is_main:
         save_grid(distilled, data, output_dir(cfg) / "figures" / "grid.png")
         log.info(f"distilled set written to {folder}")
     return distilled, folder
-
-
-def save_modes(method, data, folder: Path) -> None:
-    """Modes (k-means centroids) this process found, as ``.modes/<class_id>.pt`` beside the set."""
-    modes = getattr(method, "modes", None) or {}
-    for label, tensor in modes.items():
-        path = folder / ".modes" / f"{data.class_ids[label]}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(tensor.detach().cpu(), tmp)
-        os.replace(tmp, path)
 
 
 def distill_metrics(distilled: DistilledSet, generator) -> dict:

@@ -81,7 +81,7 @@ class D4MSchema(LatentCacheSchema, SamplingSchema):
 
 @dataclass
 class RandomRealSchema:
-    _target_: str = "ddcore.real_selection.RandomReal"
+    _target_: str = "baselines.real.RandomReal"
 
 
 @dataclass
@@ -92,13 +92,13 @@ class FeatureSelectionSchema(LatentCacheSchema):
 
 @dataclass
 class KMeansRealSchema(FeatureSelectionSchema):
-    _target_: str = "ddcore.real_selection.KMeansReal"
+    _target_: str = "baselines.real.KMeansReal"
     kmeans_backend: str = "auto"
 
 
 @dataclass
 class HerdingSchema(FeatureSelectionSchema):
-    _target_: str = "ddcore.real_selection.Herding"
+    _target_: str = "baselines.real.Herding"
 
 
 @dataclass
@@ -131,7 +131,7 @@ class PatchSelectionSchema:
 
 
 def register() -> None:
-    from ddcore.result_logging import register_resolvers
+    from ddapp.result_logging import register_resolvers
 
     register_resolvers()  # ${dd.wandb_group:...} in conf/logger/wandb.yaml
     store = ConfigStore.instance()

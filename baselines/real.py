@@ -3,61 +3,43 @@
 Selections are made per class in a feature space: flattened pixels (``space=pixels``, no
 generator needed; ``feature_resolution`` shrinks the images first) or the generator's latents
 (``space=latents``, read through the latent cache; MGD^3's "mode discovery only" row).
-Each method offers ``distill_class(data, label, ipc, seed, generator) -> (images, info)``,
-the unit sharded runs distribute.
+Each method offers the method interface (``ddcore/method.py``).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ddcore.data.base import ImageClassificationData, resize_images
-from ddcore.distilled import DistilledSet
+from ddcore.distilled import random_positions
 from ddcore.errors import UserError
 from ddcore.kmeans import closest_points, kmeans
 from ddcore.latent_cache import LatentCache
-from ddcore.seeding import derive_seed, rng_for
+from ddcore.method import MethodBase, mode_ids
+from ddcore.seeding import derive_seed
 
 SPACES = ("pixels", "latents")
 
 
-class RealSelection:
-    """Shared loop: select per class, then load the chosen train images."""
+class RealSelection(MethodBase):
+    """Shared step: select per class, then load the chosen train images."""
 
-    uses_generator = False
     name = "real"
     why = "the selection picks ipc distinct real images per class"
-
-    def __init__(self):
-        self.modes: dict[int, torch.Tensor] = {}
 
     def validate(self, data: ImageClassificationData, ipc: int) -> None:
         data.check_ipc(ipc, self.why)
 
-    def select(self, data, label: int, ipc: int, seed: int, generator) -> torch.Tensor:
-        """Positions (within the class's train images) of the ipc chosen images."""
+    def select(self, data, label: int, ipc: int, seed: int, generator) -> tuple[torch.Tensor, dict]:
+        """Positions (within the class's train images) of the ipc chosen images, and extra
+        ``info`` for the class (``mode_id``/``modes`` for k-means)."""
         raise NotImplementedError
 
     def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
                       generator=None) -> tuple[torch.Tensor, dict]:
-        indices = data.class_indices(label)[self.select(data, label, ipc, seed, generator)]
-        return data.train.load(indices.tolist()), {"source_index": indices.tolist()}
-
-    def distill(self, data: ImageClassificationData, ipc: int, seed: int,
-                generator=None) -> DistilledSet:
-        start = time.perf_counter()
-        images, info = [], {}
-        for label in range(data.num_classes):
-            class_images, class_info = self.distill_class(data, label, ipc, seed, generator)
-            images.append(class_images)
-            for key, values in class_info.items():
-                info.setdefault(key, []).extend(values)
-        labels = torch.arange(data.num_classes).repeat_interleave(ipc)
-        stats = {"seconds": time.perf_counter() - start,
-                 **({"modes": dict(self.modes)} if self.modes else {})}
-        return DistilledSet(torch.cat(images), labels, info=info, stats=stats)
+        positions, extra = self.select(data, label, ipc, seed, generator)
+        indices = data.class_indices(label)[positions]
+        return data.train.load(indices.tolist()), {"source_index": indices.tolist(), **extra}
 
 
 class RandomReal(RealSelection):
@@ -66,9 +48,8 @@ class RandomReal(RealSelection):
     name = "random"
     why = "random selection draws ipc distinct real images per class"
 
-    def select(self, data, label, ipc, seed, generator=None) -> torch.Tensor:
-        n = len(data.class_indices(label))
-        return torch.randperm(n, generator=rng_for(seed, "random", label))[:ipc]
+    def select(self, data, label, ipc, seed, generator=None) -> tuple[torch.Tensor, dict]:
+        return random_positions(data, label, ipc, seed), {}
 
 
 class FeatureSelection(RealSelection):
@@ -77,7 +58,6 @@ class FeatureSelection(RealSelection):
     def __init__(self, space: str = "pixels", feature_resolution: int | None = None,
                  latent_cache: bool = True, latent_cache_dir: str | None = None,
                  latent_batch_size: int = 64, latent_workers: int = 0):
-        super().__init__()
         if space not in SPACES:
             raise UserError(f"unknown method.space {space!r} (use one of: {', '.join(SPACES)})")
         self.space, self.feature_resolution = space, feature_resolution
@@ -96,7 +76,7 @@ class FeatureSelection(RealSelection):
 class KMeansReal(FeatureSelection):
     """The real image closest to each k-means centroid (k = IPC), each image at most once.
 
-    The centroids (in feature space, shaped like the features) are kept in ``self.modes``.
+    The centroids (in feature space, shaped like the features) are the class's ``modes``.
     """
 
     name = "kmeans_real"
@@ -106,17 +86,13 @@ class KMeansReal(FeatureSelection):
         super().__init__(**kwargs)
         self.kmeans_backend = kmeans_backend
 
-    def select(self, data, label, ipc, seed, generator=None) -> torch.Tensor:
+    def select(self, data, label, ipc, seed, generator=None) -> tuple[torch.Tensor, dict]:
         feats = self.features(data, label, generator)
         flat = feats.flatten(1).float()
         centroids, _ = kmeans(flat, ipc, seed=derive_seed(seed, "modes", label) % (2**31),
                               backend=self.kmeans_backend)
-        self.modes[label] = centroids.view(ipc, *feats.shape[1:]).cpu()
-        return closest_points(flat, centroids)
-
-    def distill_class(self, data, label, ipc, seed, generator=None):
-        images, info = super().distill_class(data, label, ipc, seed, generator)
-        return images, {**info, "mode_id": list(range(ipc))}
+        modes = centroids.view(ipc, *feats.shape[1:]).cpu()
+        return closest_points(flat, centroids), {**mode_ids(ipc), "modes": modes}
 
 
 class Herding(FeatureSelection):
@@ -126,8 +102,8 @@ class Herding(FeatureSelection):
     name = "herding"
     why = "herding picks ipc distinct real images per class"
 
-    def select(self, data, label, ipc, seed, generator=None) -> torch.Tensor:
-        return herding(self.features(data, label, generator).flatten(1).float(), ipc)
+    def select(self, data, label, ipc, seed, generator=None) -> tuple[torch.Tensor, dict]:
+        return herding(self.features(data, label, generator).flatten(1).float(), ipc), {}
 
 
 def herding(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,17 +12,29 @@ GROUPS = ("task", "dataset", "generator", "method", "eval", "trainer", "logger",
 SWEEP_FUNCTION = re.compile(r"^\w+\(")  # choice(...), range(...), glob(...)
 
 
-def group_options(conf_dir: Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+def group_options(conf_dirs: list[Path], group: str) -> list[str]:
+    return sorted({p.stem for d in conf_dirs for p in (d / group).glob("*.yaml")})
+
+
+def search_path(argv: list[str]) -> list[Path]:
+    """Config folders added with ``hydra.searchpath=[file://<dir>,...]`` (docs/adding.md)."""
+    folders = []
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "hydra.searchpath":
+            folders += [Path(item.strip().strip("'\"").removeprefix("file://"))
+                        for item in value.strip("[]").split(",") if item.strip()]
+    return folders
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> str | None:
     """The error line for the first ``group=option`` override naming no config file, else None."""
+    conf_dirs = [conf_dir, *search_path(argv)]
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
         if arg.startswith("-") or not sep or key not in GROUPS or SWEEP_FUNCTION.match(value):
             continue
-        options = group_options(conf_dir, key)
+        options = group_options(conf_dirs, key)
         for choice in value.split(","):
             if choice not in options and choice != "null":
                 return f"error: unknown {key} {choice!r} (choose one of: {', '.join(options)})"

@@ -27,7 +27,7 @@ from ddcore.distilled import DistilledSet, as_numpy_grid
 DPI = 100
 
 
-def _save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, facecolor="white")
@@ -100,7 +100,7 @@ def _draw_image_with_row_labels(array: np.ndarray, names: list[str], cell: int, 
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.text(0.5, 1 - 4 / fig_h, title, ha="center", va="top", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # -- set metrics -------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def save_tsne(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path,
         ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_scatter(diversity: Sequence[float], representativeness: Sequence[float],
@@ -163,7 +163,7 @@ def save_scatter(diversity: Sequence[float], representativeness: Sequence[float]
         ax.text(0.5, 0.5, "no finite values (one image per class?)", ha="center",
                 transform=ax.transAxes)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- students ----------------------------------------------------------------------------------
@@ -188,4 +188,4 @@ def save_training_curves(history_per_repeat: Sequence[Sequence[tuple[int, float]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
