@@ -8,7 +8,7 @@ FAISS ?= faiss-cpu
 STAMP := $(VENV)/.installed-$(FAISS)
 QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: help install run test test-full bench data format clean reference reference-smoke gpu-check
+.PHONY: help install lint run test test-full bench data format clean reference reference-smoke gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,11 @@ run: install ## quick start: random / unguided / MGD^3 on digits, IPC 10, accura
 	$(BIN)/python run.py -m experiment=quickstart method=random,unguided,mgd3 hydra.sweep.dir=$(QUICKSTART_DIR)
 	@$(BIN)/python experiments/summarize.py $(QUICKSTART_DIR) --csv $(QUICKSTART_DIR)/summary.csv
 
-test: install ## fast tests (no network, no GPU)
+lint: install ## ruff check + ruff format --check (part of make test)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint ## lint, then the fast tests (no network, no GPU)
 	$(BIN)/python -m pytest -q
 
 test-full: install ## all tests, slow ones included (GPU tests still need a GPU)
@@ -56,7 +60,8 @@ data: ## install Fashion-MNIST (Debian package dataset-fashion-mnist) where apt 
 	$(if $(shell [ "$$(id -u)" = 0 ] && echo root),,sudo )apt-get install -y dataset-fashion-mnist
 
 format: install ## format the code with ruff
-	$(BIN)/ruff format ddcore mgd3 patchsel eval experiments tests run.py
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean: ## remove logs and caches (not the environment)
 	rm -rf logs .cache .pytest_cache

@@ -26,8 +26,8 @@ from ddapp.cli import (  # noqa: E402
     install_one_line_errors,
     remember_run_record,
 )
-from ddcore.errors import UserError  # noqa: E402
 from ddapp.schemas import register  # noqa: E402
+from ddcore.errors import UserError  # noqa: E402
 
 register()
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 2.13 deprecation

@@ -35,8 +35,9 @@ class RealSelection(MethodBase):
         ``info`` for the class (``mode_id``/``modes`` for k-means)."""
         raise NotImplementedError
 
-    def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
-                      generator=None) -> tuple[torch.Tensor, dict]:
+    def distill_class(
+        self, data: ImageClassificationData, label: int, ipc: int, seed: int, generator=None
+    ) -> tuple[torch.Tensor, dict]:
         positions, extra = self.select(data, label, ipc, seed, generator)
         indices = data.class_indices(label)[positions]
         return data.train.load(indices.tolist()), {"source_index": indices.tolist(), **extra}
@@ -55,15 +56,22 @@ class RandomReal(RealSelection):
 class FeatureSelection(RealSelection):
     """A selection in pixel or latent features (see the module docstring)."""
 
-    def __init__(self, space: str = "pixels", feature_resolution: int | None = None,
-                 latent_cache: bool = True, latent_cache_dir: str | None = None,
-                 latent_batch_size: int = 64, latent_workers: int = 0):
+    def __init__(
+        self,
+        space: str = "pixels",
+        feature_resolution: int | None = None,
+        latent_cache: bool = True,
+        latent_cache_dir: str | None = None,
+        latent_batch_size: int = 64,
+        latent_workers: int = 0,
+    ):
         if space not in SPACES:
             raise UserError(f"unknown method.space {space!r} (use one of: {', '.join(SPACES)})")
         self.space, self.feature_resolution = space, feature_resolution
         self.uses_generator = space == "latents"
-        self.cache = LatentCache.from_settings(latent_cache, latent_cache_dir, latent_batch_size,
-                                               latent_workers)
+        self.cache = LatentCache.from_settings(
+            latent_cache, latent_cache_dir, latent_batch_size, latent_workers
+        )
 
     def features(self, data, label: int, generator) -> torch.Tensor:
         """(n, ...) features of the class's train images, in class_indices order."""
@@ -89,8 +97,9 @@ class KMeansReal(FeatureSelection):
     def select(self, data, label, ipc, seed, generator=None) -> tuple[torch.Tensor, dict]:
         feats = self.features(data, label, generator)
         flat = feats.flatten(1).float()
-        centroids, _ = kmeans(flat, ipc, seed=derive_seed(seed, "modes", label) % (2**31),
-                              backend=self.kmeans_backend)
+        centroids, _ = kmeans(
+            flat, ipc, seed=derive_seed(seed, "modes", label) % (2**31), backend=self.kmeans_backend
+        )
         modes = centroids.view(ipc, *feats.shape[1:]).cpu()
         return closest_points(flat, centroids), {**mode_ids(ipc), "modes": modes}
 

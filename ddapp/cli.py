@@ -7,8 +7,18 @@ import shutil
 import sys
 from pathlib import Path
 
-GROUPS = ("task", "dataset", "generator", "method", "eval", "trainer", "logger", "paths",
-          "experiment", "debug")
+GROUPS = (
+    "task",
+    "dataset",
+    "generator",
+    "method",
+    "eval",
+    "trainer",
+    "logger",
+    "paths",
+    "experiment",
+    "debug",
+)
 SWEEP_FUNCTION = re.compile(r"^\w+\(")  # choice(...), range(...), glob(...)
 
 
@@ -22,8 +32,11 @@ def search_path(argv: list[str]) -> list[Path]:
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
         if key == "hydra.searchpath":
-            folders += [Path(item.strip().strip("'\"").removeprefix("file://"))
-                        for item in value.strip("[]").split(",") if item.strip()]
+            folders += [
+                Path(item.strip().strip("'\"").removeprefix("file://"))
+                for item in value.strip("[]").split(",")
+                if item.strip()
+            ]
     return folders
 
 
@@ -80,8 +93,10 @@ def error_line(exc: BaseException) -> str:
 
     if isinstance(exc, OSError) and not isinstance(exc, HydraException):
         where = f" {exc.filename}" if exc.filename else ""
-        return (f"cannot create or write{where}: {exc.strerror or exc} (set hydra.run.dir, or "
-                "hydra.sweep.dir for -m, to a writable folder)")
+        return (
+            f"cannot create or write{where}: {exc.strerror or exc} (set hydra.run.dir, or "
+            "hydra.sweep.dir for -m, to a writable folder)"
+        )
     parts: list[str] = []
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -120,8 +135,10 @@ def install_one_line_errors() -> None:
             return func()
         except Exception as exc:  # noqa: BLE001  (re-raised through Hydra's reporter below)
             if getattr(exc, IN_TASK, False) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+
                 def again(error=exc):
                     raise error
+
                 return original(again)
             print(f"error: {error_line(exc)}", file=sys.stderr)
             sys.exit(2)

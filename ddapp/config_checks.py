@@ -44,19 +44,22 @@ def integer(low: int | None = None, null: bool = False) -> Check:
         if not _is_int(value) or (low is not None and value < low):
             return f"must be {want}"
         return None
+
     return check
 
 
-def number(low: float | None = None, high: float | None = None, above: bool = False,
-           null: bool = False) -> Check:
+def number(
+    low: float | None = None, high: float | None = None, above: bool = False, null: bool = False
+) -> Check:
     """A finite number in [low, high] (``above``: strictly greater than ``low``)."""
     bounds = []
     if low is not None:
         bounds.append(f"{'>' if above else '>='} {low}")
     if high is not None:
         bounds.append(f"<= {high}")
-    want = (" and ".join(bounds) + " (a finite number)" if bounds else "a finite number") + \
-        (" or null" if null else "")
+    want = (" and ".join(bounds) + " (a finite number)" if bounds else "a finite number") + (
+        " or null" if null else ""
+    )
 
     def check(value):
         if value is None and null:
@@ -68,6 +71,7 @@ def number(low: float | None = None, high: float | None = None, above: bool = Fa
         if high is not None and value > high:
             return f"must be {want}"
         return None
+
     return check
 
 
@@ -78,6 +82,7 @@ def choice(*options, null: bool = False) -> Check:
         if str(value) not in {str(o) for o in options} or isinstance(value, (dict, list)):
             return f"must be one of: {', '.join(str(o) for o in options)}"
         return None
+
     return check
 
 
@@ -86,11 +91,15 @@ def numbers(low: float, high: float, length: int | None = None) -> Check:
     item = number(low, high)
 
     def check(value):
-        if not isinstance(value, (list, tuple)) or (length and len(value) != length) or \
-                any(item(v) for v in value):
+        if (
+            not isinstance(value, (list, tuple))
+            or (length and len(value) != length)
+            or any(item(v) for v in value)
+        ):
             size = f"{length} " if length else ""
             return f"must be a list of {size}finite numbers in [{low}, {high}]"
         return None
+
     return check
 
 
@@ -99,8 +108,18 @@ def boolean(value) -> str | None:
 
 
 PRECISIONS = ("fp32", "32", "32-true", "bf16", "bf16-mixed", "bf16-true", "bfloat16")
-TRAINER_PRECISIONS = ("32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed",
-                      "bf16-true", "64", "64-true")
+TRAINER_PRECISIONS = (
+    "32",
+    "32-true",
+    "16",
+    "16-mixed",
+    "16-true",
+    "bf16",
+    "bf16-mixed",
+    "bf16-true",
+    "64",
+    "64-true",
+)
 FLIP = ("auto", "true", "false", "True", "False")
 
 RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
@@ -193,10 +212,12 @@ def check_config(cfg: DictConfig) -> None:
     for section in SECTIONS:
         for path, value in leaves(plain.get(section), section):
             if _is_number(value) and not math.isfinite(value):
-                raise UserError(f"{path} must be a finite number, got {value!r} "
-                                f"(set {path}=<value>)")
-    check_writable(plain.get("paths", {}).get("cache_dir"), "paths.cache_dir",
-                   "set paths.cache_dir or DD_CACHE_DIR to a writable folder")
+                raise UserError(f"{path} must be a finite number, got {value!r} (set {path}=<value>)")
+    check_writable(
+        plain.get("paths", {}).get("cache_dir"),
+        "paths.cache_dir",
+        "set paths.cache_dir or DD_CACHE_DIR to a writable folder",
+    )
 
 
 def job_config(cfg: DictConfig) -> DictConfig:
@@ -208,8 +229,10 @@ def check_mandatory(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(job_config(cfg)))
     if missing:
         key = missing[0]
-        raise UserError(f"{key} is not set and has no default (add {key}=<value> to the command"
-                        f"{'' if key != 'dataset.root' else ', e.g. dataset.root=/data/my_images'})")
+        raise UserError(
+            f"{key} is not set and has no default (add {key}=<value> to the command"
+            f"{'' if key != 'dataset.root' else ', e.g. dataset.root=/data/my_images'})"
+        )
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -259,15 +282,17 @@ def check_writable(folder, key: str, fix: str) -> None:
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError on a run or cache folder: what, where, and the usual fix."""
     where = f": {exc.filename}" if exc.filename else ""
-    return (f"cannot write{where}: {exc.strerror or exc} (free space or choose another folder: "
-            "hydra.run.dir, paths.cache_dir)")
+    return (
+        f"cannot write{where}: {exc.strerror or exc} (free space or choose another folder: "
+        "hydra.run.dir, paths.cache_dir)"
+    )
 
 
-ENVIRONMENT_ERRNOS = frozenset({"EACCES", "EROFS", "ENOSPC", "ENOTDIR", "EEXIST", "EDQUOT",
-                                "EISDIR", "EPERM", "ENAMETOOLONG"})
+ENVIRONMENT_ERRNOS = frozenset(
+    {"EACCES", "EROFS", "ENOSPC", "ENOTDIR", "EEXIST", "EDQUOT", "EISDIR", "EPERM", "ENAMETOOLONG"}
+)
 
 
 def is_environment_error(exc: BaseException) -> bool:
     """An OSError the user fixes on the machine (permissions, space), not a bug to trace."""
     return isinstance(exc, OSError) and errno.errorcode.get(exc.errno or -1) in ENVIRONMENT_ERRNOS
-

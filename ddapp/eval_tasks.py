@@ -30,6 +30,5 @@ def train_teacher(cfg: DictConfig, retrain: bool = True) -> dict:
     copy = Path(output_dir(cfg)) / "checkpoints" / "teacher.pt"
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, copy)
-    metrics = {"dataset": data.name, "teacher/arch": teacher.arch, **meta,
-               "teacher/checkpoint": str(copy)}
+    metrics = {"dataset": data.name, "teacher/arch": teacher.arch, **meta, "teacher/checkpoint": str(copy)}
     return finish(cfg, metrics, make_logger(cfg))

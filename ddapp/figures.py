@@ -35,7 +35,7 @@ def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
 
 
 def _short(name: str, limit: int = 24) -> str:
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def class_colors(n: int) -> list:
@@ -50,9 +50,16 @@ def class_colors(n: int) -> list:
 
 
 # -- the distilled set -------------------------------------------------------------------------
-def save_grid(distilled: DistilledSet, data: ImageClassificationData, path: Path,
-              max_per_class: int = 10, min_cell: int = 48, max_cell: int = 96,
-              max_classes: int = 100, title: str | None = None) -> Path:
+def save_grid(
+    distilled: DistilledSet,
+    data: ImageClassificationData,
+    path: Path,
+    max_per_class: int = 10,
+    min_cell: int = 48,
+    max_cell: int = 96,
+    max_classes: int = 100,
+    title: str | None = None,
+) -> Path:
     """One row per class (up to ``max_per_class`` images) with the class name on the left.
 
     Cells are upscaled (nearest) to >= ``min_cell`` px and downscaled to <= ``max_cell`` px, and
@@ -83,17 +90,24 @@ def save_grid(distilled: DistilledSet, data: ImageClassificationData, path: Path
     return Path(path)
 
 
-def _draw_image_with_row_labels(array: np.ndarray, names: list[str], cell: int, title: str,
-                                path: Path) -> None:
+def _draw_image_with_row_labels(
+    array: np.ndarray, names: list[str], cell: int, title: str, path: Path
+) -> None:
     height, width = array.shape[:2]
-    left = 16 + 7 * max(len(n) for n in names)   # ~7 px per character at 9 pt
+    left = 16 + 7 * max(len(n) for n in names)  # ~7 px per character at 9 pt
     top, bottom, right = 28, 6, 6
     fig_w, fig_h = max(left + width + right, 20 + 7 * len(title)), top + height + bottom
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
     gray = array.shape[2] == 1
-    ax.imshow(array[:, :, 0] if gray else array, cmap="gray" if gray else None, vmin=0, vmax=255,
-              interpolation="nearest", aspect="equal")
+    ax.imshow(
+        array[:, :, 0] if gray else array,
+        cmap="gray" if gray else None,
+        vmin=0,
+        vmax=255,
+        interpolation="nearest",
+        aspect="equal",
+    )
     ax.set_yticks([(i + 0.5) * cell for i in range(len(names))], names, fontsize=9)
     ax.set_xticks([])
     ax.tick_params(length=0)
@@ -104,8 +118,11 @@ def _draw_image_with_row_labels(array: np.ndarray, names: list[str], cell: int, 
 
 
 # -- set metrics -------------------------------------------------------------------------------
-def save_tsne(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path,
-              title: str = "t-SNE of real vs distilled samples") -> Path:
+def save_tsne(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    title: str = "t-SNE of real vs distilled samples",
+) -> Path:
     """One panel per class: real samples as grey dots, distilled ones as red stars.
 
     ``panels``: class name -> (real_xy (m, 2), distilled_xy (n, 2)).
@@ -117,24 +134,37 @@ def save_tsne(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path,
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, names):
         real, fake = (np.asarray(a, dtype=float) for a in panels[name])
-        ax.scatter(real[:, 0], real[:, 1], s=8, c="0.6", alpha=0.6, linewidths=0,
-                   label=f"real ({len(real)})")
-        ax.scatter(fake[:, 0], fake[:, 1], s=110, c="tab:red", marker="*", edgecolors="black",
-                   linewidths=0.6, label=f"distilled ({len(fake)})")
+        ax.scatter(real[:, 0], real[:, 1], s=8, c="0.6", alpha=0.6, linewidths=0, label=f"real ({len(real)})")
+        ax.scatter(
+            fake[:, 0],
+            fake[:, 1],
+            s=110,
+            c="tab:red",
+            marker="*",
+            edgecolors="black",
+            linewidths=0.6,
+            label=f"distilled ({len(fake)})",
+        )
         ax.set_title(f"class {_short(name)}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(loc="best", fontsize=7, framealpha=0.8)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def save_scatter(diversity: Sequence[float], representativeness: Sequence[float],
-                 labels: Sequence[int], class_names: Sequence[str], path: Path,
-                 title: str = "representativeness vs diversity", space: str = "pixels") -> Path:
+def save_scatter(
+    diversity: Sequence[float],
+    representativeness: Sequence[float],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    path: Path,
+    title: str = "representativeness vs diversity",
+    space: str = "pixels",
+) -> Path:
     """Every distilled image as a dot (x = diversity, y = representativeness), one colour per
     class; each class's mean as a larger outlined marker. NaN values (one-image classes) skip."""
     div = np.asarray(diversity, dtype=float)
@@ -150,35 +180,49 @@ def save_scatter(diversity: Sequence[float], representativeness: Sequence[float]
             continue
         name = _short(str(class_names[label]), 18)
         ax.scatter(div[mask], rep[mask], s=18, color=color, alpha=0.55, linewidths=0)
-        ax.scatter(div[mask].mean(), rep[mask].mean(), s=90, color=color, edgecolors="black",
-                   linewidths=0.8, label=name)
+        ax.scatter(
+            div[mask].mean(),
+            rep[mask].mean(),
+            s=90,
+            color=color,
+            edgecolors="black",
+            linewidths=0.8,
+            label=name,
+        )
     ax.set_xlabel(f"diversity: distance to the nearest other distilled image ({space}) →")
-    ax.set_ylabel(f"representativeness: mean distance to nearest real ({space})\n"
-                  "lower = more representative")
+    ax.set_ylabel(f"representativeness: mean distance to nearest real ({space})\nlower = more representative")
     ax.set_title(f"{title}\n(dots: images, outlined: class means)", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0] and len(present) <= 20:  # none: no finite point
         ax.legend(title="class", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     elif not ax.get_legend_handles_labels()[0]:
-        ax.text(0.5, 0.5, "no finite values (one image per class?)", ha="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no finite values (one image per class?)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 # -- students ----------------------------------------------------------------------------------
-def save_training_curves(history_per_repeat: Sequence[Sequence[tuple[int, float]]], path: Path,
-                         title: str = "student test accuracy during training") -> Path:
+def save_training_curves(
+    history_per_repeat: Sequence[Sequence[tuple[int, float]]],
+    path: Path,
+    title: str = "student test accuracy during training",
+) -> Path:
     """Test accuracy (%) vs epoch, one line per student repeat, plus their mean when the
     repeats share their evaluation epochs."""
     fig = Figure(figsize=(6.4, 4.2), dpi=DPI)
     ax = fig.subplots()
     curves = [np.asarray(h, dtype=float).reshape(-1, 2) for h in history_per_repeat]
     for i, curve in enumerate(curves):
-        ax.plot(curve[:, 0], 100 * curve[:, 1], marker="." if len(curve) < 30 else None,
-                alpha=0.6 if len(curves) > 1 else 1.0, label=f"repeat {i}")
+        ax.plot(
+            curve[:, 0],
+            100 * curve[:, 1],
+            marker="." if len(curve) < 30 else None,
+            alpha=0.6 if len(curves) > 1 else 1.0,
+            label=f"repeat {i}",
+        )
     same_epochs = len(curves) > 1 and all(
-        len(c) == len(curves[0]) and np.array_equal(c[:, 0], curves[0][:, 0]) for c in curves)
+        len(c) == len(curves[0]) and np.array_equal(c[:, 0], curves[0][:, 0]) for c in curves
+    )
     if same_epochs:
         mean = np.mean([c[:, 1] for c in curves], axis=0)
         ax.plot(curves[0][:, 0], 100 * mean, color="black", linewidth=2, label="mean")

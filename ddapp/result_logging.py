@@ -49,17 +49,20 @@ register_resolvers()
 # -- logging -----------------------------------------------------------------------------------
 def scalars(metrics: dict) -> dict:
     """Values a table cell can hold (lists such as per-repeat accuracies left out)."""
-    return {k: v for k, v in metrics.items()
-            if v is None or isinstance(v, (bool, int, float, str))}
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
 def numbers(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def log_results(logger, metrics: dict, per_class: list[dict] | None = None,
-                figures: dict[str, Path] | None = None, config: dict | None = None) -> None:
+def log_results(
+    logger,
+    metrics: dict,
+    per_class: list[dict] | None = None,
+    figures: dict[str, Path] | None = None,
+    config: dict | None = None,
+) -> None:
     """Numbers, figures and tables of a finished run to ``logger`` (wandb, CSV or None).
 
     ``config`` (the resolved job config) becomes the run's hyperparameters, so a wandb
@@ -77,8 +80,11 @@ def log_results(logger, metrics: dict, per_class: list[dict] | None = None,
     if hasattr(logger, "log_table"):
         if per_class:
             columns = list(per_class[0])
-            logger.log_table(key="set/per_class", columns=columns,
-                             data=[[row.get(c) for c in columns] for row in per_class])
+            logger.log_table(
+                key="set/per_class",
+                columns=columns,
+                data=[[row.get(c) for c in columns] for row in per_class],
+            )
         row = scalars(metrics)
         if row:
             logger.log_table(key="result", columns=list(row), data=[list(row.values())])
@@ -89,14 +95,24 @@ def log_results(logger, metrics: dict, per_class: list[dict] | None = None,
 # -- the report of a run -----------------------------------------------------------------------
 @dataclass
 class Report:
-    metrics: dict                      # set/* entries for metrics.json
-    per_class: list[dict]              # one row per class (a wandb Table)
+    metrics: dict  # set/* entries for metrics.json
+    per_class: list[dict]  # one row per class (a wandb Table)
     figures: dict[str, Path] = field(default_factory=dict)
 
 
-def report_run(out_dir: Path, data, distilled, generator=None, histories=None, seed: int = 0,
-               space: str = "pixels", tsne_input: str = "pixels", tsne_classes: int = 4,
-               k: int = 50, max_real: int | None = 1000) -> Report:
+def report_run(
+    out_dir: Path,
+    data,
+    distilled,
+    generator=None,
+    histories=None,
+    seed: int = 0,
+    space: str = "pixels",
+    tsne_input: str = "pixels",
+    tsne_classes: int = 4,
+    k: int = 50,
+    max_real: int | None = 1000,
+) -> Report:
     """Set metrics and figures of a run; the caller logs them (``log_results``).
 
     Args:
@@ -113,22 +129,47 @@ def report_run(out_dir: Path, data, distilled, generator=None, histories=None, s
     if base == "latents" and encoder is None:
         log.warning("set metrics: no generator to encode latents with; using pixels instead")
         space, base = ("pixels" if space == "latents" else space), "pixels"
-    result = set_metrics(distilled, data, space=space, encoder=encoder, k=k, seed=seed,
-                         max_real=max_real)
+    result = set_metrics(distilled, data, space=space, encoder=encoder, k=k, seed=seed, max_real=max_real)
     if result.degenerate:  # reported once, in one line; the figures still get drawn
         ids = [data.class_ids[label] for label in result.degenerate]
-        log.warning(f"degenerate data: {len(ids)} of {data.num_classes} classes (e.g. {ids[:3]}) "
-                    "have one real image or constant images; their t-SNE is flat and their "
-                    "diversity undefined")
-    metrics = {**result.summary(), "set/features": base, "set/per_class": result.per_class,
-               "set/degenerate_classes": len(result.degenerate)}
-    figures = draw_figures(Path(out_dir) / "figures", data, distilled, result, encoder, base,
-                           histories, tsne_classes, seed, max_real)
+        log.warning(
+            f"degenerate data: {len(ids)} of {data.num_classes} classes (e.g. {ids[:3]}) "
+            "have one real image or constant images; their t-SNE is flat and their "
+            "diversity undefined"
+        )
+    metrics = {
+        **result.summary(),
+        "set/features": base,
+        "set/per_class": result.per_class,
+        "set/degenerate_classes": len(result.degenerate),
+    }
+    figures = draw_figures(
+        Path(out_dir) / "figures",
+        data,
+        distilled,
+        result,
+        encoder,
+        base,
+        histories,
+        tsne_classes,
+        seed,
+        max_real,
+    )
     return Report(metrics, result.per_class, figures)
 
 
-def draw_figures(folder: Path, data, distilled, result, encoder, base: str, histories,
-                 tsne_classes: int, seed: int, max_real: int | None) -> dict[str, Path]:
+def draw_figures(
+    folder: Path,
+    data,
+    distilled,
+    result,
+    encoder,
+    base: str,
+    histories,
+    tsne_classes: int,
+    seed: int,
+    max_real: int | None,
+) -> dict[str, Path]:
     """grid (kept when distillation already drew it), scatter, tsne, training curves."""
     from ddapp.figures import save_grid, save_scatter, save_training_curves, save_tsne
     from eval.set_metrics import tsne_panels
@@ -137,9 +178,14 @@ def draw_figures(folder: Path, data, distilled, result, encoder, base: str, hist
     if not figures["grid"].is_file():
         save_grid(distilled, data, figures["grid"])
     figures["scatter"] = save_scatter(
-        result.diversity, result.representativeness, result.labels, data.class_names,
-        folder / "scatter.png", title=f"representativeness vs diversity: {data.name}",
-        space=base if result.space != "tsne" else f"t-SNE of {base}")
+        result.diversity,
+        result.representativeness,
+        result.labels,
+        data.class_names,
+        folder / "scatter.png",
+        title=f"representativeness vs diversity: {data.name}",
+        space=base if result.space != "tsne" else f"t-SNE of {base}",
+    )
     shown = list(range(min(tsne_classes, data.num_classes)))
     if shown:
         panels = {label: result.embeddings[label] for label in shown if label in result.embeddings}
@@ -147,7 +193,9 @@ def draw_figures(folder: Path, data, distilled, result, encoder, base: str, hist
             panels = tsne_panels(distilled, data, shown, encoder, seed=seed, max_real=max_real)
         figures["tsne"] = save_tsne(
             {data.class_names[label]: xy for label, xy in panels.items()},
-            folder / "tsne.png", title=f"t-SNE of real vs distilled ({base}): {data.name}")
+            folder / "tsne.png",
+            title=f"t-SNE of real vs distilled ({base}): {data.name}",
+        )
     if histories:
         figures["training_curves"] = save_training_curves(histories, folder / "training_curves.png")
     return figures

@@ -16,20 +16,20 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class SamplingSchema:
-    steps: int = 50                     # denoising steps
-    sampler: str = "ddpm"               # ddpm | ddim (eta = 0)
-    cfg_scale: Optional[float] = None   # None: the generator's default
-    batch_size: Optional[int] = None    # None: all IPC samples of a class in one batch
-    timestep_spacing: str = "auto"      # auto (the generator's official grid) | linspace | leading | trailing
-    x0_from: str = "cfg"                # x0_hat for guidance from: cfg (official) | cond
+    steps: int = 50  # denoising steps
+    sampler: str = "ddpm"  # ddpm | ddim (eta = 0)
+    cfg_scale: Optional[float] = None  # None: the generator's default
+    batch_size: Optional[int] = None  # None: all IPC samples of a class in one batch
+    timestep_spacing: str = "auto"  # auto (the generator's official grid) | linspace | leading | trailing
+    x0_from: str = "cfg"  # x0_hat for guidance from: cfg (official) | cond
 
 
 @dataclass
 class LatentCacheSchema:
-    latent_cache: bool = True                # keep real-image latents on disk across runs
-    latent_cache_dir: Optional[str] = None   # set by the yaml to ${paths.cache_dir}/latents
-    latent_batch_size: int = 64              # images per encoder (VAE) call
-    latent_workers: int = 0                  # DataLoader workers decoding image files
+    latent_cache: bool = True  # keep real-image latents on disk across runs
+    latent_cache_dir: Optional[str] = None  # set by the yaml to ${paths.cache_dir}/latents
+    latent_batch_size: int = 64  # images per encoder (VAE) call
+    latent_workers: int = 0  # DataLoader workers decoding image files
 
 
 @dataclass
@@ -40,42 +40,42 @@ class UnguidedSchema(SamplingSchema):
 @dataclass
 class MGD3Schema(LatentCacheSchema, SamplingSchema):
     _target_: str = "mgd3.distiller.MGD3"
-    lam: float = 0.1                    # mode-guidance strength lambda
-    t_sg: int = 25                      # stop guidance: guide while step index > t_sg
-    injection: str = "posterior_mean"   # posterior_mean (official code) | eps (paper eq. 6) | x0
+    lam: float = 0.1  # mode-guidance strength lambda
+    t_sg: int = 25  # stop guidance: guide while step index > t_sg
+    injection: str = "posterior_mean"  # posterior_mean (official code) | eps (paper eq. 6) | x0
     # kmeans | closest_real | random_real | dbscan | agglomerative | divisive | divisive_levels
     mode_discovery: str = "kmeans"
-    kmeans_backend: str = "auto"        # auto | faiss | torch
+    kmeans_backend: str = "auto"  # auto | faiss | torch
     dbscan_eps: Optional[float] = None  # None: median radius holding dbscan_min_samples points
     dbscan_min_samples: int = 5
-    linkage: str = "ward"               # agglomerative: ward | average | complete | single
-    divisive_criterion: str = "sse"     # divisive: split the leaf with the largest sse | var
-    divisive_level: int = 2             # divisive_levels: first depth picked (1 = the root)
+    linkage: str = "ward"  # agglomerative: ward | average | complete | single
+    divisive_criterion: str = "sse"  # divisive: split the leaf with the largest sse | var
+    divisive_level: int = 2  # divisive_levels: first depth picked (1 = the root)
     divisive_tree_leaves: Optional[int] = None  # divisive_levels: leaves grown (None: ipc)
-    centres: str = "centroid"           # hierarchical centres: centroid | closest_real
+    centres: str = "centroid"  # hierarchical centres: centroid | closest_real
 
 
 @dataclass
 class ManifoldGDSchema(MGD3Schema):
     _target_: str = "manifoldgd.distiller.ManifoldGD"
     mode_discovery: str = "divisive_levels"  # the public scripts' default
-    divisive_level: int = 6             # the public scripts' default level
-    manifold_scale: float = 0.1         # manifold-term step length
-    radius: float = 0.05                # cloud radius r (after the warm-up)
-    bandwidth: float = 0.2              # tanh(min_dist / bandwidth) weight
-    tangent_dim: int = 3                # tangent-plane dimension (< neighbours)
-    neighbours: int = 12                # K nearest cloud points
-    cloud_points: int = 300             # P cloud points per centre and step
-    cloud_linspace_start: float = 0.1   # half the radii on linspace(start, r)
-    warm_steps: int = 5                 # radius warm-up steps
-    max_mult: float = 2.0               # warm-up starts at r * max_mult
-    radius_schedule: str = "exp"        # linear | cosine | exp
+    divisive_level: int = 6  # the public scripts' default level
+    manifold_scale: float = 0.1  # manifold-term step length
+    radius: float = 0.05  # cloud radius r (after the warm-up)
+    bandwidth: float = 0.2  # tanh(min_dist / bandwidth) weight
+    tangent_dim: int = 3  # tangent-plane dimension (< neighbours)
+    neighbours: int = 12  # K nearest cloud points
+    cloud_points: int = 300  # P cloud points per centre and step
+    cloud_linspace_start: float = 0.1  # half the radii on linspace(start, r)
+    warm_steps: int = 5  # radius warm-up steps
+    max_mult: float = 2.0  # warm-up starts at r * max_mult
+    radius_schedule: str = "exp"  # linear | cosine | exp
 
 
 @dataclass
 class D4MSchema(LatentCacheSchema, SamplingSchema):
     _target_: str = "mgd3.distiller.D4M"
-    strength: float = 0.7               # img2img: prototypes noised to 70% of the schedule
+    strength: float = 0.7  # img2img: prototypes noised to 70% of the schedule
     kmeans_backend: str = "auto"
 
 
@@ -86,8 +86,8 @@ class RandomRealSchema:
 
 @dataclass
 class FeatureSelectionSchema(LatentCacheSchema):
-    space: str = "pixels"                       # pixels (no generator) | latents (generator's)
-    feature_resolution: Optional[int] = None    # pixels: resize first; None = dataset resolution
+    space: str = "pixels"  # pixels (no generator) | latents (generator's)
+    feature_resolution: Optional[int] = None  # pixels: resize first; None = dataset resolution
 
 
 @dataclass
@@ -104,29 +104,29 @@ class HerdingSchema(FeatureSelectionSchema):
 @dataclass
 class PatchSelectionSchema:
     _target_: str = "patchsel.distiller.PatchSelection"
-    draws: int = 4                      # noise/timestep draws per image (relevance expectation)
-    t_min: float = 0.1                  # t ~ U(t_min, t_max) of the training schedule
+    draws: int = 4  # noise/timestep draws per image (relevance expectation)
+    t_min: float = 0.1  # t ~ U(t_min, t_max) of the training schedule
     t_max: float = 0.7
-    batched_null: bool = True           # cond + null terms in one forward pass
-    batch_size: int = 64                # denoiser rows per forward pass
-    crop: str = "auto"                  # auto (whole image when resolution <= low_res_max) | true | false
-    image_size: int = 256               # scoring image side (short side resize + center crop)
-    patch_size: int = 224               # patch window side
+    batched_null: bool = True  # cond + null terms in one forward pass
+    batch_size: int = 64  # denoiser rows per forward pass
+    crop: str = "auto"  # auto (whole image when resolution <= low_res_max) | true | false
+    image_size: int = 256  # scoring image side (short side resize + center crop)
+    patch_size: int = 224  # patch window side
     low_res_max: int = 64
-    features: str = "dift"              # dift | clip (needs clip_model, a local folder)
-    dift_layer: str = "auto"            # denoiser module path; auto: up_blocks.1 / middle DiT block
-    dift_t: int = 261                   # DIFT timestep
+    features: str = "dift"  # dift | clip (needs clip_model, a local folder)
+    dift_layer: str = "auto"  # denoiser module path; auto: up_blocks.1 / middle DiT block
+    dift_t: int = 261  # DIFT timestep
     clip_model: Optional[str] = None
-    clustering: bool = True             # False: top patches by relevance alone (ablation)
-    clusters: int = 32                  # M
-    top_clusters: int = 10              # N
-    tile_max_ipc: int = 10              # 4 patches tiled 2x2 per image up to this ipc
+    clustering: bool = True  # False: top patches by relevance alone (ablation)
+    clusters: int = 32  # M
+    top_clusters: int = 10  # N
+    tile_max_ipc: int = 10  # 4 patches tiled 2x2 per image up to this ipc
     images_per_class: Optional[int] = None  # score a random subset per class (None: all)
-    score_seed: int = 0                 # scoring noise seed, separate from the run seed
-    prompt_template: str = "An image of {}"   # text-conditioned generators
+    score_seed: int = 0  # scoring noise seed, separate from the run seed
+    prompt_template: str = "An image of {}"  # text-conditioned generators
     null_prompt: str = "An image of ."
     kmeans_backend: str = "auto"
-    score_cache: bool = True            # one scoring pass serves every ipc / class subset
+    score_cache: bool = True  # one scoring pass serves every ipc / class subset
     score_cache_dir: Optional[str] = None
 
 

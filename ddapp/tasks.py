@@ -65,8 +65,13 @@ def resolve_device(accelerator: str) -> torch.device:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -133,13 +138,14 @@ def build_generator(cfg: DictConfig, data):
     except UserError:
         raise
     except Exception as exc:
-        if "load_or_train" not in str(cfg.generator.get("_target_", "")) or \
-                not raised_in(exc, CACHE_READERS):
+        if "load_or_train" not in str(cfg.generator.get("_target_", "")) or not raised_in(exc, CACHE_READERS):
             raise
         first = (str(innermost(exc)).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UserError(f"the cached generator {cfg.generator.get('name')} under "
-                        f"{cfg.generator.get('cache_dir')} cannot be read ({first}): rerun with "
-                        "generator.retrain=true to train it again") from exc
+        raise UserError(
+            f"the cached generator {cfg.generator.get('name')} under "
+            f"{cfg.generator.get('cache_dir')} cannot be read ({first}): rerun with "
+            "generator.retrain=true to train it again"
+        ) from exc
 
 
 def exception_chain(exc: BaseException):
@@ -158,30 +164,45 @@ def raised_in(exc: BaseException, functions: frozenset) -> bool:
     """Whether any exception of the chain passed through a function named in ``functions``."""
     import traceback
 
-    return any(frame.name in functions for e in exception_chain(exc)
-               for frame in traceback.extract_tb(e.__traceback__))
+    return any(
+        frame.name in functions
+        for e in exception_chain(exc)
+        for frame in traceback.extract_tb(e.__traceback__)
+    )
 
 
 def manifest_base(cfg: DictConfig, data, method, generator) -> dict:
-    return {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
-            "generator": getattr(generator, "name", None), "git_commit": git_commit(),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "config": resolved_config(cfg)}
+    return {
+        "method": method.name,
+        "dataset": data.name,
+        "ipc": cfg.ipc,
+        "seed": cfg.seed,
+        "generator": getattr(generator, "name", None),
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "config": resolved_config(cfg),
+    }
 
 
 def check_run_folder(cfg: DictConfig, data, method) -> None:
     """A run folder that another process writes, or that holds classes, with other settings is
     refused now, before the generator is loaded or trained (``ddcore.sharding``)."""
-    check_before_loading(output_dir(cfg) / "distilled", data,
-                         manifest_base(cfg, data, method, None), cfg.get("sample_precision"),
-                         method.uses_generator)
+    check_before_loading(
+        output_dir(cfg) / "distilled",
+        data,
+        manifest_base(cfg, data, method, None),
+        cfg.get("sample_precision"),
+        method.uses_generator,
+    )
 
 
 def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Path]:
     manifest = manifest_base(cfg, data, method, generator)
     folder = output_dir(cfg) / "distilled"
     # classes sharded over ranks (torchrun/SLURM), written atomically; a rerun resumes
-    distilled = distill_to_folder(method, data, cfg.ipc, cfg.seed, generator, folder, manifest,
-                                  precision=cfg.get("sample_precision"))
+    distilled = distill_to_folder(
+        method, data, cfg.ipc, cfg.seed, generator, folder, manifest, precision=cfg.get("sample_precision")
+    )
     if current_shard().is_main:
         save_grid(distilled, data, output_dir(cfg) / "figures" / "grid.png")
         log.info(f"distilled set written to {folder}")
@@ -190,9 +211,11 @@ def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Pat
 
 def distill_metrics(distilled: DistilledSet, generator) -> dict:
     seconds = distilled.stats.get("seconds", 0.0)
-    metrics = {"distill/seconds": round(seconds, 2),
-               "distill/seconds_per_image": round(seconds / max(1, len(distilled)), 4),
-               "distill/images": len(distilled)}
+    metrics = {
+        "distill/seconds": round(seconds, 2),
+        "distill/seconds_per_image": round(seconds / max(1, len(distilled)), 4),
+        "distill/images": len(distilled),
+    }
     meta_sample_acc = getattr(generator, "sample_accuracy", None)
     if meta_sample_acc is not None:
         metrics["generator/sample_accuracy"] = meta_sample_acc
@@ -209,9 +232,15 @@ def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger, protocol=No
 
 def report(cfg: DictConfig, data, distilled: DistilledSet, generator, metrics: dict) -> Report:
     """Set metrics (merged into ``metrics``) and the figures/ of a run."""
-    result = report_run(output_dir(cfg), data, distilled, generator=generator,
-                        histories=metrics.get("student/histories"), seed=cfg.get("seed", 0),
-                        **cfg.get("report", {}))
+    result = report_run(
+        output_dir(cfg),
+        data,
+        distilled,
+        generator=generator,
+        histories=metrics.get("student/histories"),
+        seed=cfg.get("seed", 0),
+        **cfg.get("report", {}),
+    )
     metrics.update(result.metrics)
     return result
 
@@ -221,8 +250,13 @@ def finish(cfg: DictConfig, metrics: dict, logger, result: Report | None = None)
     if not current_shard().is_main:
         return metrics
     write_json(output_dir(cfg) / "metrics.json", metrics)
-    log_results(logger, metrics, result.per_class if result else None,
-                result.figures if result else None, config=resolved_config(cfg))
+    log_results(
+        logger,
+        metrics,
+        result.per_class if result else None,
+        result.figures if result else None,
+        config=resolved_config(cfg),
+    )
     summary = {k: v for k, v in numeric(metrics).items() if k.startswith("student/") and "acc" in k}
     if summary:
         log.info("result: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
@@ -238,15 +272,20 @@ def run_experiment(cfg: DictConfig) -> dict:
     protocol = build(cfg.eval)  # fail on a bad eval config before spending time on distillation
 
     def check_test(data) -> None:  # before the generator: an unreadable test file fails now,
-        check_test_split(data)     # and the decoded split then serves the evaluation
+        check_test_split(data)  # and the decoded split then serves the evaluation
         protocol.test_images.loader(data.test, protocol.test_batch_size)
 
     data, method, generator = prepare_distillation(cfg, check_test)
     protocol.prepare(data, cfg.seed, build(cfg.trainer))  # soft labels: teacher loaded + checked now
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
-    metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
-               **distill_metrics(distilled, generator)}
+    metrics = {
+        "method": method.name,
+        "dataset": data.name,
+        "ipc": cfg.ipc,
+        "seed": cfg.seed,
+        **distill_metrics(distilled, generator),
+    }
     metrics.update(evaluate(cfg, distilled, data, logger, protocol))
     return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
@@ -255,8 +294,13 @@ def distill_only(cfg: DictConfig) -> dict:
     data, method, generator = prepare_distillation(cfg)
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
-    metrics = {"method": method.name, "dataset": data.name, "ipc": cfg.ipc, "seed": cfg.seed,
-               **distill_metrics(distilled, generator)}
+    metrics = {
+        "method": method.name,
+        "dataset": data.name,
+        "ipc": cfg.ipc,
+        "seed": cfg.seed,
+        **distill_metrics(distilled, generator),
+    }
     return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
 
@@ -266,14 +310,18 @@ def check_test_split(data) -> None:
     if len(labels) == 0:
         raise UserError(f"{data.name} has no test images (add a val/ or test/ split)")
     if int(labels.min()) < 0 or int(labels.max()) >= data.num_classes:
-        raise UserError(f"{data.name}: test labels lie outside the {data.num_classes} train "
-                        "classes (the test split must use the train split's classes)")
+        raise UserError(
+            f"{data.name}: test labels lie outside the {data.num_classes} train "
+            "classes (the test split must use the train split's classes)"
+        )
     counts = torch.bincount(labels, minlength=data.num_classes)
     empty = [data.class_ids[c] for c in range(data.num_classes) if counts[c] == 0]
     if empty:
-        raise UserError(f"{data.name}: {len(empty)} of {data.num_classes} classes have no test "
-                        f"images, first {empty[0]!r} (give every train class test images, or "
-                        "remove the class from train/)")
+        raise UserError(
+            f"{data.name}: {len(empty)} of {data.num_classes} classes have no test "
+            f"images, first {empty[0]!r} (give every train class test images, or "
+            "remove the class from train/)"
+        )
 
 
 def evaluate_only(cfg: DictConfig) -> dict:
@@ -288,20 +336,31 @@ def evaluate_only(cfg: DictConfig) -> dict:
     manifest = read_manifest(Path(folder))
     logger = make_logger(cfg)
     OmegaConf.update(cfg, "ipc", ipc, force_add=True)
-    metrics = {"method": manifest.get("method", "external"), "dataset": data.name, "ipc": ipc,
-               "distilled_dir": str(folder), **evaluate(cfg, distilled, data, logger)}
+    metrics = {
+        "method": manifest.get("method", "external"),
+        "dataset": data.name,
+        "ipc": ipc,
+        "distilled_dir": str(folder),
+        **evaluate(cfg, distilled, data, logger),
+    }
     return finish(cfg, metrics, logger, report(cfg, data, distilled, None, metrics))
 
 
 def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:
     """Train the self-trained generator for this dataset + config into the cache."""
     if "load_or_train" not in str(cfg.generator.get("_target_", "")):
-        raise UserError(f"generator {cfg.generator.get('name')} is not trained by this framework "
-                        "(task=train_generator works with generator=dit_tiny or unet_tiny)")
+        raise UserError(
+            f"generator {cfg.generator.get('name')} is not trained by this framework "
+            "(task=train_generator works with generator=dit_tiny or unet_tiny)"
+        )
     data = build(cfg.dataset)
     generator = build(cfg.generator, data=data, retrain=retrain)
-    metrics = {"dataset": data.name, "generator": generator.name,
-               "generator/folder": str(generator.folder), **generator.train_meta}
+    metrics = {
+        "dataset": data.name,
+        "generator": generator.name,
+        "generator/folder": str(generator.folder),
+        **generator.train_meta,
+    }
     if getattr(generator, "sample_warning", None):
         metrics["generator/warning"] = generator.sample_warning
     return finish(cfg, metrics, make_logger(cfg))

@@ -39,8 +39,7 @@ def modes_path(out_dir: Path, class_id: str) -> Path:
     return Path(out_dir) / MODES_DIR / f"{class_id}.pt"
 
 
-def write_modes(out_dir: Path, data: ImageClassificationData, label: int,
-                modes: torch.Tensor) -> None:
+def write_modes(out_dir: Path, data: ImageClassificationData, label: int, modes: torch.Tensor) -> None:
     """A class's modes (k-means centroids, IPC centres) as ``.modes/<class_id>.pt``."""
     tensor = modes.detach().cpu().contiguous()
     atomic_write(modes_path(out_dir, data.class_ids[label]), lambda tmp: torch.save(tensor, tmp))
@@ -48,16 +47,25 @@ def write_modes(out_dir: Path, data: ImageClassificationData, label: int,
 
 def read_modes(out_dir: Path, data: ImageClassificationData) -> dict[int, torch.Tensor]:
     """label -> modes, for the classes whose modes were saved."""
-    return {label: torch.load(modes_path(out_dir, cid), map_location="cpu", weights_only=True)
-            for label, cid in enumerate(data.class_ids) if modes_path(out_dir, cid).is_file()}
+    return {
+        label: torch.load(modes_path(out_dir, cid), map_location="cpu", weights_only=True)
+        for label, cid in enumerate(data.class_ids)
+        if modes_path(out_dir, cid).is_file()
+    }
 
 
 def marker_path(out_dir: Path, class_id: str) -> Path:
     return Path(out_dir) / DONE_DIR / f"{class_id}.json"
 
 
-def write_class(out_dir: Path, data: ImageClassificationData, label: int, images: torch.Tensor,
-                info: dict | None = None, extra: dict | None = None) -> dict:
+def write_class(
+    out_dir: Path,
+    data: ImageClassificationData,
+    label: int,
+    images: torch.Tensor,
+    info: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Write one class's PNGs, remove leftovers of an earlier attempt, then its marker.
 
     ``info`` maps a key to one value per image (mode ids, source indices) and goes into the
@@ -72,8 +80,9 @@ def write_class(out_dir: Path, data: ImageClassificationData, label: int, images
     for i, image in enumerate(images):
         name = f"{i:06d}.png"
         save_png_atomic(image, class_dir / name)
-        entries.append({"file": f"{class_id}/{name}", "label": label,
-                        **{k: v[i] for k, v in (info or {}).items()}})
+        entries.append(
+            {"file": f"{class_id}/{name}", "label": label, **{k: v[i] for k, v in (info or {}).items()}}
+        )
     keep = {Path(e["file"]).name for e in entries}
     for path in class_dir.iterdir():  # more images from an earlier, larger ipc; temp files
         if path.is_file() and path.name not in keep:
@@ -106,13 +115,17 @@ def read_markers(out_dir: Path, data: ImageClassificationData) -> dict[int, dict
     return markers
 
 
-def missing_classes(out_dir: Path, data: ImageClassificationData,
-                    fingerprint: dict | None = None) -> list[int]:
+def missing_classes(
+    out_dir: Path, data: ImageClassificationData, fingerprint: dict | None = None
+) -> list[int]:
     """Labels without a complete class (with a marker of this ``fingerprint``, when given)."""
     markers = read_markers(out_dir, data)
-    return [label for label in range(data.num_classes)
-            if label not in markers
-            or (fingerprint is not None and markers[label].get("fingerprint") != fingerprint)]
+    return [
+        label
+        for label in range(data.num_classes)
+        if label not in markers
+        or (fingerprint is not None and markers[label].get("fingerprint") != fingerprint)
+    ]
 
 
 def write_manifest(out_dir: Path, data: ImageClassificationData, manifest_base: dict) -> dict:
@@ -122,7 +135,6 @@ def write_manifest(out_dir: Path, data: ImageClassificationData, manifest_base: 
     if missing:
         raise RuntimeError(f"{out_dir}: classes {missing[:5]} are not complete yet")
     images = [entry for label in range(data.num_classes) for entry in markers[label]["images"]]
-    manifest = {**manifest_base, "classes": data.class_ids, "class_names": data.class_names,
-                "images": images}
+    manifest = {**manifest_base, "classes": data.class_ids, "class_names": data.class_names, "images": images}
     write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest

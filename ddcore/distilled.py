@@ -46,15 +46,20 @@ def random_positions(data: ImageClassificationData, label: int, ipc: int, seed: 
 
 def random_real_subset(data: ImageClassificationData, ipc: int, seed: int) -> DistilledSet:
     """``ipc`` random real train images per class, in class order (``source_index`` per image)."""
-    indices = torch.cat([data.class_indices(label)[random_positions(data, label, ipc, seed)]
-                         for label in range(data.num_classes)])
-    return DistilledSet(data.train.load(indices.tolist()), data.train.labels[indices],
-                        info={"source_index": indices.tolist()})
+    indices = torch.cat(
+        [
+            data.class_indices(label)[random_positions(data, label, ipc, seed)]
+            for label in range(data.num_classes)
+        ]
+    )
+    return DistilledSet(
+        data.train.load(indices.tolist()), data.train.labels[indices], info={"source_index": indices.tolist()}
+    )
 
 
-
-def save_distilled(distilled: DistilledSet, data: ImageClassificationData, out_dir: Path,
-                   manifest: dict) -> Path:
+def save_distilled(
+    distilled: DistilledSet, data: ImageClassificationData, out_dir: Path, manifest: dict
+) -> Path:
     """Write a whole set under ``out_dir`` (replacing what is there), one class at a time.
 
     Every PNG and every class marker is written atomically and ``manifest.json`` comes last, so
@@ -74,14 +79,14 @@ def save_distilled(distilled: DistilledSet, data: ImageClassificationData, out_d
 
 def load_complete(out_dir: Path, data: ImageClassificationData) -> DistilledSet:
     """The set as its class markers list it: images read back from the PNGs, per-image info."""
-    entries = [entry for marker in read_markers(out_dir, data).values()
-               for entry in marker["images"]]
-    images = [load_image_file(Path(out_dir) / e["file"], data.resolution, data.channels)
-              for e in entries]
+    entries = [entry for marker in read_markers(out_dir, data).values() for entry in marker["images"]]
+    images = [load_image_file(Path(out_dir) / e["file"], data.resolution, data.channels) for e in entries]
     keys = [k for k in (entries[0] if entries else {}) if k not in ("file", "label")]
-    return DistilledSet(torch.stack(images),
-                        torch.as_tensor([e["label"] for e in entries], dtype=torch.long),
-                        info={k: [e.get(k) for e in entries] for k in keys})
+    return DistilledSet(
+        torch.stack(images),
+        torch.as_tensor([e["label"] for e in entries], dtype=torch.long),
+        info={k: [e.get(k) for e in entries] for k in keys},
+    )
 
 
 def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
@@ -92,8 +97,10 @@ def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [p.name for p in class_dirs if p.name not in data.class_ids]
     if unknown:
-        raise UserError(f"{folder}: class folders {unknown[:3]} are not classes of {data.name} "
-                        f"(expected names like {data.class_ids[:3]})")
+        raise UserError(
+            f"{folder}: class folders {unknown[:3]} are not classes of {data.name} "
+            f"(expected names like {data.class_ids[:3]})"
+        )
     images, labels = [], []
     for class_dir in class_dirs:
         label = data.class_ids.index(class_dir.name)

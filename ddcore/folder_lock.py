@@ -25,8 +25,7 @@ LOCK, SETTINGS, MUTEX = ".lock", ".lock.json", ".lock.mutex"
 
 
 @contextlib.contextmanager
-def writing(folder: Path, settings: dict,
-            differences: Callable[[dict, dict], list[str]]) -> Iterator[None]:
+def writing(folder: Path, settings: dict, differences: Callable[[dict, dict], list[str]]) -> Iterator[None]:
     """Hold ``folder`` for writing with ``settings`` (``differences(ours, theirs)`` names what
     differs from another writer's settings, for the error line)."""
     folder = Path(folder)
@@ -59,9 +58,11 @@ def join(folder: Path, lock, settings: dict, differences) -> None:
 
 
 def busy_error(folder: Path, theirs: dict, changes: list[str]) -> UserError:
-    return UserError(f"{folder} is being written by another process (pid {theirs.get('pid')}) "
-                     f"with other settings ({'; '.join(changes[:3])}): wait for it to finish, "
-                     "or use a new run folder (hydra.run.dir=...)")
+    return UserError(
+        f"{folder} is being written by another process (pid {theirs.get('pid')}) "
+        f"with other settings ({'; '.join(changes[:3])}): wait for it to finish, "
+        "or use a new run folder (hydra.run.dir=...)"
+    )
 
 
 def other_writer(folder: Path) -> dict | None:

@@ -44,7 +44,8 @@ def agglomerative_clusters(x: torch.Tensor, k: int, linkage: str = "ward") -> li
     from sklearn.cluster import AgglomerativeClustering
 
     labels = AgglomerativeClustering(n_clusters=k, linkage=linkage).fit_predict(
-        x.detach().cpu().double().numpy())
+        x.detach().cpu().double().numpy()
+    )
     return [np.flatnonzero(labels == c) for c in range(k)]
 
 
@@ -68,18 +69,18 @@ def split_score(x: torch.Tensor, idx: np.ndarray, criterion: str) -> float:
 def bisect(x: torch.Tensor, idx: np.ndarray, seed: int, backend: str) -> tuple[np.ndarray, ...]:
     """Split ``idx`` in two by 2-means; a split with an empty side falls back to halves of a
     seeded permutation (e.g. when every point of the cluster is the same)."""
-    _, labels = kmeans(x[torch.from_numpy(idx).to(x.device)], 2, seed=seed % (2**31),
-                       backend=backend)
+    _, labels = kmeans(x[torch.from_numpy(idx).to(x.device)], 2, seed=seed % (2**31), backend=backend)
     side = labels.cpu().numpy()
     left, right = idx[side == 0], idx[side == 1]
     if len(left) == 0 or len(right) == 0:
         order = idx[np.random.default_rng(seed % (2**32)).permutation(len(idx))]
-        left, right = order[: len(idx) // 2], order[len(idx) // 2:]
+        left, right = order[: len(idx) // 2], order[len(idx) // 2 :]
     return left, right
 
 
-def bisecting_tree(x: torch.Tensor, k: int, *, seed: int, criterion: str = "sse",
-                   backend: str = "auto") -> tuple[Node, list[Node]]:
+def bisecting_tree(
+    x: torch.Tensor, k: int, *, seed: int, criterion: str = "sse", backend: str = "auto"
+) -> tuple[Node, list[Node]]:
     """Grow the bisecting k-means tree of ``x`` (n, d) to k leaves -> (root, leaves).
 
     Leaves are kept in creation order (a split appends its two children at the end), as the
@@ -138,10 +139,19 @@ def representatives(x: torch.Tensor, clusters: list[np.ndarray], closest: bool) 
     return torch.stack(reps)
 
 
-def hierarchical_centres(x: torch.Tensor, k: int, method: str, *, seed: int,
-                         linkage: str = "ward", criterion: str = "sse", level: int = 2,
-                         tree_leaves: int | None = None, closest: bool = False,
-                         backend: str = "auto") -> torch.Tensor:
+def hierarchical_centres(
+    x: torch.Tensor,
+    k: int,
+    method: str,
+    *,
+    seed: int,
+    linkage: str = "ward",
+    criterion: str = "sse",
+    level: int = 2,
+    tree_leaves: int | None = None,
+    closest: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
     """k centres of the rows of ``x`` (n, d) by ``agglomerative`` / ``divisive`` /
     ``divisive_levels`` clustering -> (k, d).
 

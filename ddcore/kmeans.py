@@ -21,8 +21,9 @@ def _faiss():
     return faiss
 
 
-def kmeans(x: torch.Tensor, k: int, *, seed: int, iterations: int = 50,
-           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor, k: int, *, seed: int, iterations: int = 50, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster rows of ``x`` (n, d) into k clusters -> (centroids (k, d), assignment (n,)).
 
     ``backend``: ``auto`` (faiss if installed, else torch), ``faiss`` or ``torch``.
@@ -32,8 +33,10 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int, iterations: int = 50,
     x = x.float().flatten(1)
     faiss = _faiss() if backend in ("auto", "faiss") else None
     if backend == "faiss" and faiss is None:
-        raise ImportError("kmeans backend 'faiss' requested but faiss is not installed "
-                          "(pip install faiss-cpu, or faiss-gpu-cu12 on GPU machines)")
+        raise ImportError(
+            "kmeans backend 'faiss' requested but faiss is not installed "
+            "(pip install faiss-cpu, or faiss-gpu-cu12 on GPU machines)"
+        )
     if faiss is not None:
         centroids = _faiss_kmeans(faiss, x, k, seed, iterations)
     else:
@@ -62,8 +65,16 @@ def closest_points(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return chosen
 
 
-def dbscan_means(x: torch.Tensor, k: int, *, seed: int, eps: float | None = None,
-                 min_samples: int = 5, iterations: int = 50, backend: str = "auto") -> torch.Tensor:
+def dbscan_means(
+    x: torch.Tensor,
+    k: int,
+    *,
+    seed: int,
+    eps: float | None = None,
+    min_samples: int = 5,
+    iterations: int = 50,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Means of the k largest DBSCAN clusters of the rows of ``x`` -> (k, d).
 
     ``eps`` None picks the median radius that holds ``min_samples`` points around a point
@@ -78,16 +89,19 @@ def dbscan_means(x: torch.Tensor, k: int, *, seed: int, eps: float | None = None
         raise ValueError(f"DBSCAN modes with k={k} need at least {k} points, got {len(x)}")
     x = x.float().flatten(1)
     eps = float(eps) if eps is not None else knn_radius(x, min_samples)
-    labels = torch.from_numpy(DBSCAN(eps=eps, min_samples=min_samples).fit(
-        x.cpu().numpy()).labels_).to(x.device)
+    labels = torch.from_numpy(DBSCAN(eps=eps, min_samples=min_samples).fit(x.cpu().numpy()).labels_).to(
+        x.device
+    )
     ids, counts = torch.unique(labels[labels >= 0], return_counts=True)
     largest = ids[torch.argsort(-counts, stable=True)][:k]
     means = [x[labels == c].mean(dim=0) for c in largest.tolist()]
     if len(means) < k:
         rest = x[~torch.isin(labels, largest)]
         pool = rest if len(rest) >= k - len(means) else x
-        log.info(f"DBSCAN (eps={eps:.3g}) found {len(means)} clusters for k={k}; "
-                 f"{k - len(means)} modes from k-means of {len(pool)} remaining points")
+        log.info(
+            f"DBSCAN (eps={eps:.3g}) found {len(means)} clusters for k={k}; "
+            f"{k - len(means)} modes from k-means of {len(pool)} remaining points"
+        )
         fill, _ = kmeans(pool, k - len(means), seed=seed, iterations=iterations, backend=backend)
         means.extend(fill)
     return torch.stack(means)
@@ -104,8 +118,16 @@ def knn_radius(x: torch.Tensor, neighbours: int) -> float:
 
 def _faiss_kmeans(faiss, x: torch.Tensor, k: int, seed: int, iterations: int) -> torch.Tensor:
     use_gpu = x.is_cuda and hasattr(faiss, "StandardGpuResources")
-    km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed % (2**31), gpu=use_gpu,
-                      min_points_per_centroid=1, max_points_per_centroid=100000, verbose=False)
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=iterations,
+        seed=seed % (2**31),
+        gpu=use_gpu,
+        min_points_per_centroid=1,
+        max_points_per_centroid=100000,
+        verbose=False,
+    )
     km.train(x.detach().cpu().numpy())
     return torch.from_numpy(km.centroids).to(x.device)
 

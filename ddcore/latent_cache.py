@@ -48,26 +48,37 @@ def state_dict_hash(module: torch.nn.Module) -> str:
 
 
 def dataset_identity(data: ImageClassificationData) -> dict:
-    return {"name": data.name, "description": data.description, "class_ids": list(data.class_ids),
-            "resolution": data.resolution}
+    return {
+        "name": data.name,
+        "description": data.description,
+        "class_ids": list(data.class_ids),
+        "resolution": data.resolution,
+    }
 
 
 def generator_identity(generator) -> dict:
     codec = generator.codec
-    return {"name": generator.name, "codec": type(codec).__name__,
-            "resolution": generator.resolution, "preprocess": PREPROCESS,
-            "latent_shape": list(generator.latent_shape), "dtype": str(generator.dtype),
-            "scaling_factor": getattr(codec, "scaling_factor", None),
-            "weights": state_dict_hash(codec)}
+    return {
+        "name": generator.name,
+        "codec": type(codec).__name__,
+        "resolution": generator.resolution,
+        "preprocess": PREPROCESS,
+        "latent_shape": list(generator.latent_shape),
+        "dtype": str(generator.dtype),
+        "scaling_factor": getattr(codec, "scaling_factor", None),
+        "weights": state_dict_hash(codec),
+    }
 
 
 def cache_key(data: ImageClassificationData, generator) -> str:
-    return short_hash({"format": FORMAT, "dataset": dataset_identity(data),
-                       "generator": generator_identity(generator)})
+    return short_hash(
+        {"format": FORMAT, "dataset": dataset_identity(data), "generator": generator_identity(generator)}
+    )
 
 
-def encode_class(generator, data: ImageClassificationData, label: int, batch_size: int = 64,
-                 workers: int = 0) -> torch.Tensor:
+def encode_class(
+    generator, data: ImageClassificationData, label: int, batch_size: int = 64, workers: int = 0
+) -> torch.Tensor:
     """Latents of every train image of one class, decoded straight at the generator resolution
     (image folders: short side resized, center crop), then through the generator's encoder.
 
@@ -79,8 +90,11 @@ def encode_class(generator, data: ImageClassificationData, label: int, batch_siz
         images = data.train.load(indices, generator.resolution)
         return generator.encode(images, batch_size)
     loader = torch.utils.data.DataLoader(
-        SourceDataset(data.train, indices, generator.resolution), batch_size=batch_size,
-        num_workers=workers, pin_memory=generator.device.type == "cuda")
+        SourceDataset(data.train, indices, generator.resolution),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=generator.device.type == "cuda",
+    )
     return torch.cat([generator.encode(images, batch_size) for images, _ in loader])
 
 
@@ -97,8 +111,9 @@ class LatentCache:
         self.batch_size, self.workers = int(batch_size), int(workers)
 
     @classmethod
-    def from_settings(cls, enabled: bool, root: str | None, batch_size: int = 64,
-                      workers: int = 0) -> "LatentCache":
+    def from_settings(
+        cls, enabled: bool, root: str | None, batch_size: int = 64, workers: int = 0
+    ) -> "LatentCache":
         """The cache a method's ``latent_cache*`` settings describe."""
         return cls(root if enabled else None, batch_size, workers)
 

@@ -41,8 +41,9 @@ class DistillationMethod(Protocol):
 
     def check_generator(self, generator, data: ImageClassificationData) -> None: ...
 
-    def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
-                      generator) -> ClassResult: ...
+    def distill_class(
+        self, data: ImageClassificationData, label: int, ipc: int, seed: int, generator
+    ) -> ClassResult: ...
 
 
 class MethodBase:

@@ -12,8 +12,11 @@ log = logging.getLogger(__name__)
 
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class ProgressLog(pl.Callback):
@@ -37,10 +40,13 @@ class ProgressLog(pl.Callback):
         self._last = now
         rate = done / max(now - self._start, 1e-9)
         eta = (total - done) / rate if rate > 0 else 0.0
-        metrics = " ".join(f"{k}={float(v):.4g}" for k, v in trainer.callback_metrics.items()
-                           if v.numel() == 1)
-        log.info(f"{self.what}: {unit} {done}/{total} ({rate:.1f} {unit}s/s, "
-                 f"ETA {format_seconds(eta)}) {metrics}".rstrip())
+        metrics = " ".join(
+            f"{k}={float(v):.4g}" for k, v in trainer.callback_metrics.items() if v.numel() == 1
+        )
+        log.info(
+            f"{self.what}: {unit} {done}/{total} ({rate:.1f} {unit}s/s, "
+            f"ETA {format_seconds(eta)}) {metrics}".rstrip()
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.max_steps and trainer.max_steps > 0:
@@ -70,5 +76,7 @@ class RateLog:
         self._last = now
         rate = done / max(now - self._start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
-        log.info(f"{self.what}: {done}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
-                 f"ETA {format_seconds(eta)})")
+        log.info(
+            f"{self.what}: {done}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
+            f"ETA {format_seconds(eta)})"
+        )

@@ -62,17 +62,19 @@ def timestep_grid(generator: DiffusionGenerator, sampler: str, spacing: str) -> 
 
 def check_spacing(sampler: str, spacing: str) -> str:
     if spacing not in ("auto", *SPACINGS):
-        raise UserError(f"unknown method.timestep_spacing {spacing!r} (use auto or one of: "
-                        f"{', '.join(SPACINGS)})")
+        raise UserError(
+            f"unknown method.timestep_spacing {spacing!r} (use auto or one of: {', '.join(SPACINGS)})"
+        )
     if sampler == "ddim" and spacing == "linspace":
         # diffusers' DDIM step assumes a uniform stride (prev = t - 1000 // steps)
-        raise UserError("sampler=ddim needs a uniform timestep grid: use "
-                        "method.timestep_spacing=leading (the official DiT DDIM grid) or trailing")
+        raise UserError(
+            "sampler=ddim needs a uniform timestep grid: use "
+            "method.timestep_spacing=leading (the official DiT DDIM grid) or trailing"
+        )
     return spacing
 
 
-def make_scheduler(generator: DiffusionGenerator, sampler: str, steps: int,
-                   timestep_spacing: str = "auto"):
+def make_scheduler(generator: DiffusionGenerator, sampler: str, steps: int, timestep_spacing: str = "auto"):
     """A fresh scheduler for ``steps`` inference steps from the generator's training schedule.
 
     The grid: DiT's ``create_diffusion("50")`` visits t = round(i * 999 / 49), i = 49..0
@@ -139,8 +141,9 @@ def step_sigma(scheduler, t: torch.Tensor, variance: torch.Tensor | None) -> tor
     return scheduler._get_variance(int(t)) ** 0.5
 
 
-def cfg_combine(eps_cond: torch.Tensor, eps_null: torch.Tensor, scale: float,
-                channels: int | None) -> torch.Tensor:
+def cfg_combine(
+    eps_cond: torch.Tensor, eps_null: torch.Tensor, scale: float, channels: int | None
+) -> torch.Tensor:
     """Classifier-free guidance; DiT-XL/2 guides only the first 3 latent channels."""
     guided = eps_null + scale * (eps_cond - eps_null)
     if channels is None or channels >= guided.shape[1]:
@@ -183,8 +186,9 @@ def start_index(steps: int, strength: float) -> int:
     return max(1, round(strength * steps)) - 1
 
 
-def starting_point(generator: DiffusionGenerator, scheduler, n: int, rng,
-                   init: torch.Tensor | None, strength: float):
+def starting_point(
+    generator: DiffusionGenerator, scheduler, n: int, rng, init: torch.Tensor | None, strength: float
+):
     """(x at the first step, the timesteps to run): pure noise, or ``init`` noised (img2img)."""
     noise = initial_noise(generator, n, rng).to(generator.device)
     if init is None:
@@ -192,15 +196,17 @@ def starting_point(generator: DiffusionGenerator, scheduler, n: int, rng,
     if len(init) != n:
         raise ValueError(f"init has {len(init)} latents for {n} samples")
     steps = len(scheduler.timesteps)
-    timesteps = scheduler.timesteps[steps - 1 - start_index(steps, strength):]
+    timesteps = scheduler.timesteps[steps - 1 - start_index(steps, strength) :]
     x = scheduler.add_noise(init.to(noise), noise, timesteps[:1].to(noise.device))
     return x, timesteps
 
 
 def check_x0_source(x0_from: str) -> str:
     if x0_from not in X0_SOURCES:
-        raise UserError(f"unknown method.x0_from {x0_from!r} (use cfg, the official code's "
-                        "CFG-combined eps, or cond, the conditional half)")
+        raise UserError(
+            f"unknown method.x0_from {x0_from!r} (use cfg, the official code's "
+            "CFG-combined eps, or cond, the conditional half)"
+        )
     return x0_from
 
 
@@ -210,19 +216,32 @@ def check_finite(peak: torch.Tensor, limit: float = 1e6) -> None:
     into range (lam = 1e9 gives binary noise there, not large values)."""
     peak = float(peak)
     if peak != peak or peak == float("inf"):
-        raise UserError("sampling produced NaN/inf latents: the guidance or CFG scale is not a "
-                        "usable number (check method.lam and method.cfg_scale)")
+        raise UserError(
+            "sampling produced NaN/inf latents: the guidance or CFG scale is not a "
+            "usable number (check method.lam and method.cfg_scale)"
+        )
     if peak > limit:
-        raise UserError(f"sampling diverged (|x_t| reached {peak:.3g}): the guidance or CFG "
-                        "scale is far too large (lower method.lam or method.cfg_scale)")
+        raise UserError(
+            f"sampling diverged (|x_t| reached {peak:.3g}): the guidance or CFG "
+            "scale is far too large (lower method.lam or method.cfg_scale)"
+        )
 
 
 @torch.no_grad()
-def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng,
-                   steps: int = 50, cfg_scale: float | None = None, sampler: str = "ddpm",
-                   guidance: Guidance | None = None, init: torch.Tensor | None = None,
-                   strength: float = 1.0, timestep_spacing: str = "auto",
-                   x0_from: str = "cfg") -> torch.Tensor:
+def sample_latents(
+    generator: DiffusionGenerator,
+    labels: torch.Tensor,
+    *,
+    rng,
+    steps: int = 50,
+    cfg_scale: float | None = None,
+    sampler: str = "ddpm",
+    guidance: Guidance | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    timestep_spacing: str = "auto",
+    x0_from: str = "cfg",
+) -> torch.Tensor:
     """Denoise from x_T (or from ``init`` noised to ``strength``) to clean latents.
 
     Args:
@@ -255,19 +274,24 @@ def sample_latents(generator: DiffusionGenerator, labels: torch.Tensor, *, rng,
         eps_all, var_all = generator.split_output(generator.denoise(model_in, t.to(device), both))
         eps_cond = eps_all[:n]
         # DiT's forward_with_cfg: the guided eps on the first cfg_channels, the rest per row
-        eps = cfg_combine(eps_cond, eps_all[n:], scale, generator.cfg_channels) if scale != 1.0 \
-            else eps_cond
+        eps = cfg_combine(eps_cond, eps_all[n:], scale, generator.cfg_channels) if scale != 1.0 else eps_cond
         variance = None if var_all is None else var_all[:n]
         alpha_bar = alphas[t]
-        ctx = StepContext(index=index, timestep=t, alpha_bar=alpha_bar, sampler=sampler, x=x,
-                          x0_hat=predicted_x0(scheduler, x, eps if x0_from == "cfg" else eps_cond,
-                                              alpha_bar),
-                          sigma=step_sigma(scheduler, t, variance).to(device),
-                          alpha_bar_prev=prev_alpha_bar(scheduler, t).to(device))
+        ctx = StepContext(
+            index=index,
+            timestep=t,
+            alpha_bar=alpha_bar,
+            sampler=sampler,
+            x=x,
+            x0_hat=predicted_x0(scheduler, x, eps if x0_from == "cfg" else eps_cond, alpha_bar),
+            sigma=step_sigma(scheduler, t, variance).to(device),
+            alpha_bar_prev=prev_alpha_bar(scheduler, t).to(device),
+        )
         if guidance is not None:
             eps = guidance.adjust_eps(eps, ctx)
-        x_prev = scheduler.step(model_output(scheduler, eps, variance), t, x, generator=rng,
-                                **step_options(scheduler)).prev_sample
+        x_prev = scheduler.step(
+            model_output(scheduler, eps, variance), t, x, generator=rng, **step_options(scheduler)
+        ).prev_sample
         x = guidance.adjust_prev(x_prev, ctx) if guidance is not None else x_prev
         peak = torch.maximum(peak, x.abs().amax())
     check_finite(peak)

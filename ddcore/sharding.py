@@ -46,7 +46,6 @@ from ddcore.errors import UserError
 log = logging.getLogger(__name__)
 
 
-
 # -- who does what ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shard:
@@ -111,8 +110,19 @@ def model_device(generator) -> torch.device:
 
 # Settings that say where things are kept, not what the images are: a resume that changes only
 # these continues the folder (the generator's weights are compared by digest, not by path).
-NOT_SHAPING = frozenset({"cache_dir", "latent_cache", "latent_cache_dir", "score_cache",
-                         "score_cache_dir", "retrain", "trainer_kwargs", "path", "vae"})
+NOT_SHAPING = frozenset(
+    {
+        "cache_dir",
+        "latent_cache",
+        "latent_cache_dir",
+        "score_cache",
+        "score_cache_dir",
+        "retrain",
+        "trainer_kwargs",
+        "path",
+        "vae",
+    }
+)
 
 
 def shaping(config: dict | None) -> dict | None:
@@ -122,8 +132,13 @@ def shaping(config: dict | None) -> dict | None:
     return {k: v for k, v in config.items() if k not in NOT_SHAPING}
 
 
-def fingerprint(manifest_base: dict, data: ImageClassificationData,
-                precision: str | None, generator=None, uses_generator: bool = False) -> dict:
+def fingerprint(
+    manifest_base: dict,
+    data: ImageClassificationData,
+    precision: str | None,
+    generator=None,
+    uses_generator: bool = False,
+) -> dict:
     """What must match for a resumed run to continue a folder: the settings that shape images.
 
     The method's settings; the generator's whole config and a digest of its weights (when the
@@ -136,9 +151,12 @@ def fingerprint(manifest_base: dict, data: ImageClassificationData,
 
     config = manifest_base.get("config") or {}
     stamp = {k: manifest_base.get(k) for k in ("method", "dataset", "ipc", "seed", "generator")}
-    stamp.update(method_config=shaping(config.get("method")), resolution=data.resolution,
-                 precision="bf16" if str(precision).lower() in BF16 else "fp32",
-                 data=data_identity(data))
+    stamp.update(
+        method_config=shaping(config.get("method")),
+        resolution=data.resolution,
+        precision="bf16" if str(precision).lower() in BF16 else "fp32",
+        data=data_identity(data),
+    )
     if generator is not None or uses_generator:
         stamp["generator_config"] = shaping(config.get("generator"))
     if generator is not None:
@@ -147,9 +165,18 @@ def fingerprint(manifest_base: dict, data: ImageClassificationData,
 
 
 # -- the driver -------------------------------------------------------------------------------
-def distill_to_folder(method, data: ImageClassificationData, ipc: int, seed: int, generator,
-                      out_dir: Path, manifest_base: dict, shard: Shard | None = None,
-                      precision: str | None = None, poll_s: float = 5.0) -> DistilledSet:
+def distill_to_folder(
+    method,
+    data: ImageClassificationData,
+    ipc: int,
+    seed: int,
+    generator,
+    out_dir: Path,
+    manifest_base: dict,
+    shard: Shard | None = None,
+    precision: str | None = None,
+    poll_s: float = 5.0,
+) -> DistilledSet:
     """Distil this process's missing classes into ``out_dir``, wait for the other ranks, and
     return the whole set as written (images read back from the PNGs, on every rank)."""
     out_dir, shard = Path(out_dir), shard or current_shard()
@@ -157,16 +184,20 @@ def distill_to_folder(method, data: ImageClassificationData, ipc: int, seed: int
     stamp = fingerprint(manifest_base, data, precision, generator)
     with folder_lock.writing(out_dir, stamp, differences):  # other settings: refused at once
         check_same_settings(out_dir, data, stamp)
-        return _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, shard,
-                               precision, poll_s, stamp, start)
+        return _distill_locked(
+            method, data, ipc, seed, generator, out_dir, manifest_base, shard, precision, poll_s, stamp, start
+        )
 
 
-def _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, shard, precision,
-                    poll_s, stamp, start) -> DistilledSet:
+def _distill_locked(
+    method, data, ipc, seed, generator, out_dir, manifest_base, shard, precision, poll_s, stamp, start
+) -> DistilledSet:
     todo = missing_classes(out_dir, data, stamp)
     if len(todo) < data.num_classes:
-        log.info(f"resuming {out_dir}: {data.num_classes - len(todo)} of {data.num_classes} "
-                 "classes already complete")
+        log.info(
+            f"resuming {out_dir}: {data.num_classes - len(todo)} of {data.num_classes} "
+            "classes already complete"
+        )
     mine = [label for label in todo if shard.owns(label)]
     device = model_device(generator)
     for n, label in enumerate(mine, 1):
@@ -178,18 +209,28 @@ def _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, 
         modes = info.pop("modes", None)
         if modes is not None:  # before the marker: a complete class has its modes
             write_modes(out_dir, data, label, modes)
-        write_class(out_dir, data, label, images.float().cpu(), info,
-                    {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank})
-        log.info(f"{method.name}: class {data.class_ids[label]} "
-                 f"({n}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s")
+        write_class(
+            out_dir,
+            data,
+            label,
+            images.float().cpu(),
+            info,
+            {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank},
+        )
+        log.info(
+            f"{method.name}: class {data.class_ids[label]} "
+            f"({n}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s"
+        )
     wait_for_classes(out_dir, data, stamp, shard, poll_s)
     if shard.is_main and (todo or not (out_dir / MANIFEST).is_file()):  # a finished folder stays
         write_manifest(out_dir, data, manifest_base)
     distilled = load_complete(out_dir, data)
     markers = read_markers(out_dir, data).values()
-    distilled.stats = {"seconds": sum(m.get("seconds", 0.0) for m in markers),  # all ranks, runs
-                       "wall_seconds": time.perf_counter() - start,
-                       "resumed_classes": data.num_classes - len(todo)}
+    distilled.stats = {
+        "seconds": sum(m.get("seconds", 0.0) for m in markers),  # all ranks, runs
+        "wall_seconds": time.perf_counter() - start,
+        "resumed_classes": data.num_classes - len(todo),
+    }
     return distilled
 
 
@@ -197,8 +238,13 @@ def _distill_locked(method, data, ipc, seed, generator, out_dir, manifest_base, 
 AFTER_LOADING = ("generator_weights", "generator")
 
 
-def check_before_loading(out_dir: Path, data: ImageClassificationData, manifest_base: dict,
-                         precision: str | None, uses_generator: bool) -> None:
+def check_before_loading(
+    out_dir: Path,
+    data: ImageClassificationData,
+    manifest_base: dict,
+    precision: str | None,
+    uses_generator: bool,
+) -> None:
     """Refuse at once, before a generator is loaded or trained, a folder that another process
     writes, or finished classes fill, with other settings (all but the weights' digest)."""
     stamp = fingerprint(manifest_base, data, precision, uses_generator=uses_generator)
@@ -210,15 +256,18 @@ def check_before_loading(out_dir: Path, data: ImageClassificationData, manifest_
     check_same_settings(out_dir, data, stamp, ignore=AFTER_LOADING)
 
 
-def check_same_settings(out_dir: Path, data: ImageClassificationData, stamp: dict,
-                        ignore: tuple[str, ...] = ()) -> None:
+def check_same_settings(
+    out_dir: Path, data: ImageClassificationData, stamp: dict, ignore: tuple[str, ...] = ()
+) -> None:
     """Refuse to continue a folder that complete classes of other settings already fill."""
     for marker in read_markers(out_dir, data).values():
         changes = differences(stamp, marker.get("fingerprint") or {}, ignore)
         if changes:
-            raise UserError(f"{out_dir} holds classes made with other settings "
-                            f"({'; '.join(changes[:3])}): rerun with the folder's settings to "
-                            "resume, or use a new run folder (hydra.run.dir=...)")
+            raise UserError(
+                f"{out_dir} holds classes made with other settings "
+                f"({'; '.join(changes[:3])}): rerun with the folder's settings to "
+                "resume, or use a new run folder (hydra.run.dir=...)"
+            )
 
 
 SECTION_NAMES = {"method_config": "method", "generator_config": "generator"}
@@ -230,15 +279,24 @@ def differences(ours: dict, theirs: dict, ignore: tuple[str, ...] = ()) -> list[
     for key in sorted((set(ours) | set(theirs)) - set(ignore)):
         a, b, name = ours.get(key), theirs.get(key), SECTION_NAMES.get(key, key)
         if isinstance(a, dict) and isinstance(b, dict):
-            lines += [f"{name}.{k}: {b.get(k)!r} there, {a.get(k)!r} here"
-                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            lines += [
+                f"{name}.{k}: {b.get(k)!r} there, {a.get(k)!r} here"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
         elif a != b:
             lines.append(f"{name}: {b!r} there, {a!r} here")
     return lines
 
 
-def wait_for_classes(out_dir: Path, data: ImageClassificationData, stamp: dict, shard: Shard,
-                     poll_s: float = 5.0, report_s: float = 300.0) -> None:
+def wait_for_classes(
+    out_dir: Path,
+    data: ImageClassificationData,
+    stamp: dict,
+    shard: Shard,
+    poll_s: float = 5.0,
+    report_s: float = 300.0,
+) -> None:
     """Block until every class is complete on disk (the other ranks' share included).
 
     Each poll reads only the markers still missing, so it stays cheap for 1000 classes.
@@ -252,8 +310,10 @@ def wait_for_classes(out_dir: Path, data: ImageClassificationData, stamp: dict, 
         pending = [c for c in pending if not is_complete(out_dir, data.class_ids[c], stamp)]
         if pending and time.perf_counter() - last_report > report_s:
             last_report = time.perf_counter()
-            log.info(f"rank {shard.rank}/{shard.world_size}: waiting for {len(pending)} classes "
-                     f"of other ranks in {out_dir} (e.g. {data.class_ids[pending[0]]})")
+            log.info(
+                f"rank {shard.rank}/{shard.world_size}: waiting for {len(pending)} classes "
+                f"of other ranks in {out_dir} (e.g. {data.class_ids[pending[0]]})"
+            )
 
 
 def is_complete(out_dir: Path, class_id: str, stamp: dict) -> bool:

@@ -22,15 +22,16 @@ import torch.nn.functional as F
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
-                   (-0.5808, -0.0045, -0.8140),
-                   (-0.5836, -0.6948, 0.4203))
+IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
-def random_resized_crop(images: torch.Tensor, rng: torch.Generator,
-                        scale: tuple[float, float] = (0.5, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        flip: bool = True) -> torch.Tensor:
+def random_resized_crop(
+    images: torch.Tensor,
+    rng: torch.Generator,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> torch.Tensor:
     n = images.shape[0]
     u = torch.rand(n, 5, generator=rng)  # area, log-ratio, x, y, flip
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
@@ -46,8 +47,7 @@ def random_resized_crop(images: torch.Tensor, rng: torch.Generator,
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
     theta = theta.to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
-                         align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -58,8 +58,13 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return F.conv2d(images, weights.view(1, 3, 1, 1))  # one pass over the images
 
 
-def color_jitter(images: torch.Tensor, rng: torch.Generator, brightness: float = 0.4,
-                 contrast: float = 0.4, saturation: float = 0.4) -> torch.Tensor:
+def color_jitter(
+    images: torch.Tensor,
+    rng: torch.Generator,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+) -> torch.Tensor:
     """IDC's ColorJitter, batched: each op is ``x.lerp(target, a)`` with a ~ U(-s, s), targets
     black (brightness), the image's mean gray (contrast) and its grayscale (saturation); the three
     ops run in a random order per image. No clamping, as in IDC.
@@ -132,8 +137,16 @@ class BatchAugment:
         shuffle_factor: RDED's ShufflePatches factor (0 or 1 = off).
     """
 
-    def __init__(self, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True,
-                 color_jitter=None, lighting: float = 0.0, shuffle_factor: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        scale=(0.5, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        flip: bool = True,
+        color_jitter=None,
+        lighting: float = 0.0,
+        shuffle_factor: int = 0,
+        seed: int = 0,
+    ):
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), bool(flip)
         self.jitter = tuple(color_jitter) if color_jitter else None
         self.lighting_std = float(lighting or 0.0)

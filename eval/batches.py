@@ -41,8 +41,12 @@ def preload(source: ImageSource, num_workers: int = 0, batch_size: int = 256) ->
     """All images of a source as one uint8 tensor (decoded once, in parallel workers)."""
     if isinstance(source, TensorSource):
         return source.images
-    loader = torch.utils.data.DataLoader(list(range(len(source))), batch_size=batch_size,
-                                         collate_fn=SourceBatches(source), num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        list(range(len(source))),
+        batch_size=batch_size,
+        collate_fn=SourceBatches(source),
+        num_workers=num_workers,
+    )
     return torch.cat([images for images, _ in loader])
 
 
@@ -76,21 +80,30 @@ class TrainSet:
         """Shuffled batches of indices into the held tensor, or of decoded (images, labels)."""
         rng = torch.Generator().manual_seed(seed % (2**63))
         if self.images is not None:
-            return torch.utils.data.DataLoader(torch.arange(len(self)), batch_size=batch_size,
-                                               shuffle=True, generator=rng)
-        return torch.utils.data.DataLoader(SourceDataset(self.source), batch_size=batch_size,
-                                           shuffle=True, generator=rng, num_workers=num_workers,
-                                           persistent_workers=num_workers > 0)
+            return torch.utils.data.DataLoader(
+                torch.arange(len(self)), batch_size=batch_size, shuffle=True, generator=rng
+            )
+        return torch.utils.data.DataLoader(
+            SourceDataset(self.source),
+            batch_size=batch_size,
+            shuffle=True,
+            generator=rng,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
 
 
-def test_loader(images: torch.Tensor | None, source: ImageSource, batch_size: int,
-                num_workers: int = 0):
+def test_loader(images: torch.Tensor | None, source: ImageSource, batch_size: int, num_workers: int = 0):
     """Batches of the test split: from the preloaded uint8 tensor, else decoded from the source."""
     if images is not None:
         dataset = torch.utils.data.TensorDataset(images, source.labels)
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    return torch.utils.data.DataLoader(list(range(len(source))), batch_size=batch_size,
-                                       collate_fn=SourceBatches(source), num_workers=num_workers)
+    return torch.utils.data.DataLoader(
+        list(range(len(source))),
+        batch_size=batch_size,
+        collate_fn=SourceBatches(source),
+        num_workers=num_workers,
+    )
 
 
 class TestImages:

@@ -53,12 +53,16 @@ def check_distilled(distilled: DistilledSet, data: ImageClassificationData, ipc:
     counts = distilled.per_class_counts(data.num_classes)
     missing = [data.class_ids[i] for i, c in enumerate(counts) if c == 0]
     if missing:
-        raise UserError(f"the distilled set has no images of {len(missing)} of the {data.num_classes} "
-                        f"classes of {data.name} (e.g. {missing[:3]}); every class needs ipc={ipc}")
+        raise UserError(
+            f"the distilled set has no images of {len(missing)} of the {data.num_classes} "
+            f"classes of {data.name} (e.g. {missing[:3]}); every class needs ipc={ipc}"
+        )
     off = [(data.class_ids[i], c) for i, c in enumerate(counts) if c != ipc]
     if off:
-        raise UserError(f"ipc mismatch: class {off[0][0]!r} has {off[0][1]} images but ipc={ipc} "
-                        f"({len(off)} classes differ; give every class ipc images or set ipc)")
+        raise UserError(
+            f"ipc mismatch: class {off[0][0]!r} has {off[0][1]} images but ipc={ipc} "
+            f"({len(off)} classes differ; give every class ipc images or set ipc)"
+        )
 
 
 def parallel_devices(trainer_factory, parallel, repeats: int) -> list[int]:
@@ -72,8 +76,7 @@ def parallel_devices(trainer_factory, parallel, repeats: int) -> list[int]:
         return []
     if keywords.get("accelerator") not in ("gpu", "cuda") or "ddp" in str(keywords.get("strategy", "")):
         return []
-    count = torch.cuda.device_count() if parallel == "auto" else min(int(parallel),
-                                                                   torch.cuda.device_count())
+    count = torch.cuda.device_count() if parallel == "auto" else min(int(parallel), torch.cuda.device_count())
     return list(range(min(count, repeats))) if count > 1 else []
 
 
@@ -97,11 +100,23 @@ class Protocol:
 
     name = "protocol"
 
-    def __init__(self, student: Callable[..., torch.nn.Module], epochs: int | None, evals: int,
-                 repeats: int, batch_size: int | None, augment: dict, cutmix: float,
-                 normalize: dict | None = None, test_batch_size: int = 500, num_workers: int = 0,
-                 parallel="auto", max_bank_gb: float = 16.0, reference: dict | None = None,
-                 distilled_dir: str | None = None):
+    def __init__(
+        self,
+        student: Callable[..., torch.nn.Module],
+        epochs: int | None,
+        evals: int,
+        repeats: int,
+        batch_size: int | None,
+        augment: dict,
+        cutmix: float,
+        normalize: dict | None = None,
+        test_batch_size: int = 500,
+        num_workers: int = 0,
+        parallel="auto",
+        max_bank_gb: float = 16.0,
+        reference: dict | None = None,
+        distilled_dir: str | None = None,
+    ):
         from eval.reference import ReferencePoints
 
         self.student, self.epochs, self.evals, self.repeats = student, epochs, evals, repeats
@@ -121,8 +136,9 @@ class Protocol:
     def batch_size_for(self, ipc: int, data: ImageClassificationData, n: int) -> int:
         return min(self.batch_size, n)
 
-    def make_module(self, student, data, train: TrainSet, epochs: int, seed: int,
-                    prefix: str) -> StudentModule:
+    def make_module(
+        self, student, data, train: TrainSet, epochs: int, seed: int, prefix: str
+    ) -> StudentModule:
         raise NotImplementedError
 
     def hard_label_protocol(self):
@@ -131,32 +147,54 @@ class Protocol:
 
     def describe(self) -> dict:
         """Everything that decides an accuracy (cache keys of reference points)."""
-        return {"protocol": self.name, "student": arch_name(self.student), "epochs": self.epochs,
-                "evals": self.evals, "repeats": self.repeats, "batch_size": self.batch_size,
-                "augment": {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                            for k, v in sorted(self.augment.items())},
-                "cutmix": self.cutmix, "normalize": {k: (list(v) if v is not None else None)
-                                                     for k, v in sorted(self.normalize.items())}}
+        return {
+            "protocol": self.name,
+            "student": arch_name(self.student),
+            "epochs": self.epochs,
+            "evals": self.evals,
+            "repeats": self.repeats,
+            "batch_size": self.batch_size,
+            "augment": {
+                k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in sorted(self.augment.items())
+            },
+            "cutmix": self.cutmix,
+            "normalize": {k: (list(v) if v is not None else None) for k, v in sorted(self.normalize.items())},
+        }
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, distilled: DistilledSet, data: ImageClassificationData, ipc: int,
-                 seed: int, trainer_factory: Callable[..., pl.Trainer], logger=None) -> dict:
+    def evaluate(
+        self,
+        distilled: DistilledSet,
+        data: ImageClassificationData,
+        ipc: int,
+        seed: int,
+        trainer_factory: Callable[..., pl.Trainer],
+        logger=None,
+    ) -> dict:
         """Train ``repeats`` students on the set; test accuracies, histories, reference points."""
         check_distilled(distilled, data, ipc)
         self.prepare(data, seed, trainer_factory)
         train = TrainSet.from_images(distilled.images, distilled.labels)
         metrics = self.evaluate_set(train, data, ipc, seed, trainer_factory, logger)
         if self.reference.enabled:
-            metrics.update(self.reference.compute(self, metrics, train, data, ipc, seed,
-                                                  trainer_factory))
+            metrics.update(self.reference.compute(self, metrics, train, data, ipc, seed, trainer_factory))
         return metrics
 
     def prepare(self, data: ImageClassificationData, seed: int, trainer_factory) -> None:
         """Anything needed before students train (the soft-label protocol's teacher)."""
 
-    def evaluate_set(self, train: TrainSet, data: ImageClassificationData, ipc: int, seed: int,
-                     trainer_factory, logger=None, prefix: str = "student",
-                     epochs: int | None = None, repeats: int | None = None) -> dict:
+    def evaluate_set(
+        self,
+        train: TrainSet,
+        data: ImageClassificationData,
+        ipc: int,
+        seed: int,
+        trainer_factory,
+        logger=None,
+        prefix: str = "student",
+        epochs: int | None = None,
+        repeats: int | None = None,
+    ) -> dict:
         epochs = epochs or self.epochs_for(ipc)
         repeats = repeats or self.repeats
         start = time.perf_counter()
@@ -165,12 +203,15 @@ class Protocol:
         if devices:
             runs = self._parallel(devices, train, data, epochs, seeds, trainer_factory, prefix)
         else:
-            runs = [self.train_one(train, data, epochs, s, trainer_factory, logger, f"{prefix}/rep{r}")
-                    for r, s in enumerate(seeds)]
+            runs = [
+                self.train_one(train, data, epochs, s, trainer_factory, logger, f"{prefix}/rep{r}")
+                for r, s in enumerate(seeds)
+            ]
         for r, run in enumerate(runs):
             log.info(f"{prefix} {r + 1}/{repeats}: final {run.final:.4f}, best {run.best:.4f}")
-        return self.summarize(runs, epochs, self.batch_size_for(ipc, data, len(train)),
-                              time.perf_counter() - start)
+        return self.summarize(
+            runs, epochs, self.batch_size_for(ipc, data, len(train)), time.perf_counter() - start
+        )
 
     def _parallel(self, devices, train, data, epochs, seeds, trainer_factory, prefix) -> list[Run]:
         context = multiprocessing.get_context("spawn")
@@ -178,30 +219,50 @@ class Protocol:
         for device in devices:
             queue.put(device)
         log.info(f"{len(seeds)} repeats on GPUs {devices} side by side")
-        with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
-                                 initargs=(queue,)) as pool:
-            futures = [pool.submit(_run_repeat, self, train, data, epochs, s, trainer_factory,
-                                   f"{prefix}/rep{r}") for r, s in enumerate(seeds)]
+        with ProcessPoolExecutor(
+            len(devices), mp_context=context, initializer=_init_worker, initargs=(queue,)
+        ) as pool:
+            futures = [
+                pool.submit(_run_repeat, self, train, data, epochs, s, trainer_factory, f"{prefix}/rep{r}")
+                for r, s in enumerate(seeds)
+            ]
             return [f.result() for f in futures]
 
     def build_student(self, data: ImageClassificationData) -> torch.nn.Module:
-        net = self.student(in_channels=data.channels, num_classes=data.num_classes,
-                           resolution=data.resolution)
-        return with_normalization(net, data.channels, self.normalize.get("mean"),
-                                  self.normalize.get("std"))
+        net = self.student(
+            in_channels=data.channels, num_classes=data.num_classes, resolution=data.resolution
+        )
+        return with_normalization(net, data.channels, self.normalize.get("mean"), self.normalize.get("std"))
 
-    def train_one(self, train: TrainSet, data: ImageClassificationData, epochs: int, seed: int,
-                  trainer_factory, logger, prefix: str) -> Run:
+    def train_one(
+        self,
+        train: TrainSet,
+        data: ImageClassificationData,
+        epochs: int,
+        seed: int,
+        trainer_factory,
+        logger,
+        prefix: str,
+    ) -> Run:
         module = self.train_module(train, data, epochs, seed, trainer_factory, logger, prefix)
         return Run(module.final_acc, module.best_acc, list(module.history))
 
-    def train_module(self, train: TrainSet, data: ImageClassificationData, epochs: int, seed: int,
-                     trainer_factory, logger=None, prefix: str = "student") -> StudentModule:
+    def train_module(
+        self,
+        train: TrainSet,
+        data: ImageClassificationData,
+        epochs: int,
+        seed: int,
+        trainer_factory,
+        logger=None,
+        prefix: str = "student",
+    ) -> StudentModule:
         """One student trained on ``train`` and tested on the real test split."""
         pl.seed_everything(seed % (2**31), verbose=False)
         module = self.make_module(self.build_student(data), data, train, epochs, seed, prefix)
-        loader = train.loader(self.batch_size_for(self.ipc_of(train, data), data, len(train)),
-                              seed, self.num_workers)
+        loader = train.loader(
+            self.batch_size_for(self.ipc_of(train, data), data, len(train)), seed, self.num_workers
+        )
         test = self.test_images.loader(data.test, self.test_batch_size)
         return fit(module, loader, test, epochs, self.evals, trainer_factory, logger, prefix)
 
@@ -212,20 +273,35 @@ class Protocol:
     def summarize(self, runs: list[Run], epochs: int, batch_size: int, seconds: float) -> dict:
         (final_mean, final_std) = mean_std([r.final for r in runs])
         (best_mean, best_std) = mean_std([r.best for r in runs])
-        return {"student/protocol": self.name, "student/arch": arch_name(self.student),
-                "student/final_acc_mean": final_mean, "student/final_acc_std": final_std,
-                "student/best_acc_mean": best_mean, "student/best_acc_std": best_std,
-                "student/final_acc_runs": [r.final for r in runs],
-                "student/best_acc_runs": [r.best for r in runs],
-                "student/histories": [[[e, a] for e, a in r.history] for r in runs],
-                "student/epochs": epochs, "student/repeats": len(runs),
-                "student/batch_size": batch_size, "student/seconds": round(seconds, 1)}
+        return {
+            "student/protocol": self.name,
+            "student/arch": arch_name(self.student),
+            "student/final_acc_mean": final_mean,
+            "student/final_acc_std": final_std,
+            "student/best_acc_mean": best_mean,
+            "student/best_acc_std": best_std,
+            "student/final_acc_runs": [r.final for r in runs],
+            "student/best_acc_runs": [r.best for r in runs],
+            "student/histories": [[[e, a] for e, a in r.history] for r in runs],
+            "student/epochs": epochs,
+            "student/repeats": len(runs),
+            "student/batch_size": batch_size,
+            "student/seconds": round(seconds, 1),
+        }
 
-    def train_real(self, data: ImageClassificationData, seed: int, trainer_factory,
-                   epochs: int | None = None, repeats: int = 1, prefix: str = "full") -> dict:
+    def train_real(
+        self,
+        data: ImageClassificationData,
+        seed: int,
+        trainer_factory,
+        epochs: int | None = None,
+        repeats: int = 1,
+        prefix: str = "full",
+    ) -> dict:
         """Students trained on the full real train split under this protocol."""
         train = TrainSet.from_source(data.train, self.max_bank_gb, self.num_workers)
         self.prepare(data, seed, trainer_factory)
         ipc = self.ipc_of(train, data)
-        return self.evaluate_set(train, data, ipc, seed, trainer_factory, prefix=prefix,
-                                 epochs=epochs, repeats=repeats)
+        return self.evaluate_set(
+            train, data, ipc, seed, trainer_factory, prefix=prefix, epochs=epochs, repeats=repeats
+        )

@@ -53,24 +53,38 @@ def data_key(data: ImageClassificationData) -> dict:
     from ddcore.data.identity import source_digest
 
     classes = hashlib.sha256("\n".join(data.class_ids).encode()).hexdigest()[:12]
-    return {"dataset": data.name, "resolution": data.resolution, "channels": data.channels,
-            "classes": classes, "train": len(data.train), "test": len(data.test),
-            "train_digest": source_digest(data.train), "test_digest": source_digest(data.test)}
+    return {
+        "dataset": data.name,
+        "resolution": data.resolution,
+        "channels": data.channels,
+        "classes": classes,
+        "train": len(data.train),
+        "test": len(data.test),
+        "train_digest": source_digest(data.train),
+        "test_digest": source_digest(data.test),
+    }
 
 
 class ReferencePoints:
     """Args (``eval.reference``):
-        enabled: compute the reference points and scores after each evaluation.
-        cache_dir: where computed accuracies are kept (None = recompute every time).
-        acc: ``best`` (DD-Ranking) or ``final`` test accuracy of each run.
-        w: LRS's weight of IOR against HLR.
-        full_epochs: epochs of the full-data students (None = the protocol's ``epochs`` when
-            set, else by IPC, i.e. the class size: 300 for ImageNet subsets).
-        full_repeats: how many full-data students (their mean is used).
+    enabled: compute the reference points and scores after each evaluation.
+    cache_dir: where computed accuracies are kept (None = recompute every time).
+    acc: ``best`` (DD-Ranking) or ``final`` test accuracy of each run.
+    w: LRS's weight of IOR against HLR.
+    full_epochs: epochs of the full-data students (None = the protocol's ``epochs`` when
+        set, else by IPC, i.e. the class size: 300 for ImageNet subsets).
+    full_repeats: how many full-data students (their mean is used).
     """
 
-    def __init__(self, enabled: bool = True, cache_dir: str | None = None, acc: str = "best",
-                 w: float = 0.5, full_epochs: int | None = None, full_repeats: int = 1):
+    def __init__(
+        self,
+        enabled: bool = True,
+        cache_dir: str | None = None,
+        acc: str = "best",
+        w: float = 0.5,
+        full_epochs: int | None = None,
+        full_repeats: int = 1,
+    ):
         if acc not in ("best", "final"):
             raise ValueError(f"reference.acc must be best or final, got {acc!r}")
         self.enabled, self.acc, self.w = bool(enabled), acc, float(w)
@@ -80,30 +94,55 @@ class ReferencePoints:
     def key_of(self, metrics: dict) -> float:
         return float(metrics[f"student/{self.acc}_acc_mean"])
 
-    def compute(self, protocol, metrics: dict, train, data: ImageClassificationData, ipc: int,
-                seed: int, trainer_factory) -> dict:
+    def compute(
+        self,
+        protocol,
+        metrics: dict,
+        train,
+        data: ImageClassificationData,
+        ipc: int,
+        seed: int,
+        trainer_factory,
+    ) -> dict:
         """Reference accuracies and DD-Ranking's scores for a set just evaluated (``metrics``)."""
         hard = protocol.hard_label_protocol()
         distilled = self.key_of(metrics)
         if hard is protocol:
             distilled_hard = distilled
         else:
-            distilled_hard = self.key_of(hard.evaluate_set(train, data, ipc, seed, trainer_factory,
-                                                           prefix="distilled_hard"))
+            distilled_hard = self.key_of(
+                hard.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="distilled_hard")
+            )
         full = self.full_accuracy(hard, data, seed, trainer_factory)
         random = self.random_accuracy(protocol, data, ipc, seed, trainer_factory)
         h, i = hlr(full, distilled_hard), ior(distilled, random)
-        return {"reference/acc": self.acc, "reference/full_hard_acc": full,
-                "reference/random_acc": random, "reference/distilled_hard_acc": distilled_hard,
-                "ddranking/hlr": h, "ddranking/ior": i, "ddranking/lrs": lrs(h, i, self.w)}
+        return {
+            "reference/acc": self.acc,
+            "reference/full_hard_acc": full,
+            "reference/random_acc": random,
+            "reference/distilled_hard_acc": distilled_hard,
+            "ddranking/hlr": h,
+            "ddranking/ior": i,
+            "ddranking/lrs": lrs(h, i, self.w),
+        }
 
     def full_accuracy(self, hard, data, seed, trainer_factory) -> float:
         settings = {k: v for k, v in hard.describe().items() if k != "repeats"}  # full_repeats counts
         epochs = self.full_epochs or hard.epochs  # None: by the IPC of the full data
-        key = {"kind": "full", **data_key(data), "protocol": settings,
-               "epochs": epochs, "repeats": self.full_repeats, "seed": seed}
-        return self.cached(key, lambda: self.key_of(hard.train_real(
-            data, seed, trainer_factory, epochs=epochs, repeats=self.full_repeats)))
+        key = {
+            "kind": "full",
+            **data_key(data),
+            "protocol": settings,
+            "epochs": epochs,
+            "repeats": self.full_repeats,
+            "seed": seed,
+        }
+        return self.cached(
+            key,
+            lambda: self.key_of(
+                hard.train_real(data, seed, trainer_factory, epochs=epochs, repeats=self.full_repeats)
+            ),
+        )
 
     def random_accuracy(self, protocol, data, ipc, seed, trainer_factory) -> float:
         from ddcore.distilled import random_real_subset
@@ -112,11 +151,11 @@ class ReferencePoints:
         def compute() -> float:
             subset = random_real_subset(data, ipc, seed)
             train = TrainSet.from_images(subset.images, subset.labels)
-            return self.key_of(protocol.evaluate_set(train, data, ipc, seed, trainer_factory,
-                                                     prefix="random"))
+            return self.key_of(
+                protocol.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="random")
+            )
 
-        key = {"kind": "random", **data_key(data), "protocol": protocol.describe(), "ipc": ipc,
-               "seed": seed}
+        key = {"kind": "random", **data_key(data), "protocol": protocol.describe(), "ipc": ipc, "seed": seed}
         return self.cached(key, compute)
 
     def cached(self, key: dict, compute) -> float:

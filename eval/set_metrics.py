@@ -48,8 +48,9 @@ def representativeness(features: torch.Tensor, real: torch.Tensor, k: int = 50) 
     return torch.cdist(features, real).topk(k, dim=1, largest=False).values.mean(dim=1)
 
 
-def tsne_embed(real: torch.Tensor, distilled: torch.Tensor, seed: int,
-               perplexity: float = 30.0) -> tuple[torch.Tensor, torch.Tensor]:
+def tsne_embed(
+    real: torch.Tensor, distilled: torch.Tensor, seed: int, perplexity: float = 30.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint 2-D t-SNE of real and distilled features -> (real_xy, distilled_xy)."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -62,10 +63,11 @@ def tsne_embed(real: torch.Tensor, distilled: torch.Tensor, seed: int,
     # one thread: reproducible, and Barnes-Hut's OpenMP threads crawl when the cores are busy
     # (measured 1.3 s vs 8-47 s for 143 points on 2 loaded cores)
     with threadpool_limits(1):
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca",
-                  random_state=seed % (2**31)).fit_transform(joint)
+        xy = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", random_state=seed % (2**31)
+        ).fit_transform(joint)
     xy = torch.from_numpy(xy).float()
-    return xy[:len(real)], xy[len(real):]
+    return xy[: len(real)], xy[len(real) :]
 
 
 def is_degenerate(real: torch.Tensor, distilled: torch.Tensor) -> bool:
@@ -75,25 +77,28 @@ def is_degenerate(real: torch.Tensor, distilled: torch.Tensor) -> bool:
 
 
 # -- features ----------------------------------------------------------------------------------
-def features_of(images: torch.Tensor, encoder: Encoder | None = None,
-                batch_size: int = 256) -> torch.Tensor:
+def features_of(images: torch.Tensor, encoder: Encoder | None = None, batch_size: int = 256) -> torch.Tensor:
     """(n, d) float32 CPU features: flattened pixels, or the encoder's output flattened."""
     if encoder is None:
         return images.flatten(1).float()
     with torch.no_grad():
-        return torch.cat([encoder(chunk).flatten(1).float().cpu()
-                          for chunk in images.split(batch_size)])
+        return torch.cat([encoder(chunk).flatten(1).float().cpu() for chunk in images.split(batch_size)])
 
 
-def real_features(data: ImageClassificationData, label: int, encoder: Encoder | None,
-                  max_real: int | None, seed: int, batch_size: int = 256) -> torch.Tensor:
+def real_features(
+    data: ImageClassificationData,
+    label: int,
+    encoder: Encoder | None,
+    max_real: int | None,
+    seed: int,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Features of the class's train images (a seeded subset of ``max_real`` when larger)."""
     indices = data.class_indices(label, "train")
     if max_real is not None and len(indices) > max_real:
         pick = torch.randperm(len(indices), generator=rng_for(seed, "set_metrics", label))
         indices = indices[pick[:max_real]].sort().values
-    chunks = [features_of(data.train.load(chunk.tolist()), encoder)
-              for chunk in indices.split(batch_size)]
+    chunks = [features_of(data.train.load(chunk.tolist()), encoder) for chunk in indices.split(batch_size)]
     return torch.cat(chunks)
 
 
@@ -104,18 +109,21 @@ class SetMetrics:
 
     space: str
     k: int
-    diversity: torch.Tensor            # (n,)
-    representativeness: torch.Tensor   # (n,)
-    labels: torch.Tensor               # (n,)
+    diversity: torch.Tensor  # (n,)
+    representativeness: torch.Tensor  # (n,)
+    labels: torch.Tensor  # (n,)
     per_class: list[dict]
     embeddings: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     degenerate: list[int] = field(default_factory=list)  # classes with one real image or constant images
 
     def summary(self) -> dict:
         """Mean over images (NaN diversities of one-image classes left out) -> metrics.json."""
-        return {"set/space": self.space, "set/k": self.k,
-                "set/diversity_mean": nan_to_none(nanmean(self.diversity)),
-                "set/representativeness_mean": nan_to_none(nanmean(self.representativeness))}
+        return {
+            "set/space": self.space,
+            "set/k": self.k,
+            "set/diversity_mean": nan_to_none(nanmean(self.diversity)),
+            "set/representativeness_mean": nan_to_none(nanmean(self.representativeness)),
+        }
 
 
 def nanmean(values: torch.Tensor) -> float:
@@ -128,9 +136,16 @@ def nan_to_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def set_metrics(distilled: DistilledSet, data: ImageClassificationData, space: str = "pixels",
-                encoder: Encoder | None = None, k: int = 50, seed: int = 0,
-                max_real: int | None = 1000, classes: Sequence[int] | None = None) -> SetMetrics:
+def set_metrics(
+    distilled: DistilledSet,
+    data: ImageClassificationData,
+    space: str = "pixels",
+    encoder: Encoder | None = None,
+    k: int = 50,
+    seed: int = 0,
+    max_real: int | None = 1000,
+    classes: Sequence[int] | None = None,
+) -> SetMetrics:
     """Diversity and representativeness of every distilled image in ``space`` (module doc).
 
     ``max_real`` caps the real images per class (a seeded subset; None = all); ``classes``
@@ -162,18 +177,30 @@ def set_metrics(distilled: DistilledSet, data: ImageClassificationData, space: s
     return SetMetrics(space, k, div, rep, labels, rows, embeddings, degenerate)
 
 
-def class_row(data: ImageClassificationData, label: int, div: torch.Tensor, rep: torch.Tensor,
-              n_real: int, k: int) -> dict:
-    return {"label": label, "class_id": data.class_ids[label], "class_name": data.class_names[label],
-            "images": len(div), "real": n_real, "k": min(k, n_real),
-            "diversity_mean": nan_to_none(nanmean(div)),
-            "diversity_min": nan_to_none(float(div.min())) if len(div) > 1 else None,
-            "representativeness_mean": nan_to_none(nanmean(rep))}
+def class_row(
+    data: ImageClassificationData, label: int, div: torch.Tensor, rep: torch.Tensor, n_real: int, k: int
+) -> dict:
+    return {
+        "label": label,
+        "class_id": data.class_ids[label],
+        "class_name": data.class_names[label],
+        "images": len(div),
+        "real": n_real,
+        "k": min(k, n_real),
+        "diversity_mean": nan_to_none(nanmean(div)),
+        "diversity_min": nan_to_none(float(div.min())) if len(div) > 1 else None,
+        "representativeness_mean": nan_to_none(nanmean(rep)),
+    }
 
 
-def tsne_panels(distilled: DistilledSet, data: ImageClassificationData, classes: Sequence[int],
-                encoder: Encoder | None = None, seed: int = 0, max_real: int | None = 1000
-                ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def tsne_panels(
+    distilled: DistilledSet,
+    data: ImageClassificationData,
+    classes: Sequence[int],
+    encoder: Encoder | None = None,
+    seed: int = 0,
+    max_real: int | None = 1000,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """label -> (real_xy, distilled_xy): per-class joint t-SNE, for ``figures.save_tsne``."""
     panels = {}
     for label in classes:
@@ -181,6 +208,5 @@ def tsne_panels(distilled: DistilledSet, data: ImageClassificationData, classes:
         if len(fake) == 0:
             continue
         real = real_features(data, label, encoder, max_real, seed)
-        panels[label] = tsne_embed(real, features_of(fake, encoder),
-                                   derive_seed(seed, "tsne", label))
+        panels[label] = tsne_embed(real, features_of(fake, encoder), derive_seed(seed, "tsne", label))
     return panels

@@ -29,8 +29,9 @@ DEFAULT_AUGMENT = {"shuffle_factor": 2, "scale": (0.5, 1.0), "flip": "auto"}
 SCHEDULES = ("rded_cosine", "cosine")
 
 
-def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
+def soft_label_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """KL(teacher_T || student_T) averaged over the batch; no T^2 factor, as in RDED's code."""
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
     p = F.softmax(teacher_logits.float() / temperature, dim=1)
@@ -59,9 +60,19 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 class SoftLabelModule(StudentModule):
     """Online soft labels from a frozen teacher; AdamW + cosine."""
 
-    def __init__(self, student, teacher: torch.nn.Module, num_classes: int, epochs: int,
-                 optim: dict, augment, cutmix: float, train: TrainSet, prefix: str,
-                 temperature: float):
+    def __init__(
+        self,
+        student,
+        teacher: torch.nn.Module,
+        num_classes: int,
+        epochs: int,
+        optim: dict,
+        augment,
+        cutmix: float,
+        train: TrainSet,
+        prefix: str,
+        temperature: float,
+    ):
         super().__init__(student, num_classes, epochs, optim, augment, cutmix, train, prefix)
         self.teacher = teacher
         self.temperature = temperature
@@ -84,40 +95,62 @@ class SoftLabelModule(StudentModule):
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.student.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]),
-                                weight_decay=o["weight_decay"])
+        groups = [
+            {"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda epoch: lr_factor(o["schedule"], epoch, self.epochs))
+            opt, lambda epoch: lr_factor(o["schedule"], epoch, self.epochs)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 class SoftLabelProtocol(Protocol):
     """Args (``conf/eval/soft_label.yaml``):
-        student: a partial that builds the student (RDED: torchvision's ResNet-18, BatchNorm).
-        teacher: an ``eval.teacher.Teacher`` (trained on the full real data, or loaded).
-        epochs: 300 (None = 300).
-        temperature: of the teacher's and the student's softmax.
-        schedule: ``rded_cosine`` (RDED's code) or ``cosine`` (SRe2L).
-        batch_size: None = by IPC (``batch_size_for_ipc``).
-        augment: ``shuffle_factor`` (RDED's ShufflePatches), ``scale``, ``flip``.
-        hard_label: settings of the hard-label protocol that HLR needs (reference points); its
-            epochs default to this protocol's, as DD-Ranking trains both for the same epochs.
+    student: a partial that builds the student (RDED: torchvision's ResNet-18, BatchNorm).
+    teacher: an ``eval.teacher.Teacher`` (trained on the full real data, or loaded).
+    epochs: 300 (None = 300).
+    temperature: of the teacher's and the student's softmax.
+    schedule: ``rded_cosine`` (RDED's code) or ``cosine`` (SRe2L).
+    batch_size: None = by IPC (``batch_size_for_ipc``).
+    augment: ``shuffle_factor`` (RDED's ShufflePatches), ``scale``, ``flip``.
+    hard_label: settings of the hard-label protocol that HLR needs (reference points); its
+        epochs default to this protocol's, as DD-Ranking trains both for the same epochs.
     """
 
     name = "soft_label"
 
-    def __init__(self, student: Callable[..., torch.nn.Module], teacher: Teacher,
-                 epochs: int | None = 300, lr: float = 1e-3, betas=(0.9, 0.999),
-                 weight_decay: float = 0.01, temperature: float = 20.0,
-                 schedule: str = "rded_cosine", batch_size: int | None = None, evals: int = 30,
-                 repeats: int = 3, augment: dict | None = None, cutmix: float = 1.0,
-                 hard_label: dict | None = None, **common):
+    def __init__(
+        self,
+        student: Callable[..., torch.nn.Module],
+        teacher: Teacher,
+        epochs: int | None = 300,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        weight_decay: float = 0.01,
+        temperature: float = 20.0,
+        schedule: str = "rded_cosine",
+        batch_size: int | None = None,
+        evals: int = 30,
+        repeats: int = 3,
+        augment: dict | None = None,
+        cutmix: float = 1.0,
+        hard_label: dict | None = None,
+        **common,
+    ):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r} ({', '.join(SCHEDULES)})")
-        super().__init__(student, epochs, evals, repeats, batch_size,
-                         {**DEFAULT_AUGMENT, **dict(augment or {})}, cutmix, **common)
+        super().__init__(
+            student,
+            epochs,
+            evals,
+            repeats,
+            batch_size,
+            {**DEFAULT_AUGMENT, **dict(augment or {})},
+            cutmix,
+            **common,
+        )
         self.teacher = teacher
         self.optim = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, schedule=schedule)
         self.temperature = float(temperature)
@@ -135,19 +168,30 @@ class SoftLabelProtocol(Protocol):
 
     def describe(self) -> dict:
         t = self.teacher
-        return {**super().describe(), "optim": {**self.optim, "betas": list(self.optim["betas"])},
-                "temperature": self.temperature,
-                "teacher": {"arch": t.arch, "checkpoint": t.checkpoint, "seed": t.seed,
-                            "pretrained_dir": t.pretrained_dir, "train": t.train_settings}}
+        return {
+            **super().describe(),
+            "optim": {**self.optim, "betas": list(self.optim["betas"])},
+            "temperature": self.temperature,
+            "teacher": {
+                "arch": t.arch,
+                "checkpoint": t.checkpoint,
+                "seed": t.seed,
+                "pretrained_dir": t.pretrained_dir,
+                "train": t.train_settings,
+            },
+        }
 
     def hard_label_protocol(self) -> HardLabelProtocol:
         if self._hard is None:
             self._hard = HardLabelProtocol(
-                self.student, **{"repeats": self.repeats, "epochs": self.epochs,
-                                 **self.hard_label_settings},
-                normalize=self.normalize, test_batch_size=self.test_batch_size,
-                num_workers=self.num_workers, parallel=self.parallel,
-                max_bank_gb=self.max_bank_gb)
+                self.student,
+                **{"repeats": self.repeats, "epochs": self.epochs, **self.hard_label_settings},
+                normalize=self.normalize,
+                test_batch_size=self.test_batch_size,
+                num_workers=self.num_workers,
+                parallel=self.parallel,
+                max_bank_gb=self.max_bank_gb,
+            )
             self._hard.test_images = self.test_images
         return self._hard
 
@@ -160,13 +204,28 @@ class SoftLabelProtocol(Protocol):
         metrics = super().evaluate(distilled, data, ipc, seed, trainer_factory, logger)
         return {**metrics, **self.teacher_meta}
 
-    def make_module(self, student, data, train: TrainSet, epochs: int, seed: int,
-                    prefix: str) -> SoftLabelModule:
+    def make_module(
+        self, student, data, train: TrainSet, epochs: int, seed: int, prefix: str
+    ) -> SoftLabelModule:
         a = self.augment
-        augment = BatchAugment(scale=a.get("scale", (0.5, 1.0)), flip=flip_for(a.get("flip"), data),
-                               shuffle_factor=a.get("shuffle_factor", 2), seed=seed)
-        return SoftLabelModule(student, self._teacher_model, data.num_classes, epochs, self.optim,
-                               augment, self.cutmix, train, prefix, self.temperature)
+        augment = BatchAugment(
+            scale=a.get("scale", (0.5, 1.0)),
+            flip=flip_for(a.get("flip"), data),
+            shuffle_factor=a.get("shuffle_factor", 2),
+            seed=seed,
+        )
+        return SoftLabelModule(
+            student,
+            self._teacher_model,
+            data.num_classes,
+            epochs,
+            self.optim,
+            augment,
+            self.cutmix,
+            train,
+            prefix,
+            self.temperature,
+        )
 
     def __getstate__(self):  # worker processes get the teacher, not the cached hard protocol
         state = dict(self.__dict__)

@@ -27,9 +27,17 @@ class StudentModule(pl.LightningModule):
     reported because the best-of-run number peeks at the test set.
     """
 
-    def __init__(self, student: torch.nn.Module, num_classes: int, epochs: int, optim: dict,
-                 augment: BatchAugment | None, cutmix: float = 0.0, train: TrainSet | None = None,
-                 prefix: str = "student"):
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        num_classes: int,
+        epochs: int,
+        optim: dict,
+        augment: BatchAugment | None,
+        cutmix: float = 0.0,
+        train: TrainSet | None = None,
+        prefix: str = "student",
+    ):
         super().__init__()
         self.student = student
         self.num_classes, self.epochs, self.optim = num_classes, epochs, dict(optim)
@@ -85,23 +93,39 @@ class StudentModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.SGD(self.student.parameters(), lr=o["lr"], momentum=o["momentum"],
-                              weight_decay=o["weight_decay"])
+        opt = torch.optim.SGD(
+            self.student.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"]
+        )
         steps = sorted({max(1, round(self.epochs * m)) for m in o["milestones"]})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=o["gamma"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-def fit(module: StudentModule, train_loader, test_loader, epochs: int, evals: int,
-        trainer_factory: Callable[..., pl.Trainer], logger=None, prefix: str = "student",
-        **trainer_kwargs) -> StudentModule:
+def fit(
+    module: StudentModule,
+    train_loader,
+    test_loader,
+    epochs: int,
+    evals: int,
+    trainer_factory: Callable[..., pl.Trainer],
+    logger=None,
+    prefix: str = "student",
+    **trainer_kwargs,
+) -> StudentModule:
     """Train for ``epochs``, testing every ``epochs // evals`` epochs and after the last one."""
     every = max(1, epochs // max(1, evals))
-    trainer = trainer_factory(max_epochs=epochs, logger=logger or False,
-                              check_val_every_n_epoch=every, num_sanity_val_steps=0,
-                              callbacks=[ProgressLog(prefix, every_s=15)],
-                              enable_checkpointing=False, enable_progress_bar=False,
-                              enable_model_summary=False, log_every_n_steps=1, **trainer_kwargs)
+    trainer = trainer_factory(
+        max_epochs=epochs,
+        logger=logger or False,
+        check_val_every_n_epoch=every,
+        num_sanity_val_steps=0,
+        callbacks=[ProgressLog(prefix, every_s=15)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **trainer_kwargs,
+    )
     trainer.fit(module, train_loader, test_loader)
     if epochs % every:
         trainer.validate(module, test_loader, verbose=False)

@@ -44,14 +44,25 @@ def convnet_depth(resolution: int) -> int:
 class ConvNet(nn.Module):
     """ConvNet-D of the DD literature: D x [conv3x3 -> norm -> ReLU -> AvgPool2], linear head."""
 
-    def __init__(self, in_channels: int, num_classes: int, resolution: int, width: int = 128,
-                 depth: int | None = None, norm: str = "instance"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        resolution: int,
+        width: int = 128,
+        depth: int | None = None,
+        norm: str = "instance",
+    ):
         super().__init__()
         depth = depth or convnet_depth(resolution)
         layers, channels, size = [], in_channels, resolution
         for _ in range(depth):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), make_norm(norm, width),
-                       nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1),
+                make_norm(norm, width),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2),
+            ]
             channels, size = width, size // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * size * size, num_classes)
@@ -75,9 +86,11 @@ class APBlock(nn.Module):
         self.bn2 = make_norm(norm, out_ch)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=bias),
-                                            nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
-                                            make_norm(norm, out_ch))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, bias=bias),
+                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                make_norm(norm, out_ch),
+            )
 
     def forward(self, x):
         out = self.pool(F.relu(self.bn1(self.conv1(x))))
@@ -94,21 +107,32 @@ class ResNetAP(nn.Module):
 
     LAYERS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2)}
 
-    def __init__(self, in_channels: int, num_classes: int, resolution: int, width: int = 64,
-                 depth: int = 10, norm: str = "instance"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        resolution: int,
+        width: int = 64,
+        depth: int = 10,
+        norm: str = "instance",
+    ):
         super().__init__()
         if depth not in self.LAYERS:
             raise ValueError(f"ResNetAP depth {depth} not supported ({sorted(self.LAYERS)})")
         kernel, pool = (3, 1) if resolution <= 64 else (3, 2) if resolution <= 128 else (7, 4)
         self.layer0 = nn.Sequential(
             nn.Conv2d(in_channels, width, kernel, padding=kernel // 2, bias=norm == "none"),
-            make_norm(norm, width), nn.ReLU(inplace=True),
-            nn.AvgPool2d(pool) if pool > 1 else nn.Identity())
+            make_norm(norm, width),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
+        )
         stages, channels = [], width
         for i, blocks in enumerate(self.LAYERS[depth]):
             out = width * 2**i
-            stage = [APBlock(channels if b == 0 else out, out, 2 if (i > 0 and b == 0) else 1, norm)
-                     for b in range(blocks)]
+            stage = [
+                APBlock(channels if b == 0 else out, out, 2 if (i > 0 and b == 0) else 1, norm)
+                for b in range(blocks)
+            ]
             stages.append(nn.Sequential(*stage))
             channels = out
         self.layers = nn.Sequential(*stages)
@@ -139,8 +163,9 @@ class BasicBlock(nn.Module):
         self.bn2 = make_norm(norm, out_ch)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False),
-                                            make_norm(norm, out_ch))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), make_norm(norm, out_ch)
+            )
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -156,12 +181,22 @@ class ResNet18(nn.Module):
     of CIFAR/Tiny ImageNet work); above, torchvision's 7x7 stride-2 conv + max-pool.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, resolution: int, width: int = 64,
-                 norm: str = "instance", small_stem: bool | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        resolution: int,
+        width: int = 64,
+        norm: str = "instance",
+        small_stem: bool | None = None,
+    ):
         super().__init__()
         small = resolution <= 64 if small_stem is None else small_stem
-        self.conv1 = (nn.Conv2d(in_channels, width, 3, 1, 1, bias=False) if small
-                      else nn.Conv2d(in_channels, width, 7, 2, 3, bias=False))
+        self.conv1 = (
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+            if small
+            else nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        )
         self.bn1 = make_norm(norm, width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small else nn.MaxPool2d(3, 2, 1)
@@ -169,8 +204,11 @@ class ResNet18(nn.Module):
         for i in range(4):
             out = width * 2**i
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(channels, out, stride, norm),
-                                                         BasicBlock(out, out, 1, norm)))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(BasicBlock(channels, out, stride, norm), BasicBlock(out, out, 1, norm)),
+            )
             channels = out
         self.fc = nn.Linear(channels, num_classes)
         for m in self.modules():  # torchvision's initialisation
@@ -187,8 +225,15 @@ class ResNet18(nn.Module):
 
 
 # -- timm ---------------------------------------------------------------------------------------
-def timm_student(in_channels: int, num_classes: int, resolution: int, name: str = "resnet50",
-                 pretrained_dir: str | None = None, width: int | None = None, **kwargs) -> nn.Module:
+def timm_student(
+    in_channels: int,
+    num_classes: int,
+    resolution: int,
+    name: str = "resnet50",
+    pretrained_dir: str | None = None,
+    width: int | None = None,
+    **kwargs,
+) -> nn.Module:
     """Any timm model by name, randomly initialised (or from a local weights folder).
 
     ``width`` is accepted and ignored (timm architectures fix their widths) so that configs
@@ -198,9 +243,11 @@ def timm_student(in_channels: int, num_classes: int, resolution: int, name: str 
     import timm
 
     if not timm.is_model(name):
-        raise UserError(f"unknown timm model {name!r} (see timm.list_models(); e.g. resnet50, "
-                        "mobilenetv2_100, efficientnet_b0, swin_tiny_patch4_window7_224, "
-                        "vit_base_patch16_224)")
+        raise UserError(
+            f"unknown timm model {name!r} (see timm.list_models(); e.g. resnet50, "
+            "mobilenetv2_100, efficientnet_b0, swin_tiny_patch4_window7_224, "
+            "vit_base_patch16_224)"
+        )
     args = dict(num_classes=num_classes, in_chans=in_channels, **kwargs)
     if pretrained_dir:
         args.update(pretrained=True, pretrained_cfg_overlay={"file": str(local_weights(pretrained_dir))})

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = folder_of_jpegs(Path(tmp), args.images)
         source = FileSource(paths, [0] * len(paths), resolution=256, channels=3)
         data = ImageClassificationData("jpegs", ["c0"], ["c0"], 256, 3, source, source)
-        generator = ClassConditionalGenerator(Identity(), LatentCodec(), {}, resolution=256,
-                                              image_channels=3, model_classes=1, null_label=1)
+        generator = ClassConditionalGenerator(
+            Identity(), LatentCodec(), {}, resolution=256, image_channels=3, model_classes=1, null_label=1
+        )
         rates = {}
         for workers in (0, args.workers):
             start = time.perf_counter()

@@ -118,10 +118,17 @@ def student(channels: int, res: int) -> torch.nn.Module:
 def fit_epochs(module, loader, epochs: int, device: str, skip: int = 1) -> list[float]:
     """Epoch times after the first ``skip`` epochs (warm-up)."""
     timer = EpochTimer()
-    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1,
-                         max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, callbacks=[timer])
+    trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
     trainer.fit(module, loader)
     return timer.times[skip:]
 
@@ -140,8 +147,14 @@ class PILSet(torch.utils.data.Dataset):
             self.png.append(buffer.getvalue())
         self.labels = labels
         res = images.shape[-1]
-        self.transform = T.Compose([T.RandomResizedCrop(res, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
-                                    T.ColorJitter(0.4, 0.4, 0.4), T.ToTensor()])
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(res, scale=(0.5, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(0.4, 0.4, 0.4),
+                T.ToTensor(),
+            ]
+        )
         self.rng = torch.Generator().manual_seed(0)
 
     def __len__(self):
@@ -202,8 +215,16 @@ def bench(res: int, epochs: int, rounds: int, n224: int, device: str) -> dict:
     data_path: list[float] = []
     for _ in range(rounds):
         pl.seed_everything(0, verbose=False)
-        module = ABModule(student(channels, res), 10, 2 * epochs, OPTIM, BatchAugment(**AUGMENT, seed=0),
-                          1.0, train, pre_augmented=to_uint8(pre))
+        module = ABModule(
+            student(channels, res),
+            10,
+            2 * epochs,
+            OPTIM,
+            BatchAugment(**AUGMENT, seed=0),
+            1.0,
+            train,
+            pre_augmented=to_uint8(pre),
+        )
         ab = fit_epochs(module, train.loader(batch, 0), 2 * epochs, device, skip=2)
         times["protocol"] += ab[0::2]
         times["pre_augmented"] += ab[1::2]
@@ -213,23 +234,34 @@ def bench(res: int, epochs: int, rounds: int, n224: int, device: str) -> dict:
         times["raw_loop"] += raw_loop(student(channels, res), pre, labels, batch, epochs, device)
     med = {k: statistics.median(v) for k, v in times.items()}
     batched_aug, pil_aug = augment_only(images, device)
-    return {"resolution": res, "images": n, "batch_size": batch, "epochs_timed": len(times["protocol"]),
-            **{f"{k}_s": v for k, v in med.items()},
-            "data_path_s": statistics.median(data_path),
-            "data_path_share": statistics.median(data_path) / med["protocol"],
-            "protocol_vs_pre_augmented": med["protocol"] / med["pre_augmented"] - 1,
-            "pil_vs_protocol": med["pil"] / med["protocol"],
-            "augment_batched_s": batched_aug, "augment_pil_s": pil_aug}
+    return {
+        "resolution": res,
+        "images": n,
+        "batch_size": batch,
+        "epochs_timed": len(times["protocol"]),
+        **{f"{k}_s": v for k, v in med.items()},
+        "data_path_s": statistics.median(data_path),
+        "data_path_share": statistics.median(data_path) / med["protocol"],
+        "protocol_vs_pre_augmented": med["protocol"] / med["pre_augmented"] - 1,
+        "pil_vs_protocol": med["pil"] / med["protocol"],
+        "augment_batched_s": batched_aug,
+        "augment_pil_s": pil_aug,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4,
-                        help="epochs per fit at 224px (the first is not timed)")
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs per fit at 224px (the first is not timed)"
+    )
     parser.add_argument("--epochs-small", type=int, default=16, help="epochs per fit at <= 64px")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved fits per variant")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0 = torch's default; 1 on a machine shared with other jobs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default; 1 on a machine shared with other jobs)",
+    )
     parser.add_argument("--n224", type=int, default=20, help="images at 224px (CPU: keep it small)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[28, 224])
@@ -237,23 +269,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [bench(res, args.epochs_small if res <= 64 else args.epochs, args.rounds, args.n224,
-                  args.device) for res in args.resolutions]
-    print(f"\nhard-label epoch, {args.device}, {torch.get_num_threads()} thread(s), ConvNet-D width 128, "
-          f"batch 64 (medians over {args.rounds} fits per variant)\n")
-    print("| res | images | epochs timed | protocol epoch | of which data path | pre-augmented epoch "
-          "| difference | PIL loader epoch | PIL / protocol | raw loop | augment set: batched / PIL |")
+    rows = [
+        bench(res, args.epochs_small if res <= 64 else args.epochs, args.rounds, args.n224, args.device)
+        for res in args.resolutions
+    ]
+    print(
+        f"\nhard-label epoch, {args.device}, {torch.get_num_threads()} thread(s), ConvNet-D width 128, "
+        f"batch 64 (medians over {args.rounds} fits per variant)\n"
+    )
+    print(
+        "| res | images | epochs timed | protocol epoch | of which data path | pre-augmented epoch "
+        "| difference | PIL loader epoch | PIL / protocol | raw loop | augment set: batched / PIL |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['resolution']} | {r['images']} | {r['epochs_timed']} | {r['protocol_s'] * 1e3:.0f} ms "
-              f"| {r['data_path_s'] * 1e3:.1f} ms ({r['data_path_share'] * 100:.1f}%) "
-              f"| {r['pre_augmented_s'] * 1e3:.0f} ms | {r['protocol_vs_pre_augmented'] * 100:+.1f}% "
-              f"| {r['pil_s'] * 1e3:.0f} ms | {r['pil_vs_protocol']:.2f}x | {r['raw_loop_s'] * 1e3:.0f} ms "
-              f"| {r['augment_batched_s'] * 1e3:.1f} / {r['augment_pil_s'] * 1e3:.1f} ms |")
+        print(
+            f"| {r['resolution']} | {r['images']} | {r['epochs_timed']} | {r['protocol_s'] * 1e3:.0f} ms "
+            f"| {r['data_path_s'] * 1e3:.1f} ms ({r['data_path_share'] * 100:.1f}%) "
+            f"| {r['pre_augmented_s'] * 1e3:.0f} ms | {r['protocol_vs_pre_augmented'] * 100:+.1f}% "
+            f"| {r['pil_s'] * 1e3:.0f} ms | {r['pil_vs_protocol']:.2f}x | {r['raw_loop_s'] * 1e3:.0f} ms "
+            f"| {r['augment_batched_s'] * 1e3:.1f} / {r['augment_pil_s'] * 1e3:.1f} ms |"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": args.device, "threads": torch.get_num_threads(), "rows": rows},
-                              indent=2))
+    out.write_text(
+        json.dumps({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, indent=2)
+    )
     print(f"\nwritten to {out}")
 
 

@@ -57,33 +57,63 @@ def main() -> None:
     x = (0.6 * centres + 0.8 * torch.randn(args.batch, *SHAPE, generator=g)).to(device)
     settings = ManifoldSettings()
     hook = ManifoldGuidance(ModeGuidance(centres, 0.1, 25), centres, settings, steps=50, seed=0)
-    ctx = StepContext(index=40, timestep=torch.tensor(800), x0_hat=x, sigma=torch.tensor(0.1),
-                      alpha_bar=torch.tensor(0.36), x=x, alpha_bar_prev=torch.tensor(0.38))
+    ctx = StepContext(
+        index=40,
+        timestep=torch.tensor(800),
+        x0_hat=x,
+        sigma=torch.tensor(0.1),
+        alpha_bar=torch.tensor(0.36),
+        x=x,
+        alpha_bar_prev=torch.tensor(0.38),
+    )
     clouds = hook.clouds(ctx)
     flat = x.flatten(1)
-    kw = dict(neighbours=settings.neighbours, tangent_dim=settings.tangent_dim,
-              bandwidth=settings.bandwidth, scale=settings.scale)
+    kw = dict(
+        neighbours=settings.neighbours,
+        tangent_dim=settings.tangent_dim,
+        bandwidth=settings.bandwidth,
+        scale=settings.scale,
+    )
     n = min(args.direct_samples, args.batch)
     fast = normal_step(flat, clouds, **kw)
-    exact = direct_normal_step(flat[:n], clouds[:n], settings.neighbours, settings.tangent_dim,
-                        settings.bandwidth, settings.scale)
+    exact = direct_normal_step(
+        flat[:n], clouds[:n], settings.neighbours, settings.tangent_dim, settings.bandwidth, settings.scale
+    )
     cloud_s = timed(lambda: hook.clouds(ctx), args.repeats)
     svd_s = timed(lambda: normal_step(flat, clouds, **kw), args.repeats)
-    eigh_s = timed(lambda: direct_normal_step(flat[:n], clouds[:n], settings.neighbours,
-                                       settings.tangent_dim, settings.bandwidth, settings.scale),
-                   max(1, args.repeats // 3)) * args.batch / n
-    print(f"manifold term, D={flat.shape[1]}, batch {args.batch}, {settings.cloud_points} cloud "
-          f"points, K={settings.neighbours}, tangent_dim={settings.tangent_dim}, {device}, "
-          f"{torch.get_num_threads()} threads")
+    eigh_s = (
+        timed(
+            lambda: direct_normal_step(
+                flat[:n],
+                clouds[:n],
+                settings.neighbours,
+                settings.tangent_dim,
+                settings.bandwidth,
+                settings.scale,
+            ),
+            max(1, args.repeats // 3),
+        )
+        * args.batch
+        / n
+    )
+    print(
+        f"manifold term, D={flat.shape[1]}, batch {args.batch}, {settings.cloud_points} cloud "
+        f"points, K={settings.neighbours}, tangent_dim={settings.tangent_dim}, {device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"  max |fast - direct| over {n} sample(s): {float((fast[:n] - exact).abs().max()):.2e}")
     print(f"  clouds (shared by both):        {cloud_s * 1e3:9.1f} ms/step")
     print(f"  tangent step, batched SVD:      {svd_s * 1e3:9.1f} ms/step")
-    print(f"  tangent step, D x D eigh:       {eigh_s * 1e3:9.1f} ms/step"
-          + (f"  (timed on {n} sample(s), x{args.batch / n:g})" if n < args.batch else ""))
+    print(
+        f"  tangent step, D x D eigh:       {eigh_s * 1e3:9.1f} ms/step"
+        + (f"  (timed on {n} sample(s), x{args.batch / n:g})" if n < args.batch else "")
+    )
     print(f"  tangent step ratio:             {eigh_s / svd_s:9.0f}x")
-    print(f"  whole term per step (clouds + step): {(cloud_s + svd_s) * 1e3:.1f} ms vs "
-          f"{(cloud_s + eigh_s) * 1e3:.1f} ms = {(cloud_s + eigh_s) / (cloud_s + svd_s):.0f}x "
-          "faster (target >= 100x)")
+    print(
+        f"  whole term per step (clouds + step): {(cloud_s + svd_s) * 1e3:.1f} ms vs "
+        f"{(cloud_s + eigh_s) * 1e3:.1f} ms = {(cloud_s + eigh_s) / (cloud_s + svd_s):.0f}x "
+        "faster (target >= 100x)"
+    )
 
 
 if __name__ == "__main__":

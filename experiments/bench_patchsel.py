@@ -60,15 +60,20 @@ def main() -> None:
     keys = list(range(len(latents)))
 
     def score(batched: bool):
-        return lambda: relevance_maps(gen, latents, cond, null, keys, draws=args.draws,
-                                      batched=batched, batch_size=64)
+        return lambda: relevance_maps(
+            gen, latents, cond, null, keys, draws=args.draws, batched=batched, batch_size=64
+        )
 
     t_batched, t_separate = timed_together([score(True), score(False)], args.repeats)
     n = len(latents)
-    print(f"torch threads: {torch.get_num_threads()}, digits class 3 ({n} images), "
-          f"{args.draws} draws, 64 rows per forward")
-    print(f"relevance scoring: batched cond+null {n / t_batched:.1f} images/s, two passes "
-          f"{n / t_separate:.1f} images/s, speed-up {t_separate / t_batched:.2f}x")
+    print(
+        f"torch threads: {torch.get_num_threads()}, digits class 3 ({n} images), "
+        f"{args.draws} draws, 64 rows per forward"
+    )
+    print(
+        f"relevance scoring: batched cond+null {n / t_batched:.1f} images/s, two passes "
+        f"{n / t_separate:.1f} images/s, speed-up {t_separate / t_batched:.2f}x"
+    )
 
     with tempfile.TemporaryDirectory() as cache:
         first = PatchSelection(draws=args.draws, score_cache_dir=cache)
@@ -76,10 +81,14 @@ def main() -> None:
         calls = count_calls(gen)
         again = PatchSelection(draws=args.draws, score_cache_dir=cache)
         t_again = select_all(again, data, 20, gen)
-    print(f"first pass (score + select, ipc 10, {data.num_classes} classes, "
-          f"{first.timings['scored_images']} images): {t_first:.2f} s")
-    print(f"cached re-selection (ipc 20): {t_again:.3f} s = {100 * t_again / t_first:.2f}% of the "
-          f"first pass (target <= 2%), model calls: {calls[0]}")
+    print(
+        f"first pass (score + select, ipc 10, {data.num_classes} classes, "
+        f"{first.timings['scored_images']} images): {t_first:.2f} s"
+    )
+    print(
+        f"cached re-selection (ipc 20): {t_again:.3f} s = {100 * t_again / t_first:.2f}% of the "
+        f"first pass (target <= 2%), model calls: {calls[0]}"
+    )
 
 
 if __name__ == "__main__":

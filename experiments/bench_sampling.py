@@ -35,10 +35,19 @@ def tiny_dit(data):
     """The dit_tiny architecture with random weights: speed does not depend on training."""
     torch.manual_seed(0)
     denoiser = build_denoiser("dit", data.channels, 16, data.num_classes, ARCH)
-    return class_conditional(denoiser, LatentCodec(), {"num_train_timesteps": 1000},
-                             model_classes=data.num_classes, null_label=null_label_of(denoiser),
-                             class_map=None, resolution=16, image_channels=1, cfg_scale=3.0,
-                             cfg_channels=None, name="dit_tiny")
+    return class_conditional(
+        denoiser,
+        LatentCodec(),
+        {"num_train_timesteps": 1000},
+        model_classes=data.num_classes,
+        null_label=null_label_of(denoiser),
+        class_map=None,
+        resolution=16,
+        image_channels=1,
+        cfg_scale=3.0,
+        cfg_channels=None,
+        name="dit_tiny",
+    )
 
 
 def timed(fn, repeats: int) -> float:
@@ -73,13 +82,19 @@ def main() -> None:
         sample_latents(gen, labels, rng=rng_for(0, "b"), steps=50)
 
     def guided():
-        sample_latents(gen, labels, rng=rng_for(0, "b"), steps=50,
-                       guidance=ModeGuidance(modes, lam=0.1, t_sg=25))
+        sample_latents(
+            gen, labels, rng=rng_for(0, "b"), steps=50, guidance=ModeGuidance(modes, lam=0.1, t_sg=25)
+        )
 
     def one_at_a_time():
         for j in range(args.ipc):
-            sample_latents(gen, labels[j:j + 1], rng=rng_for(0, "b", j), steps=50,
-                           guidance=ModeGuidance(modes[j:j + 1], lam=0.1, t_sg=25))
+            sample_latents(
+                gen,
+                labels[j : j + 1],
+                rng=rng_for(0, "b", j),
+                steps=50,
+                guidance=ModeGuidance(modes[j : j + 1], lam=0.1, t_sg=25),
+            )
 
     def forwards(rows: int):
         x, t = torch.randn(rows, *gen.latent_shape), torch.tensor(500)
@@ -90,12 +105,18 @@ def main() -> None:
     with torch.no_grad():  # the denoiser alone: what batching can gain on this machine at most
         t_rows_one, t_rows_all = timed(forwards(2), args.repeats), timed(forwards(2 * args.ipc), args.repeats)
     print(f"torch threads: {torch.get_num_threads()}, ipc {args.ipc}, 50 DDPM steps, CFG 3")
-    print(f"unguided class batch: {t_unguided:.3f} s  guided: {t_guided:.3f} s  "
-          f"ratio guided/unguided = {t_guided / t_unguided:.3f} (target <= 1.03)")
-    print(f"one sample at a time: {t_single:.3f} s  batched speed-up = "
-          f"{t_single / t_guided:.2f}x (target >= 5x)")
-    print(f"denoiser alone: {2 * args.ipc} rows {100 * t_rows_all:.1f} ms, 2 rows {100 * t_rows_one:.1f} ms "
-          f"per forward -> batching bound {args.ipc * t_rows_one / t_rows_all:.2f}x without the loop")
+    print(
+        f"unguided class batch: {t_unguided:.3f} s  guided: {t_guided:.3f} s  "
+        f"ratio guided/unguided = {t_guided / t_unguided:.3f} (target <= 1.03)"
+    )
+    print(
+        f"one sample at a time: {t_single:.3f} s  batched speed-up = "
+        f"{t_single / t_guided:.2f}x (target >= 5x)"
+    )
+    print(
+        f"denoiser alone: {2 * args.ipc} rows {100 * t_rows_all:.1f} ms, 2 rows {100 * t_rows_one:.1f} ms "
+        f"per forward -> batching bound {args.ipc * t_rows_one / t_rows_all:.2f}x without the loop"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,11 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--probe-steps", type=int, default=50)
     parser.add_argument("--cfg", default="", help="CFG scales to probe (default: the config's)")
-    parser.add_argument("--folder", type=Path, help="probe this trained generator folder instead of "
-                        "training (e.g. a shipped one, at several --cfg)")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        help="probe this trained generator folder instead of training (e.g. a shipped one, at several --cfg)",
+    )
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default="logs/generator_recipe.jsonl")
     args, overrides = parser.parse_known_args()
@@ -81,16 +84,15 @@ def main() -> None:
         meta = json.loads((args.folder / "meta.json").read_text())
         spec = meta["spec"]
         snaps.states[meta["steps"]], snaps.seconds[meta["steps"]] = None, meta["train_seconds"]
-        generator = saved_generator(args.folder, spec, data, gen["cfg_scale"],
-                                    gen.get("timestep_spacing"))
+        generator = saved_generator(args.folder, spec, data, gen["cfg_scale"], gen.get("timestep_spacing"))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            meta = train_denoiser(data, spec, Path(tmp), {"accelerator": "cpu", "devices": 1},
-                                  callbacks=[snaps])
+            meta = train_denoiser(
+                data, spec, Path(tmp), {"accelerator": "cpu", "devices": 1}, callbacks=[snaps]
+            )
             snaps.states.setdefault(meta["steps"], None)
             snaps.seconds.setdefault(meta["steps"], meta["train_seconds"])
-            generator = saved_generator(Path(tmp), spec, data, gen["cfg_scale"],
-                                        gen.get("timestep_spacing"))
+            generator = saved_generator(Path(tmp), spec, data, gen["cfg_scale"], gen.get("timestep_spacing"))
     final = copy.deepcopy(generator.denoiser.state_dict())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     scales = [float(s) for s in args.cfg.split(",") if s] or [gen["cfg_scale"]]
@@ -99,10 +101,16 @@ def main() -> None:
         generator.cfg_scale = scale
         start = time.perf_counter()
         report = probe_report(generator, data, args.per_class, steps=args.probe_steps)
-        row = {"label": args.label, "overrides": overrides, "step": step, "cfg": scale,
-               "train_seconds": snaps.seconds[step], "probe_seconds": round(time.perf_counter() - start, 1),
-               **{k: v for k, v in report.items() if k != "diversity_per_class"},
-               "parameters": meta["parameters"]}
+        row = {
+            "label": args.label,
+            "overrides": overrides,
+            "step": step,
+            "cfg": scale,
+            "train_seconds": snaps.seconds[step],
+            "probe_seconds": round(time.perf_counter() - start, 1),
+            **{k: v for k, v in report.items() if k != "diversity_per_class"},
+            "parameters": meta["parameters"],
+        }
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

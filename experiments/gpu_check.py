@@ -55,9 +55,18 @@ def dit_generator(device, dtype, arch: dict, latent: int):
     model = build_dit(4, latent, 1000, learned_variance=True, **arch).to(device, dtype)
     schedule = {"num_train_timesteps": 1000, "beta_schedule": "linear", "clip_sample": False}
     codec = LatentCodec()  # sampling cost only: latents are not decoded here
-    gen = ClassConditionalGenerator(model, codec, schedule, resolution=latent, image_channels=3,
-                                    cfg_scale=4.0, cfg_channels=3, model_classes=1000,
-                                    null_label=1000, timestep_spacing={"ddpm": "linspace"})
+    gen = ClassConditionalGenerator(
+        model,
+        codec,
+        schedule,
+        resolution=latent,
+        image_channels=3,
+        cfg_scale=4.0,
+        cfg_channels=3,
+        model_classes=1000,
+        null_label=1000,
+        timestep_spacing={"ddpm": "linspace"},
+    )
     return gen
 
 
@@ -66,8 +75,9 @@ def forward_flops(gen, batch: int) -> float:
 
     x = torch.randn(batch, *gen.latent_shape, device=gen.device, dtype=gen.dtype)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        gen.denoise(x, torch.tensor(500, device=gen.device), torch.zeros(batch, dtype=torch.long,
-                                                                           device=gen.device))
+        gen.denoise(
+            x, torch.tensor(500, device=gen.device), torch.zeros(batch, dtype=torch.long, device=gen.device)
+        )
     return float(counter.get_total_flops())
 
 
@@ -80,8 +90,11 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
         peak = matmul_peak(device, dtype, 256 if tiny else 8192)
         gen = dit_generator(device, dtype, arch, latent)
         name = f"{'tiny DiT' if tiny else 'DiT-XL/2'} {str(dtype).split('.')[-1]}"
-        for label, n in (("batch 1", 1), (f"IPC {ipc}", ipc), (f"{classes} classes x IPC {ipc}",
-                                                                ipc * classes)):
+        for label, n in (
+            ("batch 1", 1),
+            (f"IPC {ipc}", ipc),
+            (f"{classes} classes x IPC {ipc}", ipc * classes),
+        ):
             labels = torch.arange(n) % classes
 
             def sample(labels=labels, gen=gen):
@@ -89,8 +102,13 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
 
             seconds = timed(sample, device)
             flops = forward_flops(gen, 2 * n) * steps  # CFG: conditional + null rows
-            rows.append((f"{name} {label}", f"{n / seconds:.2f} img/s",
-                         f"{100 * flops / seconds / peak:.1f}% of matmul peak"))
+            rows.append(
+                (
+                    f"{name} {label}",
+                    f"{n / seconds:.2f} img/s",
+                    f"{100 * flops / seconds / peak:.1f}% of matmul peak",
+                )
+            )
     return rows
 
 
@@ -98,10 +116,15 @@ def sd_row(device, tiny: bool, steps: int) -> tuple:
     from diffusers import UNet2DConditionModel
 
     if tiny:
-        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                                    cross_attention_dim=32, attention_head_dim=8,
-                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        )
         size, tokens, width = 8, 8, 32
     else:  # SD v1.5's U-Net config (diffusers defaults are SD v1's)
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
@@ -133,12 +156,9 @@ def faiss_row(tiny: bool) -> tuple:
         backend = "faiss"
     except ImportError:
         backend = "torch"
-    seconds = timed(lambda: kmeans(x, k, seed=0, iterations=50, backend=backend),
-                    torch.device(device))
-    gpu = backend == "faiss" and device == "cuda" and hasattr(sys.modules["faiss"],
-                                                             "StandardGpuResources")
-    return (f"k-means {n} x {d}, k = {k} ({backend}{', GPU' if gpu else ''})", f"{seconds:.2f} s",
-            "")
+    seconds = timed(lambda: kmeans(x, k, seed=0, iterations=50, backend=backend), torch.device(device))
+    gpu = backend == "faiss" and device == "cuda" and hasattr(sys.modules["faiss"], "StandardGpuResources")
+    return (f"k-means {n} x {d}, k = {k} ({backend}{', GPU' if gpu else ''})", f"{seconds:.2f} s", "")
 
 
 def ddp_step(rank: int, world: int, port: int, tiny: bool, out) -> None:
@@ -176,8 +196,11 @@ def ddp_row(tiny: bool) -> tuple:
     out = ctx.Queue()
     mp.start_processes(ddp_step, args=(world, 29511, tiny, out), nprocs=world, start_method="spawn")
     seconds = out.get()
-    return (f"DDP student step, ResNet-18, {world} process(es)", f"{seconds * 1000:.0f} ms/step",
-            "nccl" if torch.cuda.is_available() else "gloo")
+    return (
+        f"DDP student step, ResNet-18, {world} process(es)",
+        f"{seconds * 1000:.0f} ms/step",
+        "nccl" if torch.cuda.is_available() else "gloo",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

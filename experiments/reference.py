@@ -35,8 +35,12 @@ DATASETS = ("digits", "fashion_mnist")
 IPCS = (1, 10, 50)
 PROTOCOLS = {  # both protocols train the same ConvNet student; the teacher is a ConvNet too
     "hard_label": ["eval=hard_label"],
-    "soft_label": ["eval=soft_label", "eval/student=convnet",
-                   "eval/student@eval.teacher.model=convnet", "eval.teacher.train.epochs=10"],
+    "soft_label": [
+        "eval=soft_label",
+        "eval/student=convnet",
+        "eval/student@eval.teacher.model=convnet",
+        "eval.teacher.train.epochs=10",
+    ],
 }
 METHODS = {  # label -> overrides
     "random real": ["method=random"],
@@ -58,20 +62,28 @@ COMPONENTS = {  # MGD^3 Table 3
 }
 PATCHSEL_ABLATIONS = {
     "DIFT clustering, all images": ["method=patchsel", "method.tile_max_ipc=0"],
-    "no clustering, all images": ["method=patchsel", "method.tile_max_ipc=0",
-                                  "method.clustering=false"],
-    "DIFT clustering, 50 images per class": ["method=patchsel", "method.tile_max_ipc=0",
-                                             "method.images_per_class=50"],
+    "no clustering, all images": ["method=patchsel", "method.tile_max_ipc=0", "method.clustering=false"],
+    "DIFT clustering, 50 images per class": [
+        "method=patchsel",
+        "method.tile_max_ipc=0",
+        "method.images_per_class=50",
+    ],
 }
-SMOKE = {"datasets": ("digits",), "ipcs": (2,), "methods": ("random real", "unguided"),
-         "t_sg": (0, 50), "lams": (), "extra": ["debug=tiny"]}
+SMOKE = {
+    "datasets": ("digits",),
+    "ipcs": (2,),
+    "methods": ("random real", "unguided"),
+    "t_sg": (0, 50),
+    "lams": (),
+    "extra": ["debug=tiny"],
+}
 
 
 @dataclass
 class Job:
-    name: str               # folder under the runs directory, and the key of its results
+    name: str  # folder under the runs directory, and the key of its results
     overrides: list[str]
-    group: str = "table"    # table | tsg | lam | components | patchsel | setup
+    group: str = "table"  # table | tsg | lam | components | patchsel | setup
 
     def folder(self, runs: Path) -> Path:
         return runs / self.name
@@ -79,8 +91,9 @@ class Job:
     def finished(self, runs: Path) -> bool:
         folder = self.folder(runs)
         try:
-            return (folder / "metrics.json").is_file() and json.loads(
-                (folder / "job.json").read_text())["overrides"] == self.overrides
+            return (folder / "metrics.json").is_file() and json.loads((folder / "job.json").read_text())[
+                "overrides"
+            ] == self.overrides
         except (OSError, ValueError, KeyError):
             return False
 
@@ -90,15 +103,13 @@ def slug(label: str) -> str:
 
 
 def base(dataset: str, protocol: str, ipc: int, extra: list[str]) -> list[str]:
-    return [f"dataset={dataset}", "experiment=reference", *PROTOCOLS[protocol], f"ipc={ipc}",
-            *extra]
+    return [f"dataset={dataset}", "experiment=reference", *PROTOCOLS[protocol], f"ipc={ipc}", *extra]
 
 
 def sweep_jobs(dataset: str, ipc: int, t_sgs, lams, extra) -> list[Job]:
     common = base(dataset, "hard_label", ipc, extra) + ["method=mgd3"]
     jobs = [Job(f"{dataset}/sweep/tsg{t}", common + [f"method.t_sg={t}"], "tsg") for t in t_sgs]
-    return jobs + [Job(f"{dataset}/sweep/lam{lam}", common + [f"method.lam={lam}"], "lam")
-                   for lam in lams]
+    return jobs + [Job(f"{dataset}/sweep/lam{lam}", common + [f"method.lam={lam}"], "lam") for lam in lams]
 
 
 def table_jobs(dataset: str, ipcs, methods, extra, best: list[str] | None) -> list[Job]:
@@ -109,16 +120,24 @@ def table_jobs(dataset: str, ipcs, methods, extra, best: list[str] | None) -> li
             if best is not None:
                 rows["MGD^3 (best t_SG, lam)"] = ["method=mgd3", *best]
             for label, overrides in rows.items():
-                jobs.append(Job(f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}",
-                                base(dataset, protocol, ipc, extra) + overrides))
+                jobs.append(
+                    Job(
+                        f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}",
+                        base(dataset, protocol, ipc, extra) + overrides,
+                    )
+                )
     return jobs
 
 
 def ablation_jobs(dataset: str, extra) -> list[Job]:
-    jobs = [Job(f"{dataset}/components/{slug(k)}", base(dataset, "hard_label", 10, extra) + v,
-                "components") for k, v in COMPONENTS.items()]
-    return jobs + [Job(f"{dataset}/patchsel/{slug(k)}", base(dataset, "soft_label", 10, extra) + v,
-                       "patchsel") for k, v in PATCHSEL_ABLATIONS.items()]
+    jobs = [
+        Job(f"{dataset}/components/{slug(k)}", base(dataset, "hard_label", 10, extra) + v, "components")
+        for k, v in COMPONENTS.items()
+    ]
+    return jobs + [
+        Job(f"{dataset}/patchsel/{slug(k)}", base(dataset, "soft_label", 10, extra) + v, "patchsel")
+        for k, v in PATCHSEL_ABLATIONS.items()
+    ]
 
 
 # -- running -------------------------------------------------------------------------------
@@ -131,9 +150,11 @@ def compose(overrides: list[str], folder: Path, runs: Path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["logger=csv", *overrides,
-                                                 f"hydra.run.dir={folder}"],
-                            return_hydra_config=True)
+        cfg = hydra_compose(
+            "config",
+            overrides=["logger=csv", *overrides, f"hydra.run.dir={folder}"],
+            return_hydra_config=True,
+        )
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(folder)
@@ -171,8 +192,11 @@ def run_all(jobs: list[Job], runs: Path, done_before: int, total: int) -> None:
         t0 = time.perf_counter()
         run_job(job, runs)
         rate = (i + 1) / (time.perf_counter() - started)
-        print(f"  done in {time.perf_counter() - t0:.0f} s; {rate * 3600:.0f} jobs/h, "
-              f"ETA for this phase {(len(todo) - i - 1) / rate / 60:.1f} min", flush=True)
+        print(
+            f"  done in {time.perf_counter() - t0:.0f} s; {rate * 3600:.0f} jobs/h, "
+            f"ETA for this phase {(len(todo) - i - 1) / rate / 60:.1f} min",
+            flush=True,
+        )
 
 
 def best_setting(runs: Path, dataset: str, t_sgs, lams) -> list[str]:
@@ -196,11 +220,26 @@ def read_metrics(folder: Path) -> dict | None:
 
 def plan(smoke: bool) -> dict:
     if smoke:
-        return {"datasets": SMOKE["datasets"], "ipcs": SMOKE["ipcs"], "methods": SMOKE["methods"],
-                "t_sg": SMOKE["t_sg"], "lams": SMOKE["lams"], "extra": SMOKE["extra"],
-                "ablations": False, "sweep_ipc": 2}
-    return {"datasets": DATASETS, "ipcs": IPCS, "methods": tuple(METHODS), "t_sg": T_SG,
-            "lams": LAMS, "extra": [], "ablations": True, "sweep_ipc": 10}
+        return {
+            "datasets": SMOKE["datasets"],
+            "ipcs": SMOKE["ipcs"],
+            "methods": SMOKE["methods"],
+            "t_sg": SMOKE["t_sg"],
+            "lams": SMOKE["lams"],
+            "extra": SMOKE["extra"],
+            "ablations": False,
+            "sweep_ipc": 2,
+        }
+    return {
+        "datasets": DATASETS,
+        "ipcs": IPCS,
+        "methods": tuple(METHODS),
+        "t_sg": T_SG,
+        "lams": LAMS,
+        "extra": [],
+        "ablations": True,
+        "sweep_ipc": 10,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

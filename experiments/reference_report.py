@@ -32,7 +32,9 @@ def load(runs: Path) -> dict[str, dict]:
         if metrics_file.is_file():
             jobs[str(folder.relative_to(runs))] = {
                 "metrics": json.loads(metrics_file.read_text()),
-                "seconds": json.loads(record.read_text()).get("seconds", 0.0), "folder": folder}
+                "seconds": json.loads(record.read_text()).get("seconds", 0.0),
+                "folder": folder,
+            }
     return jobs
 
 
@@ -59,8 +61,10 @@ def verdict(a: tuple | None, b: tuple | None) -> str:
 def method_table(jobs: dict, dataset: str, protocol: str, ipcs, labels) -> list[str]:
     from experiments.reference import slug
 
-    lines = ["| method | " + " | ".join(f"IPC {i} final | IPC {i} best" for i in ipcs) + " |",
-             "|---|" + "---|---|" * len(ipcs)]
+    lines = [
+        "| method | " + " | ".join(f"IPC {i} final | IPC {i} best" for i in ipcs) + " |",
+        "|---|" + "---|---|" * len(ipcs),
+    ]
     for label in labels:
         cells = []
         for ipc in ipcs:
@@ -81,15 +85,19 @@ def ranking_table(jobs: dict, dataset: str, protocol: str, ipc: int, labels) -> 
         m = job["metrics"]
         pct = lambda k, m=m: "-" if m.get(k) is None else f"{100 * m[k]:.1f}"  # noqa: E731
         lrs = "-" if m.get("ddranking/lrs") is None else f"{m['ddranking/lrs']:.3f}"
-        lines.append(f"| {label} | {pct('reference/full_hard_acc')} | {pct('reference/random_acc')}"
-                     f" | {pct('ddranking/hlr')} | {pct('ddranking/ior')} | {lrs} |")
+        lines.append(
+            f"| {label} | {pct('reference/full_hard_acc')} | {pct('reference/random_acc')}"
+            f" | {pct('ddranking/hlr')} | {pct('ddranking/ior')} | {lrs} |"
+        )
     return lines
 
 
 def rows_table(jobs: dict, names: dict[str, str], title: str) -> list[str]:
     lines = [f"| {title} | final | best |", "|---|---|---|"]
-    lines += [f"| {label} | {fmt(stat(jobs.get(name)))} | {fmt(stat(jobs.get(name), 'best'))} |"
-              for label, name in names.items()]
+    lines += [
+        f"| {label} | {fmt(stat(jobs.get(name)))} | {fmt(stat(jobs.get(name), 'best'))} |"
+        for label, name in names.items()
+    ]
     return lines
 
 
@@ -102,8 +110,14 @@ def tsg_curve(jobs: dict, dataset: str, t_sgs, path: Path) -> Path | None:
         return None
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
-    ax.errorbar([t for t, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points],
-                marker="o", capsize=3, label="MGD^3, lam 0.1")
+    ax.errorbar(
+        [t for t, _ in points],
+        [s[0] for _, s in points],
+        yerr=[s[1] for _, s in points],
+        marker="o",
+        capsize=3,
+        label="MGD^3, lam 0.1",
+    )
     ax.set_xlabel("t_SG (guidance while step index > t_SG; 50 = unguided)")
     ax.set_ylabel("final test top-1 (%)")
     ax.set_title(f"{dataset}, IPC 10, hard labels (MGD^3 Fig. 4a)", fontsize=10)
@@ -122,8 +136,9 @@ def side_by_side(jobs: dict, names: list[str], path: Path) -> Path | None:
     if len(grids) < 2:
         return None
     images = [Image.open(g).convert("RGB") for g in grids]
-    canvas = Image.new("RGB", (sum(i.width for i in images) + 10 * (len(images) - 1),
-                               max(i.height for i in images)), "white")
+    canvas = Image.new(
+        "RGB", (sum(i.width for i in images) + 10 * (len(images) - 1), max(i.height for i in images)), "white"
+    )
     x = 0
     for image in images:
         canvas.paste(image, (x, 0))
@@ -137,15 +152,17 @@ def scatter(jobs: dict, names: dict[str, str], path: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     points = [(label, jobs[n]["metrics"]) for label, n in names.items() if n in jobs]
-    points = [(label, m) for label, m in points
-              if m.get("set/diversity_mean") is not None and m.get("set/representativeness_mean")]
+    points = [
+        (label, m)
+        for label, m in points
+        if m.get("set/diversity_mean") is not None and m.get("set/representativeness_mean")
+    ]
     if not points:
         return None
     fig = Figure(figsize=(6, 4.4), dpi=100)
     ax = fig.subplots()
     for i, (label, m) in enumerate(points):
-        ax.scatter(m["set/representativeness_mean"], m["set/diversity_mean"], color=f"C{i}",
-                   label=label)
+        ax.scatter(m["set/representativeness_mean"], m["set/diversity_mean"], color=f"C{i}", label=label)
     ax.set_xlabel("representativeness (mean distance to 50 nearest real; lower = better)")
     ax.set_ylabel("diversity (min distance within class)")
     ax.grid(alpha=0.3)
@@ -161,13 +178,21 @@ def claims(jobs: dict, dataset: str, ipcs, t_sgs) -> list[str]:
     out = []
     for ipc in ipcs:
         mgd3 = stat(jobs.get(key("hard_label", ipc, "MGD^3 (paper defaults)")))
-        out.append(f"- MGD^3 beats unguided (hard labels, IPC {ipc}): "
-                   + verdict(mgd3, stat(jobs.get(key("hard_label", ipc, "unguided")))))
-        out.append(f"- generated (MGD^3) vs random real (hard labels, IPC {ipc}): "
-                   + verdict(mgd3, stat(jobs.get(key("hard_label", ipc, "random real")))))
-        out.append(f"- patch selection (single) beats random real under soft labels (IPC {ipc}): "
-                   + verdict(stat(jobs.get(key("soft_label", ipc, "patch selection (single)"))),
-                             stat(jobs.get(key("soft_label", ipc, "random real")))))
+        out.append(
+            f"- MGD^3 beats unguided (hard labels, IPC {ipc}): "
+            + verdict(mgd3, stat(jobs.get(key("hard_label", ipc, "unguided"))))
+        )
+        out.append(
+            f"- generated (MGD^3) vs random real (hard labels, IPC {ipc}): "
+            + verdict(mgd3, stat(jobs.get(key("hard_label", ipc, "random real"))))
+        )
+        out.append(
+            f"- patch selection (single) beats random real under soft labels (IPC {ipc}): "
+            + verdict(
+                stat(jobs.get(key("soft_label", ipc, "patch selection (single)"))),
+                stat(jobs.get(key("soft_label", ipc, "random real"))),
+            )
+        )
     curve = [(t, stat(jobs.get(f"{dataset}/sweep/tsg{t}"))) for t in t_sgs]
     curve = [(t, s) for t, s in curve if s]
     if len(curve) >= 3:
@@ -175,14 +200,15 @@ def claims(jobs: dict, dataset: str, ipcs, t_sgs) -> list[str]:
         ends = [curve[0][1], curve[-1][1]]
         interior = curve[0][0] < t_best < curve[-1][0]
         text = "; ".join(verdict(s_best, e) for e in ends)
-        out.append(f"- an interior t_SG optimum: best at t_SG = {t_best} "
-                   f"({'interior' if interior else 'an end point'}); against t_SG = "
-                   f"{curve[0][0]} and {curve[-1][0]}: {text}")
+        out.append(
+            f"- an interior t_SG optimum: best at t_SG = {t_best} "
+            f"({'interior' if interior else 'an end point'}); against t_SG = "
+            f"{curve[0][0]} and {curve[-1][0]}: {text}"
+        )
     steps = [stat(jobs.get(f"{dataset}/components/{slug(k)}")) for k in COMPONENTS]
     names = list(COMPONENTS)
     for i in (1, 2):
-        out.append(f"- component '{names[i]}' adds over '{names[i - 1]}': "
-                   + verdict(steps[i], steps[i - 1]))
+        out.append(f"- component '{names[i]}' adds over '{names[i - 1]}': " + verdict(steps[i], steps[i - 1]))
     ab = [stat(jobs.get(f"{dataset}/patchsel/{slug(k)}")) for k in PATCHSEL_ABLATIONS]
     out.append("- clustering helps (patch selection, soft labels, IPC 10): " + verdict(ab[0], ab[1]))
     return out
@@ -193,48 +219,76 @@ def write_report(runs: Path, out: Path, plan: dict) -> Path:
 
     jobs = load(runs)
     labels = list(plan["methods"]) + ["MGD^3 (best t_SG, lam)"]
-    planned = len(plan["datasets"]) * (len(plan["t_sg"]) + len(plan["lams"])
-                                       + 2 * len(plan["ipcs"]) * len(labels)
-                                       + (len(COMPONENTS) + len(PATCHSEL_ABLATIONS)
-                                          if plan["ablations"] else 0))
+    planned = len(plan["datasets"]) * (
+        len(plan["t_sg"])
+        + len(plan["lams"])
+        + 2 * len(plan["ipcs"]) * len(labels)
+        + (len(COMPONENTS) + len(PATCHSEL_ABLATIONS) if plan["ablations"] else 0)
+    )
     hours = sum(j["seconds"] for j in jobs.values()) / 3600
     lines = [HEADER.format(runs=runs, finished=len(jobs), planned=planned, hours=hours)]
     figures = out / "figures"
     for dataset in plan["datasets"]:
         lines.append(f"## {dataset}\n")
         for protocol in ("hard_label", "soft_label"):
-            lines += [f"### {protocol.replace('_', ' ')}s\n",
-                      *method_table(jobs, dataset, protocol, plan["ipcs"], labels), "",
-                      f"References and DD-Ranking scores at IPC {plan['ipcs'][-1]} (%, LRS as a "
-                      "fraction):\n",
-                      *ranking_table(jobs, dataset, protocol, plan["ipcs"][-1], labels), ""]
+            lines += [
+                f"### {protocol.replace('_', ' ')}s\n",
+                *method_table(jobs, dataset, protocol, plan["ipcs"], labels),
+                "",
+                f"References and DD-Ranking scores at IPC {plan['ipcs'][-1]} (%, LRS as a fraction):\n",
+                *ranking_table(jobs, dataset, protocol, plan["ipcs"][-1], labels),
+                "",
+            ]
         tsg = {f"t_SG = {t}": f"{dataset}/sweep/tsg{t}" for t in plan["t_sg"]}
         lam = {f"lam = {v}": f"{dataset}/sweep/lam{v}" for v in plan["lams"]}
-        lines += ["### t_SG sweep (MGD^3, lam 0.1, IPC 10, hard labels)\n",
-                  *rows_table(jobs, tsg, "t_SG"), "",
-                  "### lam sweep (MGD^3, t_SG 25, IPC 10, hard labels)\n",
-                  *rows_table(jobs, lam, "lam"), ""]
+        lines += [
+            "### t_SG sweep (MGD^3, lam 0.1, IPC 10, hard labels)\n",
+            *rows_table(jobs, tsg, "t_SG"),
+            "",
+            "### lam sweep (MGD^3, t_SG 25, IPC 10, hard labels)\n",
+            *rows_table(jobs, lam, "lam"),
+            "",
+        ]
         if plan["ablations"]:
             comp = {k: f"{dataset}/components/{slug(k)}" for k in COMPONENTS}
             patch = {k: f"{dataset}/patchsel/{slug(k)}" for k in PATCHSEL_ABLATIONS}
-            lines += ["### Components (MGD^3 Table 3; IPC 10, hard labels)\n",
-                      *rows_table(jobs, comp, "row"), "",
-                      "### Patch-selection ablations (IPC 10, soft labels)\n",
-                      *rows_table(jobs, patch, "row"), ""]
+            lines += [
+                "### Components (MGD^3 Table 3; IPC 10, hard labels)\n",
+                *rows_table(jobs, comp, "row"),
+                "",
+                "### Patch-selection ablations (IPC 10, soft labels)\n",
+                *rows_table(jobs, patch, "row"),
+                "",
+            ]
         ipc = 10 if 10 in plan["ipcs"] else plan["ipcs"][-1]
-        made = [tsg_curve(jobs, dataset, plan["t_sg"], figures / f"{dataset}_tsg.png"),
-                side_by_side(jobs, [f"{dataset}/hard_label/ipc{ipc}/unguided",
-                                    f"{dataset}/hard_label/ipc{ipc}/{slug('MGD^3 (paper defaults)')}"],
-                             figures / f"{dataset}_unguided_vs_mgd3.png"),
-                scatter(jobs, {m: f"{dataset}/hard_label/ipc{ipc}/{slug(m)}" for m in labels
-                               if m in METHODS or m.startswith("MGD")},
-                        figures / f"{dataset}_scatter.png")]
+        made = [
+            tsg_curve(jobs, dataset, plan["t_sg"], figures / f"{dataset}_tsg.png"),
+            side_by_side(
+                jobs,
+                [
+                    f"{dataset}/hard_label/ipc{ipc}/unguided",
+                    f"{dataset}/hard_label/ipc{ipc}/{slug('MGD^3 (paper defaults)')}",
+                ],
+                figures / f"{dataset}_unguided_vs_mgd3.png",
+            ),
+            scatter(
+                jobs,
+                {
+                    m: f"{dataset}/hard_label/ipc{ipc}/{slug(m)}"
+                    for m in labels
+                    if m in METHODS or m.startswith("MGD")
+                },
+                figures / f"{dataset}_scatter.png",
+            ),
+        ]
         lines += ["### Figures\n"] + [f"![{p.stem}](figures/{p.name})" for p in made if p] + [""]
         lines += ["### Claims\n", *claims(jobs, dataset, plan["ipcs"], plan["t_sg"]), ""]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "reference.md"
     path.write_text("\n".join(lines))
-    summary = {name: {k: v for k, v in j["metrics"].items() if isinstance(v, (int, float, str))}
-               for name, j in sorted(jobs.items())}
+    summary = {
+        name: {k: v for k, v in j["metrics"].items() if isinstance(v, (int, float, str))}
+        for name, j in sorted(jobs.items())
+    }
     (out / "reference.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     return path

@@ -46,8 +46,10 @@ def main() -> None:
     args = parser.parse_args()
     digest = ship(args.folder.resolve())
     meta = json.loads((args.folder / "meta.json").read_text())
-    print(f"shipped {args.folder.name}: sha256 {digest}, sample accuracy "
-          f"{meta.get('sample_accuracy')}, {meta.get('train_seconds')} s of training")
+    print(
+        f"shipped {args.folder.name}: sha256 {digest}, sample accuracy "
+        f"{meta.get('sample_accuracy')}, {meta.get('train_seconds')} s of training"
+    )
 
 
 if __name__ == "__main__":

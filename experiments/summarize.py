@@ -27,10 +27,14 @@ import yaml
 NOT_CONFIG = ("seed", "logger", "paths.", "hydra.", "dataset.root", "eval.distilled_dir")
 
 # (metrics.json key, column title, scale for display, digits); accuracies pool "<key>_runs"
-METRICS = [("student/final_acc", "final top-1", 100, 1), ("student/best_acc", "best top-1", 100, 1),
-           ("set/diversity_mean", "diversity", 1, 2),
-           ("set/representativeness_mean", "representativeness", 1, 2),
-           ("distill/seconds", "distill s", 1, 1), ("student/seconds", "eval s", 1, 1)]
+METRICS = [
+    ("student/final_acc", "final top-1", 100, 1),
+    ("student/best_acc", "best top-1", 100, 1),
+    ("set/diversity_mean", "diversity", 1, 2),
+    ("set/representativeness_mean", "representativeness", 1, 2),
+    ("distill/seconds", "distill s", 1, 1),
+    ("student/seconds", "eval s", 1, 1),
+]
 
 
 @dataclass
@@ -83,13 +87,17 @@ def read_job(folder: Path) -> Job:
         overrides = parse_overrides([p for p in folder.name.split(",") if "=" in p])
     manifest_file = folder / "distilled" / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    return Job(folder, overrides, json.loads((folder / "metrics.json").read_text()),
-               manifest.get("config", {}))
+    return Job(
+        folder, overrides, json.loads((folder / "metrics.json").read_text()), manifest.get("config", {})
+    )
 
 
 def collect(sweep_dir: Path) -> list[Job]:
-    files = [sweep_dir / "metrics.json"] if (sweep_dir / "metrics.json").is_file() else \
-        sorted(sweep_dir.rglob("metrics.json"))  # nested too: sweeps made before jobs were one level
+    files = (
+        [sweep_dir / "metrics.json"]
+        if (sweep_dir / "metrics.json").is_file()
+        else sorted(sweep_dir.rglob("metrics.json"))
+    )  # nested too: sweeps made before jobs were one level
     return [read_job(f.parent) for f in files]
 
 
@@ -125,17 +133,21 @@ def group_jobs(jobs: list[Job]) -> list[dict]:
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.identity, []).append(job)
-    varying = {k for ident in groups for k, v in ident
-               if any(dict(other).get(k) != v for other in groups)}
+    varying = {k for ident in groups for k, v in ident if any(dict(other).get(k) != v for other in groups)}
     rows = []
     for identity in sorted(groups, key=sort_key):
         members = groups[identity]
-        label = ",".join(f"{k}={v}" for k, v in identity if k in varying) or \
-            (",".join(f"{k}={v}" for k, v in identity) or "all")
-        row = {"config": label, "jobs": len(members), "members": members,
-               "method": unique(j.metrics.get("method") for j in members),
-               "ipc": unique(j.metrics.get("ipc") for j in members),
-               "seeds": unique(j.metrics.get("seed") for j in members)}
+        label = ",".join(f"{k}={v}" for k, v in identity if k in varying) or (
+            ",".join(f"{k}={v}" for k, v in identity) or "all"
+        )
+        row = {
+            "config": label,
+            "jobs": len(members),
+            "members": members,
+            "method": unique(j.metrics.get("method") for j in members),
+            "ipc": unique(j.metrics.get("ipc") for j in members),
+            "seeds": unique(j.metrics.get("seed") for j in members),
+        }
         for key, *_ in METRICS:
             values = metric_values(members, key)
             row[key] = (*mean_std(values), len(values)) if values else None
@@ -217,8 +229,14 @@ def save_curves(rows: list[dict], path: Path, metric: str = "student/final_acc")
     for lam in sorted(lines, key=lambda v: (v is None, v)):
         points = sorted(lines[lam])
         x = [p[0] for p in points]
-        ax.errorbar(x, [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
-                    marker="o", capsize=3, label=f"λ = {lam}")
+        ax.errorbar(
+            x,
+            [100 * p[1] for p in points],
+            yerr=[100 * p[2] for p in points],
+            marker="o",
+            capsize=3,
+            label=f"λ = {lam}",
+        )
     for i, (label, (mean, _std, _n)) in enumerate(references):
         ax.axhline(100 * mean, linestyle="--", color=f"C{len(lines) + i}", label=label)
     ax.set_xlabel("stop guidance t_SG (guidance on while step index > t_SG)")
@@ -234,21 +252,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
-    parser.add_argument("--curves", type=Path, default=None,
-                        help="PNG of accuracy vs method.t_sg, one line per method.lam")
-    parser.add_argument("--metric", choices=["final", "best"], default="final",
-                        help="accuracy drawn by --curves (default: final)")
+    parser.add_argument(
+        "--curves", type=Path, default=None, help="PNG of accuracy vs method.t_sg, one line per method.lam"
+    )
+    parser.add_argument(
+        "--metric",
+        choices=["final", "best"],
+        default="final",
+        help="accuracy drawn by --curves (default: final)",
+    )
     args = parser.parse_args(argv)
     jobs = collect(args.sweep_dir)
     if not jobs:
-        print(f"error: no metrics.json under {args.sweep_dir} (is it a multirun folder whose "
-              "jobs finished?)", file=sys.stderr)
+        print(
+            f"error: no metrics.json under {args.sweep_dir} (is it a multirun folder whose jobs finished?)",
+            file=sys.stderr,
+        )
         return 2
-    unfinished = [p.name for p in sorted(args.sweep_dir.iterdir())
-                  if p.is_dir() and (p / ".hydra").is_dir() and not (p / "metrics.json").is_file()]
+    unfinished = [
+        p.name
+        for p in sorted(args.sweep_dir.iterdir())
+        if p.is_dir() and (p / ".hydra").is_dir() and not (p / "metrics.json").is_file()
+    ]
     if unfinished:
-        print(f"note: {len(unfinished)} job(s) without metrics.json left out: "
-              f"{', '.join(unfinished[:3])}", file=sys.stderr)
+        print(
+            f"note: {len(unfinished)} job(s) without metrics.json left out: {', '.join(unfinished[:3])}",
+            file=sys.stderr,
+        )
     rows = group_jobs(jobs)
     print(markdown(rows))
     if args.csv:

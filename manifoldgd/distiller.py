@@ -22,21 +22,27 @@ def check_settings(s: ManifoldSettings) -> ManifoldSettings:
     if not s.radius > 0:
         raise UserError(f"method.radius must be > 0 (the cloud radius r), got {s.radius}")
     if not 2 <= s.neighbours <= s.cloud_points:
-        raise UserError(f"method.neighbours={s.neighbours} must be in [2, method.cloud_points="
-                        f"{s.cloud_points}] (K nearest cloud points)")
+        raise UserError(
+            f"method.neighbours={s.neighbours} must be in [2, method.cloud_points="
+            f"{s.cloud_points}] (K nearest cloud points)"
+        )
     if not 0 <= s.tangent_dim < s.neighbours:
-        raise UserError(f"method.tangent_dim={s.tangent_dim} must be smaller than "
-                        f"method.neighbours={s.neighbours} (K points span at most K - 1 directions)")
+        raise UserError(
+            f"method.tangent_dim={s.tangent_dim} must be smaller than "
+            f"method.neighbours={s.neighbours} (K points span at most K - 1 directions)"
+        )
     if not s.bandwidth > 0:
         raise UserError(f"method.bandwidth must be > 0, got {s.bandwidth}")
     if not 0 <= s.scale < float("inf"):
         raise UserError(f"method.manifold_scale must be a finite number >= 0, got {s.scale}")
     if s.warm_steps < 0 or not s.max_mult > 0:
-        raise UserError(f"method.warm_steps must be >= 0 and method.max_mult > 0, got "
-                        f"{s.warm_steps} and {s.max_mult}")
+        raise UserError(
+            f"method.warm_steps must be >= 0 and method.max_mult > 0, got {s.warm_steps} and {s.max_mult}"
+        )
     if s.schedule not in RADIUS_SCHEDULES:
-        raise UserError(f"unknown method.radius_schedule {s.schedule!r} (use one of: "
-                        f"{', '.join(RADIUS_SCHEDULES)})")
+        raise UserError(
+            f"unknown method.radius_schedule {s.schedule!r} (use one of: {', '.join(RADIUS_SCHEDULES)})"
+        )
     return s
 
 
@@ -55,21 +61,42 @@ class ManifoldGD(MGD3):
 
     name = "manifoldgd"
 
-    def __init__(self, manifold_scale: float = 0.1, radius: float = 0.05, bandwidth: float = 0.2,
-                 tangent_dim: int = 3, neighbours: int = 12, cloud_points: int = 300,
-                 cloud_linspace_start: float = 0.1, warm_steps: int = 5, max_mult: float = 2.0,
-                 radius_schedule: str = "exp", mode_discovery: str = "divisive_levels",
-                 divisive_level: int = 6, **kwargs):
+    def __init__(
+        self,
+        manifold_scale: float = 0.1,
+        radius: float = 0.05,
+        bandwidth: float = 0.2,
+        tangent_dim: int = 3,
+        neighbours: int = 12,
+        cloud_points: int = 300,
+        cloud_linspace_start: float = 0.1,
+        warm_steps: int = 5,
+        max_mult: float = 2.0,
+        radius_schedule: str = "exp",
+        mode_discovery: str = "divisive_levels",
+        divisive_level: int = 6,
+        **kwargs,
+    ):
         super().__init__(mode_discovery=mode_discovery, divisive_level=divisive_level, **kwargs)
-        self.settings = check_settings(ManifoldSettings(
-            scale=float(manifold_scale), radius=float(radius), bandwidth=float(bandwidth),
-            tangent_dim=int(tangent_dim), neighbours=int(neighbours),
-            cloud_points=int(cloud_points), linspace_start=float(cloud_linspace_start),
-            warm_steps=int(warm_steps), max_mult=float(max_mult), schedule=radius_schedule))
+        self.settings = check_settings(
+            ManifoldSettings(
+                scale=float(manifold_scale),
+                radius=float(radius),
+                bandwidth=float(bandwidth),
+                tangent_dim=int(tangent_dim),
+                neighbours=int(neighbours),
+                cloud_points=int(cloud_points),
+                linspace_start=float(cloud_linspace_start),
+                warm_steps=int(warm_steps),
+                max_mult=float(max_mult),
+                schedule=radius_schedule,
+            )
+        )
         self.cloud_seed = 0
 
-    def sample_class(self, generator, data, label: int, ipc: int, seed: int,
-                     modes: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_class(
+        self, generator, data, label: int, ipc: int, seed: int, modes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # the clouds' seed: per run seed and class, apart from the sampler's own generator, so
         # they do not depend on chunking or on the order in which classes are sampled
         self.cloud_seed = derive_seed(seed, "manifold", label)

@@ -44,13 +44,13 @@ from mgd3.guidance import ModeGuidance
 
 @dataclass(frozen=True)
 class ManifoldSettings:
-    scale: float = 0.1            # manifold_scale
-    radius: float = 0.05          # r: cloud radius after the warm-up
-    bandwidth: float = 0.2        # tanh(min_dist / bandwidth) distance weight
+    scale: float = 0.1  # manifold_scale
+    radius: float = 0.05  # r: cloud radius after the warm-up
+    bandwidth: float = 0.2  # tanh(min_dist / bandwidth) distance weight
     tangent_dim: int = 3
-    neighbours: int = 12          # K
-    cloud_points: int = 300       # P
-    linspace_start: float = 0.1   # half the cloud radii on linspace(linspace_start, r)
+    neighbours: int = 12  # K
+    cloud_points: int = 300  # P
+    linspace_start: float = 0.1  # half the cloud radii on linspace(linspace_start, r)
     warm_steps: int = 5
     max_mult: float = 2.0
     schedule: str = "exp"
@@ -66,15 +66,28 @@ class ManifoldGuidance:
         seed: the class's cloud seed; ``first``: class index of the first sample here.
     """
 
-    def __init__(self, mode: ModeGuidance, centres: torch.Tensor, settings: ManifoldSettings,
-                 steps: int, seed: int, first: int = 0):
+    def __init__(
+        self,
+        mode: ModeGuidance,
+        centres: torch.Tensor,
+        settings: ManifoldSettings,
+        steps: int,
+        seed: int,
+        first: int = 0,
+    ):
         self.mode, self.centres, self.settings = mode, centres, settings
         self.steps, self.seed, self.first = int(steps), int(seed), int(first)
 
     def subset(self, start: int, n: int) -> "ManifoldGuidance":
         """Samples start..start+n of the class: their clouds stay the same (seeded by index)."""
-        return ManifoldGuidance(self.mode.subset(start, n), self.centres[start:start + n],
-                                self.settings, self.steps, self.seed, self.first + start)
+        return ManifoldGuidance(
+            self.mode.subset(start, n),
+            self.centres[start : start + n],
+            self.settings,
+            self.steps,
+            self.seed,
+            self.first + start,
+        )
 
     def active(self, ctx: StepContext) -> bool:
         return self.settings.scale != 0.0 and ctx.index > self.mode.t_sg
@@ -82,21 +95,34 @@ class ManifoldGuidance:
     def clouds(self, ctx: StepContext) -> torch.Tensor:
         """(n, P, D) noised clouds around the centres at this step, on x's device."""
         s = self.settings
-        radius = annealed_radius(ctx.index, self.steps, s.radius, self.mode.t_sg, s.max_mult,
-                                 s.warm_steps, s.schedule)
+        radius = annealed_radius(
+            ctx.index, self.steps, s.radius, self.mode.t_sg, s.max_mult, s.warm_steps, s.schedule
+        )
         alpha_bar = float(ctx.alpha_bar)
-        clouds = [noisy_cloud(centre, radius, alpha_bar, s.cloud_points,
-                              torch.Generator().manual_seed(
-                                  derive_seed(self.seed, self.first + j, ctx.index)),
-                              s.linspace_start)
-                  for j, centre in enumerate(self.centres)]
+        clouds = [
+            noisy_cloud(
+                centre,
+                radius,
+                alpha_bar,
+                s.cloud_points,
+                torch.Generator().manual_seed(derive_seed(self.seed, self.first + j, ctx.index)),
+                s.linspace_start,
+            )
+            for j, centre in enumerate(self.centres)
+        ]
         return torch.stack(clouds).to(ctx.x.device)
 
     def manifold_term(self, ctx: StepContext) -> torch.Tensor:
         s = self.settings
         x = ctx.x.flatten(1).float()
-        step = normal_step(x, self.clouds(ctx), neighbours=s.neighbours,
-                           tangent_dim=s.tangent_dim, bandwidth=s.bandwidth, scale=s.scale)
+        step = normal_step(
+            x,
+            self.clouds(ctx),
+            neighbours=s.neighbours,
+            tangent_dim=s.tangent_dim,
+            bandwidth=s.bandwidth,
+            scale=s.scale,
+        )
         return step.view_as(ctx.x)
 
     def injection_scale(self, ctx: StepContext) -> float:

@@ -34,8 +34,9 @@ import torch
 RADIUS_SCHEDULES = ("linear", "cosine", "exp")
 
 
-def annealed_radius(index: int, steps: int, radius: float, t_sg: int, max_mult: float,
-                    warm_steps: int, schedule: str) -> float:
+def annealed_radius(
+    index: int, steps: int, radius: float, t_sg: int, max_mult: float, warm_steps: int, schedule: str
+) -> float:
     """The cloud radius at step ``index`` (steps-1..0): r * (1 + (max_mult - 1) * s(p)), with p
     going 1 -> 0 over the first ``warm_steps`` steps (never past t_sg), s = p (linear),
     (1 + cos(pi (1 - p))) / 2 (cosine) or (e^p - 1) / (e - 1) (exp); r afterwards."""
@@ -44,13 +45,22 @@ def annealed_radius(index: int, steps: int, radius: float, t_sg: int, max_mult: 
     if index <= cut or max_mult <= 1.0:
         return float(radius)
     p = min(max((index - cut) / max(1, top - cut), 0.0), 1.0)
-    s = {"linear": p, "cosine": 0.5 * (1.0 + math.cos(math.pi * (1.0 - p))),
-         "exp": (math.exp(p) - 1.0) / (math.e - 1.0)}[schedule]
+    s = {
+        "linear": p,
+        "cosine": 0.5 * (1.0 + math.cos(math.pi * (1.0 - p))),
+        "exp": (math.exp(p) - 1.0) / (math.e - 1.0),
+    }[schedule]
     return float(radius * (1.0 + (max_mult - 1.0) * s))
 
 
-def noisy_cloud(centre: torch.Tensor, radius: float, alpha_bar: float, points: int,
-                rng: torch.Generator, linspace_start: float = 0.1) -> torch.Tensor:
+def noisy_cloud(
+    centre: torch.Tensor,
+    radius: float,
+    alpha_bar: float,
+    points: int,
+    rng: torch.Generator,
+    linspace_start: float = 0.1,
+) -> torch.Tensor:
     """``points`` cloud points around ``centre`` (D,), noised to alpha_bar -> (points, D).
 
     Drawn on the CPU from ``rng`` (directions, uniform radii, diffusion noise, in that order),
@@ -69,16 +79,23 @@ def noisy_cloud(centre: torch.Tensor, radius: float, alpha_bar: float, points: i
 def tangent_frame(x: torch.Tensor, clouds: torch.Tensor, neighbours: int, tangent_dim: int):
     """For each row of x (B, D) and its cloud (B, P, D): (mu (B, D), U (B, d, D) with the top
     principal directions as rows, min_dist (B,)), from the ``neighbours`` nearest points."""
-    dist = (clouds - x[:, None]).pow(2).sum(dim=2).sqrt()            # (B, P), exact (no mm trick)
+    dist = (clouds - x[:, None]).pow(2).sum(dim=2).sqrt()  # (B, P), exact (no mm trick)
     near, idx = dist.topk(neighbours, dim=1, largest=False)
     picked = clouds.gather(1, idx[..., None].expand(-1, -1, clouds.shape[2]))  # (B, K, D)
     mu = picked.mean(dim=1)
-    _, _, vh = torch.linalg.svd(picked - mu[:, None], full_matrices=False)     # (B, K, D)
+    _, _, vh = torch.linalg.svd(picked - mu[:, None], full_matrices=False)  # (B, K, D)
     return mu, vh[:, :tangent_dim], near[:, 0]
 
 
-def normal_step(x: torch.Tensor, clouds: torch.Tensor, *, neighbours: int, tangent_dim: int,
-                bandwidth: float, scale: float) -> torch.Tensor:
+def normal_step(
+    x: torch.Tensor,
+    clouds: torch.Tensor,
+    *,
+    neighbours: int,
+    tangent_dim: int,
+    bandwidth: float,
+    scale: float,
+) -> torch.Tensor:
     """scale * tanh(min_dist / bandwidth) * n / |n|, n = -(I - U U^T)(x - mu) -> (B, D)."""
     mu, u, min_dist = tangent_frame(x, clouds, neighbours, tangent_dim)
     to_mu = x - mu

@@ -43,9 +43,15 @@ class UnguidedSampling(MethodBase):
     uses_generator = True
     name = "unguided"
 
-    def __init__(self, steps: int = 50, sampler: str = "ddpm", cfg_scale: float | None = None,
-                 batch_size: int | None = None, timestep_spacing: str = "auto",
-                 x0_from: str = "cfg"):
+    def __init__(
+        self,
+        steps: int = 50,
+        sampler: str = "ddpm",
+        cfg_scale: float | None = None,
+        batch_size: int | None = None,
+        timestep_spacing: str = "auto",
+        x0_from: str = "cfg",
+    ):
         if steps < 1:
             raise UserError(f"method.steps must be >= 1, got {steps}")
         if sampler not in SAMPLERS:
@@ -58,8 +64,9 @@ class UnguidedSampling(MethodBase):
         self.batch_size = batch_size
 
     # -- per-class hooks ----------------------------------------------------------------------
-    def class_modes(self, generator: DiffusionGenerator, data: ImageClassificationData,
-                    label: int, ipc: int, seed: int) -> torch.Tensor | None:
+    def class_modes(
+        self, generator: DiffusionGenerator, data: ImageClassificationData, label: int, ipc: int, seed: int
+    ) -> torch.Tensor | None:
         return None
 
     def guidance(self, modes: torch.Tensor | None) -> Guidance | None:
@@ -72,16 +79,18 @@ class UnguidedSampling(MethodBase):
     strength = 1.0  # img2img: the share of the schedule that start latents are noised to
 
     # -- the loop -----------------------------------------------------------------------------
-    def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
-                      generator: DiffusionGenerator) -> tuple[torch.Tensor, dict]:
+    def distill_class(
+        self, data: ImageClassificationData, label: int, ipc: int, seed: int, generator: DiffusionGenerator
+    ) -> tuple[torch.Tensor, dict]:
         modes = self.class_modes(generator, data, label, ipc, seed)
         info = mode_ids(ipc)
         if modes is not None:
             info["modes"] = modes.detach().cpu()
         return self.sample_class(generator, data, label, ipc, seed, modes), info
 
-    def sample_class(self, generator, data, label: int, ipc: int, seed: int,
-                     modes: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_class(
+        self, generator, data, label: int, ipc: int, seed: int, modes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """IPC images of class ``label``, guided by (or started from) ``modes`` if given."""
         guidance, init = self.guidance(modes), self.start_latents(modes)
         # one generator per sample: its noise does not depend on method.batch_size
@@ -90,12 +99,18 @@ class UnguidedSampling(MethodBase):
         for start in range(0, ipc, self.batch_size or ipc):
             n = min(self.batch_size or ipc, ipc - start)
             latents = sample_latents(
-                generator, torch.full((n,), label, dtype=torch.long), rng=rngs[start:start + n],
+                generator,
+                torch.full((n,), label, dtype=torch.long),
+                rng=rngs[start : start + n],
                 steps=self.steps,
-                cfg_scale=self.cfg_scale, sampler=self.sampler,
+                cfg_scale=self.cfg_scale,
+                sampler=self.sampler,
                 guidance=guidance.subset(start, n) if guidance is not None else None,
-                init=init[start:start + n] if init is not None else None, strength=self.strength,
-                timestep_spacing=self.timestep_spacing, x0_from=self.x0_from)
+                init=init[start : start + n] if init is not None else None,
+                strength=self.strength,
+                timestep_spacing=self.timestep_spacing,
+                x0_from=self.x0_from,
+            )
             chunks.append(resize_images(generator.decode(latents).cpu(), data.resolution))
         return torch.cat(chunks)
 
@@ -109,12 +124,10 @@ class LatentModesMixin:
     def validate(self, data: ImageClassificationData, ipc: int) -> None:
         if self.discovery.representative == "closest_real":
             data.check_ipc(ipc, "closest-real centres need ipc distinct real latents per class")
-        data.check_ipc(ipc, f"{self.discovery.method} mode discovery needs at least ipc latents "
-                            "per class")
+        data.check_ipc(ipc, f"{self.discovery.method} mode discovery needs at least ipc latents per class")
 
     def class_modes(self, generator, data, label, ipc, seed) -> torch.Tensor:
-        return modes_for_class(generator, data, label, ipc, seed, discovery=self.discovery,
-                               cache=self.cache)
+        return modes_for_class(generator, data, label, ipc, seed, discovery=self.discovery, cache=self.cache)
 
 
 class MGD3(LatentModesMixin, UnguidedSampling):
@@ -138,27 +151,50 @@ class MGD3(LatentModesMixin, UnguidedSampling):
 
     name = "mgd3"
 
-    def __init__(self, lam: float = 0.1, t_sg: int = 25, injection: str = "posterior_mean",
-                 mode_discovery: str = "kmeans", kmeans_backend: str = "auto",
-                 dbscan_eps: float | None = None, dbscan_min_samples: int = 5,
-                 linkage: str = "ward", divisive_criterion: str = "sse", divisive_level: int = 2,
-                 divisive_tree_leaves: int | None = None, centres: str = "centroid",
-                 latent_cache: bool = True, latent_cache_dir: str | None = None,
-                 latent_batch_size: int = 64, latent_workers: int = 0, **kwargs):
+    def __init__(
+        self,
+        lam: float = 0.1,
+        t_sg: int = 25,
+        injection: str = "posterior_mean",
+        mode_discovery: str = "kmeans",
+        kmeans_backend: str = "auto",
+        dbscan_eps: float | None = None,
+        dbscan_min_samples: int = 5,
+        linkage: str = "ward",
+        divisive_criterion: str = "sse",
+        divisive_level: int = 2,
+        divisive_tree_leaves: int | None = None,
+        centres: str = "centroid",
+        latent_cache: bool = True,
+        latent_cache_dir: str | None = None,
+        latent_batch_size: int = 64,
+        latent_workers: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not 0 <= lam < float("inf"):  # also rejects nan
             raise UserError(f"method.lam must be a finite number >= 0, got {lam}")
         if not 0 <= t_sg <= self.steps:
-            raise UserError(f"method.t_sg={t_sg} is outside [0, {self.steps}] (the number of "
-                            "sampling steps, method.steps)")
+            raise UserError(
+                f"method.t_sg={t_sg} is outside [0, {self.steps}] (the number of "
+                "sampling steps, method.steps)"
+            )
         self.lam, self.t_sg, self.injection = lam, t_sg, check_injection(injection)
         self.kmeans_backend = kmeans_backend
         self.discovery = ModeDiscovery(
-            mode_discovery, kmeans_backend, dbscan_eps=dbscan_eps,
-            dbscan_min_samples=dbscan_min_samples, linkage=linkage, criterion=divisive_criterion,
-            level=int(divisive_level), tree_leaves=divisive_tree_leaves, representative=centres)
-        self.cache = LatentCache.from_settings(latent_cache, latent_cache_dir, latent_batch_size,
-                                               latent_workers)
+            mode_discovery,
+            kmeans_backend,
+            dbscan_eps=dbscan_eps,
+            dbscan_min_samples=dbscan_min_samples,
+            linkage=linkage,
+            criterion=divisive_criterion,
+            level=int(divisive_level),
+            tree_leaves=divisive_tree_leaves,
+            representative=centres,
+        )
+        self.cache = LatentCache.from_settings(
+            latent_cache, latent_cache_dir, latent_batch_size, latent_workers
+        )
 
     def guidance(self, modes: torch.Tensor) -> ModeGuidance:
         return ModeGuidance(modes, self.lam, self.t_sg, self.injection)
@@ -176,15 +212,23 @@ class D4M(LatentModesMixin, UnguidedSampling):
 
     name = "d4m"
 
-    def __init__(self, strength: float = 0.7, kmeans_backend: str = "auto",
-                 latent_cache: bool = True, latent_cache_dir: str | None = None,
-                 latent_batch_size: int = 64, latent_workers: int = 0, **kwargs):
+    def __init__(
+        self,
+        strength: float = 0.7,
+        kmeans_backend: str = "auto",
+        latent_cache: bool = True,
+        latent_cache_dir: str | None = None,
+        latent_batch_size: int = 64,
+        latent_workers: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         start_index(self.steps, strength)  # range check: a UserError now, not mid-run
         self.strength = float(strength)
         self.discovery = ModeDiscovery("kmeans", kmeans_backend)
-        self.cache = LatentCache.from_settings(latent_cache, latent_cache_dir, latent_batch_size,
-                                               latent_workers)
+        self.cache = LatentCache.from_settings(
+            latent_cache, latent_cache_dir, latent_batch_size, latent_workers
+        )
 
     def start_latents(self, modes: torch.Tensor) -> torch.Tensor:
         return modes

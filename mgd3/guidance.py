@@ -56,16 +56,17 @@ INJECTIONS = ("posterior_mean", "eps", "x0")
 
 def check_injection(injection: str) -> str:
     if injection not in INJECTIONS:
-        raise UserError(f"unknown method.injection {injection!r} (use one of: "
-                        f"{', '.join(INJECTIONS)}; posterior_mean is the official code's update)")
+        raise UserError(
+            f"unknown method.injection {injection!r} (use one of: "
+            f"{', '.join(INJECTIONS)}; posterior_mean is the official code's update)"
+        )
     return injection
 
 
 class ModeGuidance:
     """Pulls sample j toward mode j while the step index is above t_sg (see module docstring)."""
 
-    def __init__(self, modes: torch.Tensor, lam: float, t_sg: int,
-                 injection: str = "posterior_mean"):
+    def __init__(self, modes: torch.Tensor, lam: float, t_sg: int, injection: str = "posterior_mean"):
         self.modes = modes
         self.lam = float(lam)
         self.t_sg = int(t_sg)
@@ -73,7 +74,7 @@ class ModeGuidance:
 
     def subset(self, start: int, n: int) -> "ModeGuidance":
         """Guidance for samples start..start+n of the class (when a class is sampled in chunks)."""
-        return ModeGuidance(self.modes[start:start + n], self.lam, self.t_sg, self.injection)
+        return ModeGuidance(self.modes[start : start + n], self.lam, self.t_sg, self.injection)
 
     def active(self, ctx: StepContext) -> bool:
         return self.lam != 0.0 and ctx.index > self.t_sg

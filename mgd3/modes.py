@@ -36,24 +36,25 @@ class ModeDiscovery:
     """How modes are found from a class's latents (n, C, H, W) -> (k, C, H, W)."""
 
     method: str = "kmeans"
-    backend: str = "auto"               # k-means: auto (faiss if installed) | faiss | torch
+    backend: str = "auto"  # k-means: auto (faiss if installed) | faiss | torch
     iterations: int = 50
-    dbscan_eps: float | None = None     # None: the median min_samples-neighbour radius
+    dbscan_eps: float | None = None  # None: the median min_samples-neighbour radius
     dbscan_min_samples: int = 5
-    linkage: str = "ward"               # agglomerative: ward | average | complete | single
-    criterion: str = "sse"              # divisive: split the leaf with the largest sse | var
-    level: int = 2                      # divisive_levels: first depth picked (1 = the root)
-    tree_leaves: int | None = None      # divisive_levels: leaves grown (None: k)
-    representative: str = "centroid"    # hierarchical: centroid | closest_real
+    linkage: str = "ward"  # agglomerative: ward | average | complete | single
+    criterion: str = "sse"  # divisive: split the leaf with the largest sse | var
+    level: int = 2  # divisive_levels: first depth picked (1 = the root)
+    tree_leaves: int | None = None  # divisive_levels: leaves grown (None: k)
+    representative: str = "centroid"  # hierarchical: centroid | closest_real
 
     def __post_init__(self):
-        for key, value, options in (("mode_discovery", self.method, MODE_DISCOVERY),
-                                    ("linkage", self.linkage, LINKAGES),
-                                    ("divisive_criterion", self.criterion, CRITERIA),
-                                    ("centres", self.representative, REPRESENTATIVES)):
+        for key, value, options in (
+            ("mode_discovery", self.method, MODE_DISCOVERY),
+            ("linkage", self.linkage, LINKAGES),
+            ("divisive_criterion", self.criterion, CRITERIA),
+            ("centres", self.representative, REPRESENTATIVES),
+        ):
             if value not in options:
-                raise UserError(f"unknown method.{key} {value!r} (use one of: "
-                                f"{', '.join(options)})")
+                raise UserError(f"unknown method.{key} {value!r} (use one of: {', '.join(options)})")
         if self.level < 1:
             raise UserError(f"method.divisive_level must be >= 1 (1 = the root), got {self.level}")
 
@@ -63,14 +64,28 @@ class ModeDiscovery:
             pick = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:k]
             modes = flat[pick.to(flat.device)]
         elif self.method == "dbscan":
-            modes = dbscan_means(flat, k, seed=seed, eps=self.dbscan_eps,
-                                 min_samples=self.dbscan_min_samples,
-                                 iterations=self.iterations, backend=self.backend)
+            modes = dbscan_means(
+                flat,
+                k,
+                seed=seed,
+                eps=self.dbscan_eps,
+                min_samples=self.dbscan_min_samples,
+                iterations=self.iterations,
+                backend=self.backend,
+            )
         elif self.method in HIERARCHICAL:
-            modes = hierarchical_centres(flat, k, self.method, seed=seed, linkage=self.linkage,
-                                         criterion=self.criterion, level=self.level,
-                                         tree_leaves=self.tree_leaves, backend=self.backend,
-                                         closest=self.representative == "closest_real")
+            modes = hierarchical_centres(
+                flat,
+                k,
+                self.method,
+                seed=seed,
+                linkage=self.linkage,
+                criterion=self.criterion,
+                level=self.level,
+                tree_leaves=self.tree_leaves,
+                backend=self.backend,
+                closest=self.representative == "closest_real",
+            )
         else:
             modes, _ = kmeans(flat, k, seed=seed, iterations=self.iterations, backend=self.backend)
             if self.method == "closest_real":
@@ -78,16 +93,24 @@ class ModeDiscovery:
         return modes.view(k, *latents.shape[1:])
 
 
-def discover_modes(latents: torch.Tensor, k: int, seed: int, backend: str = "auto",
-                   iterations: int = 50) -> torch.Tensor:
+def discover_modes(
+    latents: torch.Tensor, k: int, seed: int, backend: str = "auto", iterations: int = 50
+) -> torch.Tensor:
     """k-means centroids of flattened latents, reshaped to latent shape: (k, C, H, W)."""
     return ModeDiscovery("kmeans", backend, iterations)(latents, k, seed)
 
 
-def modes_for_class(generator: DiffusionGenerator, data: ImageClassificationData, label: int,
-                    k: int, seed: int, backend: str = "auto", *,
-                    discovery: ModeDiscovery | None = None,
-                    cache: LatentCache | None = None) -> torch.Tensor:
+def modes_for_class(
+    generator: DiffusionGenerator,
+    data: ImageClassificationData,
+    label: int,
+    k: int,
+    seed: int,
+    backend: str = "auto",
+    *,
+    discovery: ModeDiscovery | None = None,
+    cache: LatentCache | None = None,
+) -> torch.Tensor:
     """k modes of one class; the class's latents come from ``cache`` (computed if absent)."""
     discovery = discovery or ModeDiscovery(backend=backend)
     latents = (cache or LatentCache(None)).class_latents(generator, data, label)

@@ -74,34 +74,57 @@ class PatchSelection(MethodBase):
     uses_generator = True
     name = "patchsel"
 
-    def __init__(self, draws: int = 4, t_min: float = 0.1, t_max: float = 0.7,
-                 batched_null: bool = True, batch_size: int = 64, crop: str = "auto",
-                 image_size: int = 256, patch_size: int = 224, low_res_max: int = 64,
-                 features: str = "dift", dift_layer: str = "auto", dift_t: int = 261,
-                 clip_model: str | None = None, clustering: bool = True, clusters: int = 32,
-                 top_clusters: int = 10, tile_max_ipc: int = 10,
-                 images_per_class: int | None = None, score_seed: int = 0,
-                 prompt_template: str = "An image of {}", null_prompt: str = "An image of .",
-                 kmeans_backend: str = "auto", score_cache: bool = True,
-                 score_cache_dir: str | None = None):
+    def __init__(
+        self,
+        draws: int = 4,
+        t_min: float = 0.1,
+        t_max: float = 0.7,
+        batched_null: bool = True,
+        batch_size: int = 64,
+        crop: str = "auto",
+        image_size: int = 256,
+        patch_size: int = 224,
+        low_res_max: int = 64,
+        features: str = "dift",
+        dift_layer: str = "auto",
+        dift_t: int = 261,
+        clip_model: str | None = None,
+        clustering: bool = True,
+        clusters: int = 32,
+        top_clusters: int = 10,
+        tile_max_ipc: int = 10,
+        images_per_class: int | None = None,
+        score_seed: int = 0,
+        prompt_template: str = "An image of {}",
+        null_prompt: str = "An image of .",
+        kmeans_backend: str = "auto",
+        score_cache: bool = True,
+        score_cache_dir: str | None = None,
+    ):
         if draws < 1:
             raise UserError(f"method.draws must be >= 1, got {draws}")
         if not 0.0 <= t_min < t_max <= 1.0:
-            raise UserError(f"method.t_min={t_min}, method.t_max={t_max}: need 0 <= t_min < t_max "
-                            "<= 1 (fractions of the schedule; the paper uses 0.1 and 0.7)")
+            raise UserError(
+                f"method.t_min={t_min}, method.t_max={t_max}: need 0 <= t_min < t_max "
+                "<= 1 (fractions of the schedule; the paper uses 0.1 and 0.7)"
+            )
         if str(crop).lower() not in CROP:
             raise UserError(f"method.crop={crop!r}: use auto, true or false")
         if patch_size > image_size:
-            raise UserError(f"method.patch_size={patch_size} is larger than the image "
-                            f"(method.image_size={image_size}): use a patch window <= the image size")
+            raise UserError(
+                f"method.patch_size={patch_size} is larger than the image "
+                f"(method.image_size={image_size}): use a patch window <= the image size"
+            )
         if features not in FEATURES:
             raise UserError(f"unknown method.features={features!r} (use one of: {', '.join(FEATURES)})")
         if features == "clip" and not clip_model:
             ClipFeatures(None)  # raises the one-line error naming method.clip_model
         if clustering and clusters < top_clusters:
-            raise UserError(f"method.clusters={clusters} (M) is smaller than method.top_clusters="
-                            f"{top_clusters} (N): patches come from the top N of M clusters, so "
-                            "use M >= N (the paper: M=32, N=10)")
+            raise UserError(
+                f"method.clusters={clusters} (M) is smaller than method.top_clusters="
+                f"{top_clusters} (N): patches come from the top N of M clusters, so "
+                "use M >= N (the paper: M=32, N=10)"
+            )
         if images_per_class is not None and images_per_class < 1:
             raise UserError(f"method.images_per_class must be >= 1 or null, got {images_per_class}")
         self.draws, self.t_range = int(draws), (float(t_min), float(t_max))
@@ -132,11 +155,18 @@ class PatchSelection(MethodBase):
     def settings(self, data: ImageClassificationData) -> dict:
         """What scores depend on (with the generator): the key of the score cache."""
         image_size, patch_size = self.sizes(data)
-        return {"draws": self.draws, "t_range": list(self.t_range), "image_size": image_size,
-                "patch_size": patch_size, "features": self.features,
-                "dift_layer": self.dift_layer, "dift_t": self.dift_t,
-                "clip_model": self.clip_model if self.features == "clip" else None,
-                "score_seed": self.score_seed, "channels": data.channels}
+        return {
+            "draws": self.draws,
+            "t_range": list(self.t_range),
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "features": self.features,
+            "dift_layer": self.dift_layer,
+            "dift_t": self.dift_t,
+            "clip_model": self.clip_model if self.features == "clip" else None,
+            "score_seed": self.score_seed,
+            "channels": data.channels,
+        }
 
     # -- checks before anything is written ------------------------------------------------------
     def positions_per_class(self, data: ImageClassificationData) -> int:
@@ -147,13 +177,17 @@ class PatchSelection(MethodBase):
         per_image = patches_per_image(ipc, self.tile_max_ipc)
         need, have = ipc * per_image, self.positions_per_class(data)
         if need > have:
-            raise UserError(f"ipc={ipc} needs {need} patches per class ({per_image} per image) but "
-                            f"only {have} real images per class are scored (one patch each); use a "
-                            "smaller ipc or more method.images_per_class")
+            raise UserError(
+                f"ipc={ipc} needs {need} patches per class ({per_image} per image) but "
+                f"only {have} real images per class are scored (one patch each); use a "
+                "smaller ipc or more method.images_per_class"
+            )
         if self.clustering and need // self.top_clusters and self.clusters > have:
-            raise UserError(f"method.clusters={self.clusters} k-means clusters need at least that "
-                            f"many images per class; {have} are scored (lower method.clusters or "
-                            "raise method.images_per_class)")
+            raise UserError(
+                f"method.clusters={self.clusters} k-means clusters need at least that "
+                f"many images per class; {have} are scored (lower method.clusters or "
+                "raise method.images_per_class)"
+            )
 
     def check_generator(self, generator, data: ImageClassificationData) -> None:
         """Generator-dependent checks, run right after the generator loads."""
@@ -172,17 +206,25 @@ class PatchSelection(MethodBase):
             if self.features == "clip":
                 self._feature_fn = ClipFeatures(self.clip_model, generator.device)
             else:
-                self._feature_fn = DiftFeatures(generator, self.dift_layer, self.dift_t,
-                                                resolution=self.sizes(data)[0],
-                                                seed=self.score_seed, batch_size=self.batch_size)
+                self._feature_fn = DiftFeatures(
+                    generator,
+                    self.dift_layer,
+                    self.dift_t,
+                    resolution=self.sizes(data)[0],
+                    seed=self.score_seed,
+                    batch_size=self.batch_size,
+                )
         return self._feature_fn
 
     def conditions(self, generator, data: ImageClassificationData, label: int):
         """(class condition, null condition, identity string), batch dimension 1."""
         if hasattr(generator, "embed"):  # text-conditioned: "An image of <class>" vs "An image of ."
             prompt = class_prompts(data, self.prompt_template, generator.name)[label]
-            return (generator.embed([prompt]), generator.embed([self.null_prompt]),
-                    f"text:{prompt}|{self.null_prompt}")
+            return (
+                generator.embed([prompt]),
+                generator.embed([self.null_prompt]),
+                f"text:{prompt}|{self.null_prompt}",
+            )
         cond = generator.condition(torch.tensor([label]))
         null = generator.null_condition(1)
         return cond, null, f"class:{int(cond[0])}|{int(null[0])}"
@@ -193,10 +235,17 @@ class PatchSelection(MethodBase):
         if self.images_per_class is None or self.images_per_class >= n:
             return torch.arange(n)
         rng = rng_for(self.score_seed, "subset", data.class_ids[label])
-        return torch.randperm(n, generator=rng)[:self.images_per_class].sort().values
+        return torch.randperm(n, generator=rng)[: self.images_per_class].sort().values
 
-    def score(self, generator, data: ImageClassificationData, label: int, positions: torch.Tensor,
-              cond: torch.Tensor, null: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def score(
+        self,
+        generator,
+        data: ImageClassificationData,
+        label: int,
+        positions: torch.Tensor,
+        cond: torch.Tensor,
+        null: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         """(corners, window relevance, features) of the best patch of each image at ``positions``."""
         image_size, patch_size = self.sizes(data)
         indices = data.class_indices(label)[positions].tolist()
@@ -206,12 +255,22 @@ class PatchSelection(MethodBase):
         corners, relevance, features = [], [], []
         chunk = max(self.batch_size // self.draws, 1) * 4  # images decoded per step
         for start in range(0, len(indices), chunk):
-            keys = [f"{class_id}/{int(p)}" for p in positions[start:start + chunk]]
-            images = load_images(data, indices[start:start + chunk], image_size)
+            keys = [f"{class_id}/{int(p)}" for p in positions[start : start + chunk]]
+            images = load_images(data, indices[start : start + chunk], image_size)
             latents = generator.encode(images, batch_size=self.batch_size, resolution=image_size)
-            maps = relevance_maps(generator, latents, cond, null, keys, draws=self.draws,
-                                  t_range=self.t_range, seed=self.score_seed,
-                                  batched=self.batched_null, batch_size=self.batch_size, abar=abar)
+            maps = relevance_maps(
+                generator,
+                latents,
+                cond,
+                null,
+                keys,
+                draws=self.draws,
+                t_range=self.t_range,
+                seed=self.score_seed,
+                batched=self.batched_null,
+                batch_size=self.batch_size,
+                abar=abar,
+            )
             size = maps.shape[-1]
             cells, window_relevance = best_windows(maps, window_cells(patch_size, image_size, size))
             pixels = cells_to_pixels(cells, size, image_size, patch_size)
@@ -222,8 +281,9 @@ class PatchSelection(MethodBase):
             progress.update(min(start + chunk, len(indices)))
         return torch.cat(corners), torch.cat(relevance), torch.cat(features)
 
-    def distill_class(self, data: ImageClassificationData, label: int, ipc: int, seed: int,
-                      generator) -> tuple[torch.Tensor, dict]:
+    def distill_class(
+        self, data: ImageClassificationData, label: int, ipc: int, seed: int, generator
+    ) -> tuple[torch.Tensor, dict]:
         positions = self.class_positions(data, label)
         cond, null, condition = self.conditions(generator, data, label)
         cache = self.cache(data)
@@ -236,11 +296,16 @@ class PatchSelection(MethodBase):
             self.timings["score_seconds"] += time.perf_counter() - tic
             self.timings["scored_images"] += len(missing)
         per_image = patches_per_image(ipc, self.tile_max_ipc)
-        picked = choose_patches(scores.features[positions], scores.relevance[positions],
-                                ipc * per_image, clusters=self.clusters,
-                                top_clusters=self.top_clusters, clustering=self.clustering,
-                                seed=derive_seed(seed, "patchsel", data.class_ids[label]) % (2**31),
-                                backend=self.kmeans_backend)
+        picked = choose_patches(
+            scores.features[positions],
+            scores.relevance[positions],
+            ipc * per_image,
+            clusters=self.clusters,
+            top_clusters=self.top_clusters,
+            clustering=self.clustering,
+            seed=derive_seed(seed, "patchsel", data.class_ids[label]) % (2**31),
+            backend=self.kmeans_backend,
+        )
         chosen = positions[picked]
         image_size, patch_size = self.sizes(data)
         indices = data.class_indices(label)[chosen].tolist()
@@ -248,8 +313,9 @@ class PatchSelection(MethodBase):
         patches = crop(load_images(data, indices, image_size), corners, patch_size)
         images = compose(patches, per_image, data.resolution)
         group = [list(range(i, i + per_image)) for i in range(0, len(indices), per_image)]
-        info = {"source_index": [[indices[j] for j in g] if per_image > 1 else indices[g[0]]
-                                 for g in group],
-                "patch_box": [[[*corners[j].tolist(), patch_size] for j in g] for g in group],
-                "relevance": [[round(float(scores.relevance[chosen[j]]), 6) for j in g] for g in group]}
+        info = {
+            "source_index": [[indices[j] for j in g] if per_image > 1 else indices[g[0]] for g in group],
+            "patch_box": [[[*corners[j].tolist(), patch_size] for j in g] for g in group],
+            "relevance": [[round(float(scores.relevance[chosen[j]]), 6) for j in g] for g in group],
+        }
         return images, info

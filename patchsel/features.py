@@ -28,8 +28,10 @@ def default_layer(denoiser: torch.nn.Module) -> str:
         return f"up_blocks.{min(1, len(denoiser.up_blocks) - 1)}"
     if hasattr(denoiser, "transformer_blocks"):
         return f"transformer_blocks.{len(denoiser.transformer_blocks) // 2}"
-    raise UserError(f"cannot choose a DIFT layer for {type(denoiser).__name__}; name one with "
-                    "method.dift_layer=<module path> (e.g. up_blocks.1)")
+    raise UserError(
+        f"cannot choose a DIFT layer for {type(denoiser).__name__}; name one with "
+        "method.dift_layer=<module path> (e.g. up_blocks.1)"
+    )
 
 
 def find_layer(denoiser: torch.nn.Module, layer: str) -> torch.nn.Module:
@@ -37,9 +39,11 @@ def find_layer(denoiser: torch.nn.Module, layer: str) -> torch.nn.Module:
         return denoiser.get_submodule(layer)
     except AttributeError:
         names = [n for n, _ in denoiser.named_children()]
-        raise UserError(f"method.dift_layer={layer!r} is not a module of the denoiser (its "
-                        f"top-level modules: {', '.join(names)}; e.g. up_blocks.1 or "
-                        "transformer_blocks.2)") from None
+        raise UserError(
+            f"method.dift_layer={layer!r} is not a module of the denoiser (its "
+            f"top-level modules: {', '.join(names)}; e.g. up_blocks.1 or "
+            "transformer_blocks.2)"
+        ) from None
 
 
 def pool(activation) -> torch.Tensor:
@@ -65,8 +69,15 @@ class DiftFeatures:
         seed: seeds the per-patch noise (``keys`` name the patches).
     """
 
-    def __init__(self, generator: DiffusionGenerator, layer: str = "auto", t: int = 261,
-                 resolution: int | None = None, seed: int = 0, batch_size: int = 64):
+    def __init__(
+        self,
+        generator: DiffusionGenerator,
+        layer: str = "auto",
+        t: int = 261,
+        resolution: int | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+    ):
         self.generator = generator
         denoiser = generator.denoiser
         self.layer = default_layer(denoiser) if layer == "auto" else layer
@@ -83,11 +94,15 @@ class DiftFeatures:
         gen = self.generator
         out = []
         for start in range(0, len(patches01), self.batch_size):
-            chunk = patches01[start:start + self.batch_size]
+            chunk = patches01[start : start + self.batch_size]
             z = gen.encode(chunk, resolution=self.resolution)
-            eps = torch.stack([torch.randn(z.shape[1:], generator=rng_for(self.seed, "dift", k))
-                               for k in keys[start:start + len(chunk)]]).to(z.device)
-            z_t = self.abar_t ** 0.5 * z + (1 - self.abar_t) ** 0.5 * eps
+            eps = torch.stack(
+                [
+                    torch.randn(z.shape[1:], generator=rng_for(self.seed, "dift", k))
+                    for k in keys[start : start + len(chunk)]
+                ]
+            ).to(z.device)
+            z_t = self.abar_t**0.5 * z + (1 - self.abar_t) ** 0.5 * eps
             out.append(self.activation(z_t, cond).cpu())
         return torch.cat(out)
 
@@ -96,8 +111,9 @@ class DiftFeatures:
         captured = []
         handle = self.module.register_forward_hook(lambda m, i, o: captured.append(pool(o)))
         try:
-            self.generator.denoise(z_t, torch.tensor(self.t, device=z_t.device),
-                                   cond.expand(len(z_t), *cond.shape[1:]))
+            self.generator.denoise(
+                z_t, torch.tensor(self.t, device=z_t.device), cond.expand(len(z_t), *cond.shape[1:])
+            )
         finally:
             handle.remove()
         return captured[0]
@@ -111,16 +127,20 @@ class ClipFeatures:
 
     def __init__(self, path: str | None, device: torch.device | str = "cpu", batch_size: int = 64):
         if not path:
-            raise UserError("method.features=clip needs a local CLIP vision model: "
-                            "method.clip_model=<folder saved by transformers> (nothing is downloaded)")
+            raise UserError(
+                "method.features=clip needs a local CLIP vision model: "
+                "method.clip_model=<folder saved by transformers> (nothing is downloaded)"
+            )
         from transformers import CLIPVisionModelWithProjection
 
         try:
             self.model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True)
         except OSError as exc:
-            raise UserError(f"cannot load a CLIP vision model from method.clip_model={path!r} "
-                            f"({str(exc).splitlines()[0]}); give a folder saved with "
-                            "save_pretrained") from None
+            raise UserError(
+                f"cannot load a CLIP vision model from method.clip_model={path!r} "
+                f"({str(exc).splitlines()[0]}); give a folder saved with "
+                "save_pretrained"
+            ) from None
         self.model = self.model.eval().requires_grad_(False).to(device)
         self.size = int(self.model.config.image_size)
         self.batch_size = batch_size

@@ -36,8 +36,12 @@ def cells_to_pixels(cells: torch.Tensor, map_size: int, image_size: int, patch_s
 
 def crop(images: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Square patches (n, C, p, p) at top/left ``corners`` (n, 2) of images (n, C, H, W)."""
-    return torch.stack([img[:, top:top + patch_size, left:left + patch_size]
-                        for img, (top, left) in zip(images, corners.tolist())])
+    return torch.stack(
+        [
+            img[:, top : top + patch_size, left : left + patch_size]
+            for img, (top, left) in zip(images, corners.tolist())
+        ]
+    )
 
 
 def tile_2x2(patches: torch.Tensor, resolution: int) -> torch.Tensor:

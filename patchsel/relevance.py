@@ -38,12 +38,12 @@ from ddcore.seeding import rng_for
 
 def alphas_cumprod(generator: DiffusionGenerator) -> torch.Tensor:
     """abar_t of the generator's training schedule, (T,)."""
-    return DDPMScheduler.from_config(scheduler_settings(generator.scheduler_config)) \
-        .alphas_cumprod.float()
+    return DDPMScheduler.from_config(scheduler_settings(generator.scheduler_config)).alphas_cumprod.float()
 
 
-def draw_noise(shape: tuple[int, ...], draws: int, t_range: tuple[float, float], steps: int,
-               seed: int, key) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_noise(
+    shape: tuple[int, ...], draws: int, t_range: tuple[float, float], steps: int, seed: int, key
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps (draws,), eps (draws, *shape)) for one image, from its own generator."""
     rng = rng_for(seed, "relevance", key)
     low, high = t_range
@@ -52,9 +52,15 @@ def draw_noise(shape: tuple[int, ...], draws: int, t_range: tuple[float, float],
     return timesteps, torch.randn((draws, *shape), generator=rng)
 
 
-def loss_maps(generator: DiffusionGenerator, z_t: torch.Tensor, t: torch.Tensor,
-              eps: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
-              batched: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_maps(
+    generator: DiffusionGenerator,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    cond: torch.Tensor,
+    null: torch.Tensor,
+    batched: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position squared errors (n, h, w) of the conditional and the null prediction."""
     n = len(z_t)
     if batched:
@@ -67,11 +73,20 @@ def loss_maps(generator: DiffusionGenerator, z_t: torch.Tensor, t: torch.Tensor,
 
 
 @torch.no_grad()
-def relevance_maps(generator: DiffusionGenerator, latents: torch.Tensor, cond: torch.Tensor,
-                   null: torch.Tensor, keys: list, *, draws: int = 4,
-                   t_range: tuple[float, float] = (0.1, 0.7), seed: int = 0,
-                   batched: bool = True, batch_size: int = 64,
-                   abar: torch.Tensor | None = None) -> torch.Tensor:
+def relevance_maps(
+    generator: DiffusionGenerator,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    null: torch.Tensor,
+    keys: list,
+    *,
+    draws: int = 4,
+    t_range: tuple[float, float] = (0.1, 0.7),
+    seed: int = 0,
+    batched: bool = True,
+    batch_size: int = 64,
+    abar: torch.Tensor | None = None,
+) -> torch.Tensor:
     """relevance = E[L(null) - L(c)] per latent position, (n, h, w), for latents (n, C, h, w).
 
     Args:
@@ -88,18 +103,26 @@ def relevance_maps(generator: DiffusionGenerator, latents: torch.Tensor, cond: t
     per_chunk = max(1, batch_size // draws)
     out = []
     for start in range(0, len(latents), per_chunk):
-        z = latents[start:start + per_chunk].float()
-        noise = [draw_noise(tuple(z.shape[1:]), draws, t_range, steps, seed, key)
-                 for key in keys[start:start + per_chunk]]
+        z = latents[start : start + per_chunk].float()
+        noise = [
+            draw_noise(tuple(z.shape[1:]), draws, t_range, steps, seed, key)
+            for key in keys[start : start + per_chunk]
+        ]
         t = torch.cat([nt[0] for nt in noise])
         eps = torch.cat([nt[1] for nt in noise]).to(device)
         z = z.to(device).repeat_interleave(draws, dim=0)
         a = abar[t].to(device).view(-1, 1, 1, 1)
         z_t = a.sqrt() * z + (1 - a).sqrt() * eps
         rows = len(z_t)
-        l_cond, l_null = loss_maps(generator, z_t, t.to(device), eps,
-                                   cond.expand(rows, *cond.shape[1:]),
-                                   null.expand(rows, *null.shape[1:]), batched)
+        l_cond, l_null = loss_maps(
+            generator,
+            z_t,
+            t.to(device),
+            eps,
+            cond.expand(rows, *cond.shape[1:]),
+            null.expand(rows, *null.shape[1:]),
+            batched,
+        )
         diff = (l_null - l_cond).view(-1, draws, *l_cond.shape[1:]).mean(1)
         out.append(diff.float().cpu())
     return torch.cat(out)

@@ -46,21 +46,26 @@ def class_images_identity(data: ImageClassificationData, label: int) -> str:
 class ClassScores:
     """Rows for every train image of a class; only ``scored`` rows hold values."""
 
-    scored: torch.Tensor      # (n,) bool
-    corners: torch.Tensor     # (n, 2) long: top/left pixel of the best window
-    relevance: torch.Tensor   # (n,) float: mean relevance inside that window
-    features: torch.Tensor    # (n, D) float (D = 0 until the first features arrive)
+    scored: torch.Tensor  # (n,) bool
+    corners: torch.Tensor  # (n, 2) long: top/left pixel of the best window
+    relevance: torch.Tensor  # (n,) float: mean relevance inside that window
+    features: torch.Tensor  # (n, D) float (D = 0 until the first features arrive)
 
     @classmethod
     def empty(cls, n: int) -> "ClassScores":
-        return cls(torch.zeros(n, dtype=torch.bool), torch.zeros(n, 2, dtype=torch.long),
-                   torch.zeros(n), torch.zeros(n, 0))
+        return cls(
+            torch.zeros(n, dtype=torch.bool),
+            torch.zeros(n, 2, dtype=torch.long),
+            torch.zeros(n),
+            torch.zeros(n, 0),
+        )
 
     def missing(self, positions: torch.Tensor) -> torch.Tensor:
         return positions[~self.scored[positions]]
 
-    def fill(self, positions: torch.Tensor, corners: torch.Tensor, relevance: torch.Tensor,
-             features: torch.Tensor) -> None:
+    def fill(
+        self, positions: torch.Tensor, corners: torch.Tensor, relevance: torch.Tensor, features: torch.Tensor
+    ) -> None:
         if self.features.shape[1] != features.shape[1]:
             self.features = torch.zeros(len(self.scored), features.shape[1])
         self.corners[positions] = corners.long()
@@ -69,8 +74,12 @@ class ClassScores:
         self.scored[positions] = True
 
     def state(self) -> dict:
-        return {"scored": self.scored, "corners": self.corners, "relevance": self.relevance,
-                "features": self.features}
+        return {
+            "scored": self.scored,
+            "corners": self.corners,
+            "relevance": self.relevance,
+            "features": self.features,
+        }
 
 
 class ScoreCache:
@@ -83,8 +92,7 @@ class ScoreCache:
         self._paths: dict[tuple, Path] = {}  # hashing a class's images once per run is enough
 
     def folder(self, generator) -> Path:
-        identity = {"name": generator.name, "weights": state_dict_hash(generator),
-                    "settings": self.settings}
+        identity = {"name": generator.name, "weights": state_dict_hash(generator), "settings": self.settings}
         return self.root / f"{folder_safe(generator.name)}-{short_hash(identity)}"
 
     def path(self, generator, data: ImageClassificationData, label: int, condition: str) -> Path:
@@ -94,8 +102,7 @@ class ScoreCache:
             self._paths[memo] = self.folder(generator) / f"{folder_safe(data.class_ids[label])}-{key}.pt"
         return self._paths[memo]
 
-    def load(self, generator, data: ImageClassificationData, label: int,
-             condition: str) -> ClassScores:
+    def load(self, generator, data: ImageClassificationData, label: int, condition: str) -> ClassScores:
         n = len(data.class_indices(label))
         if self.root is None:
             return self._memory.setdefault(f"{label}:{condition}", ClassScores.empty(n))
@@ -110,8 +117,9 @@ class ScoreCache:
                 log.warning(f"ignoring unreadable score cache file {path}: {exc}")
         return ClassScores.empty(n)
 
-    def save(self, scores: ClassScores, generator, data: ImageClassificationData, label: int,
-             condition: str) -> None:
+    def save(
+        self, scores: ClassScores, generator, data: ImageClassificationData, label: int, condition: str
+    ) -> None:
         if self.root is None:
             return
         path = self.path(generator, data, label, condition)

@@ -20,8 +20,9 @@ def by_relevance(relevance: torch.Tensor, need: int, exclude: set[int] = frozens
     return [i for i in order if i not in exclude][:need]
 
 
-def ranked_clusters(features: torch.Tensor, relevance: torch.Tensor, clusters: int, seed: int,
-                    backend: str = "auto") -> list[list[int]]:
+def ranked_clusters(
+    features: torch.Tensor, relevance: torch.Tensor, clusters: int, seed: int, backend: str = "auto"
+) -> list[list[int]]:
     """Members of each non-empty cluster, closest to the centroid first; clusters by median
     relevance, highest first (ties: the lower cluster index)."""
     centroids, assignment = kmeans(features, clusters, seed=seed, backend=backend)
@@ -37,9 +38,17 @@ def ranked_clusters(features: torch.Tensor, relevance: torch.Tensor, clusters: i
     return [inside for _, _, inside in sorted(groups)]
 
 
-def choose_patches(features: torch.Tensor, relevance: torch.Tensor, need: int, *,
-                   clusters: int = 32, top_clusters: int = 10, seed: int = 0,
-                   clustering: bool = True, backend: str = "auto") -> list[int]:
+def choose_patches(
+    features: torch.Tensor,
+    relevance: torch.Tensor,
+    need: int,
+    *,
+    clusters: int = 32,
+    top_clusters: int = 10,
+    seed: int = 0,
+    clustering: bool = True,
+    backend: str = "auto",
+) -> list[int]:
     """Indices of the ``need`` patches of a class, in the order they become images."""
     if need > len(relevance):
         raise ValueError(f"{need} patches asked of {len(relevance)}")

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")   # tests never reach for the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,12 @@ def make_cfg(tmp_path, cache_dir):
     def _make(*overrides, tiny=True):
         GlobalHydra.instance().clear()
         with initialize_config_dir(str(CONF), version_base="1.3"):
-            base = ["logger=none", "trainer=cpu", f"paths.cache_dir={cache_dir}",
-                    f"paths.log_dir={tmp_path / 'logs'}"] + (["debug=tiny"] if tiny else [])
+            base = [
+                "logger=none",
+                "trainer=cpu",
+                f"paths.cache_dir={cache_dir}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+            ] + (["debug=tiny"] if tiny else [])
             cfg = compose("config", overrides=base + list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):

@@ -13,7 +13,8 @@ def distill_set(method, data, ipc: int, seed: int, generator=None) -> DistilledS
     """The set as a run writes it (8-bit PNGs), with the saved modes in ``stats["modes"]``."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "distilled"
-        distilled = distill_to_folder(method, data, ipc, seed, generator, folder,
-                                      {"method": method.name}, shard=Shard())
+        distilled = distill_to_folder(
+            method, data, ipc, seed, generator, folder, {"method": method.name}, shard=Shard()
+        )
         distilled.stats["modes"] = read_modes(folder, data)
     return distilled

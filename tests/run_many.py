@@ -24,8 +24,8 @@ def warm_imports() -> None:
     sys.path.insert(0, str(ROOT))
     import sklearn.datasets  # noqa: F401
 
-    import ddapp.tasks  # noqa: F401  (torch, lightning, hydra)
     import baselines.real  # noqa: F401
+    import ddapp.tasks  # noqa: F401  (torch, lightning, hydra)
     import ddcore  # noqa: F401  (first: the torchvision fix)
     import ddcore.generators.dit  # noqa: F401  (diffusers)
     import ddcore.generators.self_trained  # noqa: F401
@@ -63,8 +63,11 @@ def run_case(case: dict) -> dict:
     with os.fdopen(read_end, "rb") as pipe:
         stderr = pipe.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
-    return {"rc": os.waitstatus_to_exitcode(status), "stderr": stderr,
-            "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "rc": os.waitstatus_to_exitcode(status),
+        "stderr": stderr,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 if __name__ == "__main__":

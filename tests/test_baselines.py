@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddapp.tasks import build, prepare_distillation
 from baselines.real import herding
+from ddapp.tasks import build, prepare_distillation
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from ddcore.kmeans import kmeans
@@ -18,8 +18,13 @@ from mgd3.distiller import D4M
 from tests.distill import distill_set
 from tests.test_generators_pretrained import RES, make_data, sd_folder  # noqa: F401 (fixture)
 
-BASELINES = {"unguided": ["method.steps=4"], "d4m": ["method.steps=4"], "kmeans_real": [],
-             "herding": [], "random": []}
+BASELINES = {
+    "unguided": ["method.steps=4"],
+    "d4m": ["method.steps=4"],
+    "kmeans_real": [],
+    "herding": [],
+    "random": [],
+}
 
 
 @pytest.mark.parametrize("method", sorted(BASELINES))

@@ -11,8 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(tmp_path, *args, cache=None):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "run.py"), *args, "logger=none", "debug=tiny",
-           f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache or tmp_path / 'cache'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *args,
+        "logger=none",
+        "debug=tiny",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache or tmp_path / 'cache'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     return proc, run_dir
 
@@ -21,19 +28,22 @@ def error_lines(proc):
     return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["dataset=nope"], "unknown dataset 'nope'"),
-    (["method=mgd4"], "unknown method 'mgd4'"),
-    (["generator=dit_xxl"], "unknown generator 'dit_xxl'"),
-    (["dataset=imagenette", "paths.data_dir=/nonexistent"], "/nonexistent/imagenet/train"),
-    (["ipc=0"], "ipc must be a positive integer"),
-    (["method=random", "ipc=1000"], "ipc=1000 exceeds"),
-    (["method.t_sg=60"], "method.t_sg=60 is outside [0, 50]"),
-    (["method.lam=-0.1"], "method.lam must be >= 0"),
-    (["dataset=fashion_mnist", "dataset.root=/nonexistent"], "Fashion-MNIST folder not found"),
-    (["method=patchsel", "method.patch_size=300"], "method.patch_size=300 is larger than the image"),
-    (["method=patchsel", "method.clusters=4"], "method.clusters=4 (M) is smaller than"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["dataset=nope"], "unknown dataset 'nope'"),
+        (["method=mgd4"], "unknown method 'mgd4'"),
+        (["generator=dit_xxl"], "unknown generator 'dit_xxl'"),
+        (["dataset=imagenette", "paths.data_dir=/nonexistent"], "/nonexistent/imagenet/train"),
+        (["ipc=0"], "ipc must be a positive integer"),
+        (["method=random", "ipc=1000"], "ipc=1000 exceeds"),
+        (["method.t_sg=60"], "method.t_sg=60 is outside [0, 50]"),
+        (["method.lam=-0.1"], "method.lam must be >= 0"),
+        (["dataset=fashion_mnist", "dataset.root=/nonexistent"], "Fashion-MNIST folder not found"),
+        (["method=patchsel", "method.patch_size=300"], "method.patch_size=300 is larger than the image"),
+        (["method=patchsel", "method.clusters=4"], "method.clusters=4 (M) is smaller than"),
+    ],
+)
 def test_bad_input_one_line_exit_2_no_run_dir(tmp_path, args, expected):
     proc, run_dir = run(tmp_path, *args)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -49,9 +59,14 @@ def test_generator_with_other_classes_is_refused(tmp_path):
     from test_generators_dit import save_tiny_dit
 
     folder = save_tiny_dit(tmp_path / "dit3", num_classes=3, vae=True)
-    proc, run_dir = run(tmp_path, "generator=dit_xl2", f"generator.path={folder}",
-                        "generator.vae=null", "generator.class_space=dataset",
-                        "generator.resolution=16")
+    proc, run_dir = run(
+        tmp_path,
+        "generator=dit_xl2",
+        f"generator.path={folder}",
+        "generator.vae=null",
+        "generator.class_space=dataset",
+        "generator.resolution=16",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "has 3 classes but dataset digits has 10" in error_lines(proc)[0]
     assert not run_dir.exists()
@@ -59,14 +74,26 @@ def test_generator_with_other_classes_is_refused(tmp_path):
 
 def test_multirun_makes_one_folder_per_override(tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "method=mgd3", "method.t_sg=0,25,50",
-           "method.lam=0.1", "ipc=2", "debug=tiny", "logger=wandb", "eval.epochs=1",
-           f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "method=mgd3",
+        "method.t_sg=0,25,50",
+        "method.lam=0.1",
+        "ipc=2",
+        "debug=tiny",
+        "logger=wandb",
+        "eval.epochs=1",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folders = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert folders == [f"debug=tiny,eval.epochs=1,ipc=2,method.lam=0.1,method.t_sg={t},method=mgd3"
-                       for t in (0, 25, 50)]  # logger and paths are left out of the names
+    assert folders == [
+        f"debug=tiny,eval.epochs=1,ipc=2,method.lam=0.1,method.t_sg={t},method=mgd3" for t in (0, 25, 50)
+    ]  # logger and paths are left out of the names
     run_ids = set()
     for name in folders:
         assert (sweep / name / "metrics.json").is_file()

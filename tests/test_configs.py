@@ -9,8 +9,21 @@ from ddapp.cli import GROUPS, check_group_choices, group_options
 from tests.conftest import CONF
 
 GENERATOR_ARGS = {  # what each loader's signature takes besides the dataset
-    "dit_tiny": {"cache_dir", "family", "arch", "train", "schedule", "resolution", "cfg_scale",
-                 "seed", "name", "retrain", "trainer_kwargs", "probe_per_class", "overrides"},
+    "dit_tiny": {
+        "cache_dir",
+        "family",
+        "arch",
+        "train",
+        "schedule",
+        "resolution",
+        "cfg_scale",
+        "seed",
+        "name",
+        "retrain",
+        "trainer_kwargs",
+        "probe_per_class",
+        "overrides",
+    },
 }
 
 
@@ -19,8 +32,9 @@ def resolved(cfg):
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
 
 
-@pytest.mark.parametrize("group", ["dataset", "generator", "method", "eval", "trainer", "logger",
-                                   "task", "experiment", "debug"])
+@pytest.mark.parametrize(
+    "group", ["dataset", "generator", "method", "eval", "trainer", "logger", "task", "experiment", "debug"]
+)
 def test_every_option_composes_and_resolves(make_cfg, group):
     for option in group_options([CONF], group):
         extra = ["dataset.root=/some/dir"] if option == "image_folder" else []

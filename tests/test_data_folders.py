@@ -44,6 +44,7 @@ def assert_images(images: torch.Tensor, n: int, channels: int, resolution: int) 
 
 # ----------------------------------------------------------------------------- image_folder
 
+
 @pytest.fixture
 def folder_tree(tmp_path):
     write_images(tmp_path / "train" / "sea_lion", ["a.png", "b.PNG"], PNG)
@@ -95,6 +96,7 @@ def test_image_folder_missing_splits(tmp_path):
 
 
 # ----------------------------------------------------------------------------- ImageNet subsets
+
 
 def imagenet_tree(root: Path, wnids, n_train=2, n_val=1) -> Path:
     for wnid in wnids:
@@ -155,14 +157,16 @@ def test_imagenet_missing_train_folder(tmp_path):
 
 
 def test_imagenet_missing_wnid_folders(full_tree):
-    with pytest.raises(UserError, match="989 of 1000 imagenet1k class folders missing .* first "
-                                        "n01484850"):
+    with pytest.raises(UserError, match="989 of 1000 imagenet1k class folders missing .* first n01484850"):
         imagenet_subset("imagenet1k", str(full_tree))
     for path in (full_tree / "val" / "n03000684").iterdir():
         path.unlink()
     (full_tree / "val" / "n03000684").rmdir()
-    with pytest.raises(UserError, match=r"1 of 10 imagenette class folders missing in .*val, "
-                                        "first n03000684"):
+    with pytest.raises(
+        UserError,
+        match=r"1 of 10 imagenette class folders missing in .*val, "
+        "first n03000684",
+    ):
         imagenet_subset("imagenette", str(full_tree))
 
 
@@ -171,12 +175,18 @@ def test_imagenet_val_must_be_in_wnid_folders(tmp_path):
     for wnid in subset_wnids("imagenette"):
         (root / "val" / wnid).rmdir()
     write_images(root / "val", ["ILSVRC2012_val_00000001.JPEG"])
-    with pytest.raises(UserError, match="val images are not in wnid folders.*sort them into "
-                                        r"val/<wnid>/"):
+    with pytest.raises(
+        UserError,
+        match="val images are not in wnid folders.*sort them into "
+        r"val/<wnid>/",
+    ):
         imagenet_subset("imagenette", str(root))
     write_images(root / "val" / "n01440764", [])  # once sorted in part, missing wnids are named
-    with pytest.raises(UserError, match=r"9 of 10 imagenette class folders missing in .*val, first "
-                                        "n02102040"):
+    with pytest.raises(
+        UserError,
+        match=r"9 of 10 imagenette class folders missing in .*val, first "
+        "n02102040",
+    ):
         imagenet_subset("imagenette", str(root))
 
 
@@ -199,10 +209,9 @@ def tiny_tree(tmp_path):
     root = tmp_path / "tiny-imagenet-200"
     root.mkdir()
     (root / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
-    (root / "words.txt").write_text("n00001740\tentity\n"
-                                    "n02124075\tEgyptian cat\n"
-                                    "n04067472\treel\n"
-                                    "n04540053\tvolleyball, ball\n")
+    (root / "words.txt").write_text(
+        "n00001740\tentity\nn02124075\tEgyptian cat\nn04067472\treel\nn04540053\tvolleyball, ball\n"
+    )
     rows = []
     for i, wnid in enumerate(TINY_WNIDS):
         write_images(root / "train" / wnid / "images", [f"{wnid}_0.JPEG", f"{wnid}_1.JPEG"])
@@ -237,6 +246,7 @@ def test_tinyimagenet_errors(tmp_path, tiny_tree):
 
 # ----------------------------------------------------------------------------- CIFAR
 
+
 def write_pickle(path: Path, obj) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f)
@@ -252,8 +262,18 @@ def cifar_batch(label_key: bytes, labels) -> dict:
 def cifar10_dir(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-             b"ship", b"truck"]
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
     write_pickle(root / "batches.meta", {b"label_names": names, b"num_vis": 3072})
     for i in range(1, 6):
         write_pickle(root / f"data_batch_{i}", cifar_batch(b"labels", [i, i + 1, 0]))
@@ -309,9 +329,11 @@ def test_cifar_errors(tmp_path, cifar10_dir, cifar100_dir):
 
 # ----------------------------------------------------------------------------- configs
 
+
 def test_dataset_configs_target_these_functions(tmp_path, cifar10_dir):
-    subsets = ["imagenette", "imagewoof", "imageidc", "imagenet100", "imagenet1k"] + \
-        [f"imagenet_{x}" for x in "abcde"]
+    subsets = ["imagenette", "imagewoof", "imageidc", "imagenet100", "imagenet1k"] + [
+        f"imagenet_{x}" for x in "abcde"
+    ]
     for subset in subsets:
         cfg = OmegaConf.load(CONF / f"{subset}.yaml")
         assert cfg._target_ == "ddcore.data.folders.imagenet_subset" and cfg.subset == subset
@@ -320,4 +342,5 @@ def test_dataset_configs_target_these_functions(tmp_path, cifar10_dir):
     cfg = OmegaConf.load(CONF / "cifar10.yaml")
     cfg = OmegaConf.merge({"paths": {"data_dir": str(tmp_path)}}, {"dataset": cfg})
     from hydra.utils import instantiate
+
     assert instantiate(cfg.dataset).name == "cifar10"

@@ -31,8 +31,7 @@ def test_augment_is_seeded_and_keeps_full_crop_identity():
     a = random_resized_crop(x, torch.Generator().manual_seed(0))
     b = random_resized_crop(x, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == x.shape and not torch.allclose(a, x)
-    same = random_resized_crop(x, torch.Generator().manual_seed(0), scale=(1, 1), ratio=(1, 1),
-                               flip=False)
+    same = random_resized_crop(x, torch.Generator().manual_seed(0), scale=(1, 1), ratio=(1, 1), flip=False)
     assert torch.allclose(same, x, atol=1e-5)
 
 
@@ -41,8 +40,9 @@ def test_protocol_learns_from_real_digits():
     data = digits()
     distilled = random_real_subset(data, ipc=10, seed=0)
     protocol = HardLabelProtocol(partial(ConvNet, width=32), epochs=40, evals=4, repeats=1)
-    metrics = protocol.evaluate(distilled, data, ipc=10, seed=0,
-                                trainer_factory=partial(pl.Trainer, accelerator="cpu"))
+    metrics = protocol.evaluate(
+        distilled, data, ipc=10, seed=0, trainer_factory=partial(pl.Trainer, accelerator="cpu")
+    )
     assert metrics["student/final_acc_mean"] > 0.6
     assert metrics["student/best_acc_mean"] >= metrics["student/final_acc_mean"]
 
@@ -68,8 +68,9 @@ def test_external_folder_is_evaluated_with_labels_from_folder_names(tmp_path):
     distilled = load_distilled(write_folder(tmp_path / "set", data, ipc=2), data)
     assert distilled.per_class_counts(10) == [2] * 10
     protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=1, evals=1, repeats=1)
-    metrics = protocol.evaluate(distilled, data, ipc=2, seed=0,
-                                trainer_factory=partial(pl.Trainer, accelerator="cpu"))
+    metrics = protocol.evaluate(
+        distilled, data, ipc=2, seed=0, trainer_factory=partial(pl.Trainer, accelerator="cpu")
+    )
     assert 0.0 <= metrics["student/final_acc_mean"] <= 1.0
 
 

@@ -26,17 +26,27 @@ def write(path: Path, text: str) -> None:
 
 def run(tmp_path, *args):
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "ext")}
-    cmd = [sys.executable, str(ROOT / "run.py"), f"hydra.searchpath=[file://{tmp_path / 'ext' / 'conf'}]",
-           "task=distill", "logger=none", "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}",
-           f"paths.cache_dir={tmp_path / 'cache'}", *args]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        f"hydra.searchpath=[file://{tmp_path / 'ext' / 'conf'}]",
+        "task=distill",
+        "logger=none",
+        "debug=tiny",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
 
 
 def test_a_new_method_is_one_module_and_one_yaml(tmp_path):
     write(tmp_path / "ext" / "my_methods" / "__init__.py", "")
     write(tmp_path / "ext" / "my_methods" / "constant.py", snippet("my_methods/constant.py"))
-    write(tmp_path / "ext" / "conf" / "method" / "constant.yaml",
-          snippet("conf/method/constant.yaml (or <your folder>/method/constant.yaml)"))
+    write(
+        tmp_path / "ext" / "conf" / "method" / "constant.yaml",
+        snippet("conf/method/constant.yaml (or <your folder>/method/constant.yaml)"),
+    )
     proc = run(tmp_path, "method=constant", "ipc=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     pngs = sorted((tmp_path / "run" / "distilled").rglob("*.png"))
@@ -48,9 +58,10 @@ def test_a_new_method_is_one_module_and_one_yaml(tmp_path):
 def test_a_new_generator_is_one_module_and_one_yaml(tmp_path):
     write(tmp_path / "ext" / "my_generators" / "__init__.py", "")
     write(tmp_path / "ext" / "my_generators" / "tiny.py", snippet("my_generators/tiny.py"))
-    write(tmp_path / "ext" / "conf" / "generator" / "tiny.yaml",
-          "_target_: my_generators.tiny.load_tiny\nlayers: 1\n")
-    proc = run(tmp_path, "generator=tiny", "method=mgd3", "method.steps=4", "method.t_sg=1",
-               "ipc=2")
+    write(
+        tmp_path / "ext" / "conf" / "generator" / "tiny.yaml",
+        "_target_: my_generators.tiny.load_tiny\nlayers: 1\n",
+    )
+    proc = run(tmp_path, "generator=tiny", "method=mgd3", "method.steps=4", "method.t_sg=1", "ipc=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "run" / "distilled").rglob("*.png"))) == 20

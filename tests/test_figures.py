@@ -20,9 +20,15 @@ def rgb_data(real=12, resolution=8) -> ImageClassificationData:
     x = (torch.rand(real * len(NAMES), 3, resolution, resolution, generator=g) * 255).byte()
     y = torch.arange(len(NAMES)).repeat_interleave(real)
     source = TensorSource(x, y)
-    return ImageClassificationData(name="rgb", class_ids=[f"n{i:08d}" for i in range(len(NAMES))],
-                                   class_names=NAMES, resolution=resolution, channels=3,
-                                   train=source, test=source)
+    return ImageClassificationData(
+        name="rgb",
+        class_ids=[f"n{i:08d}" for i in range(len(NAMES))],
+        class_names=NAMES,
+        resolution=resolution,
+        channels=3,
+        train=source,
+        test=source,
+    )
 
 
 def distilled_set(ipc=3, resolution=8, channels=3) -> DistilledSet:
@@ -55,8 +61,7 @@ def test_grid_has_a_labelled_row_per_class(tmp_path):
 
 def test_tsne_scatter_and_curves_are_pngs(tmp_path):
     g = torch.Generator().manual_seed(0)
-    panels = {name: (torch.randn(30, 2, generator=g), torch.randn(3, 2, generator=g))
-              for name in NAMES[:3]}
+    panels = {name: (torch.randn(30, 2, generator=g), torch.randn(3, 2, generator=g)) for name in NAMES[:3]}
     check_png(save_tsne(panels, tmp_path / "tsne.png"))
     div = [1.0, 2.0, 1.5, math.nan, 0.5, 0.7]
     rep = [2.0, 1.0, 1.2, 3.0, 2.5, 2.2]
@@ -67,8 +72,9 @@ def test_tsne_scatter_and_curves_are_pngs(tmp_path):
 
 def test_report_run_writes_every_figure_and_the_set_metrics(tmp_path):
     histories = [[(1, 0.3), (2, 0.5)], [(1, 0.35), (2, 0.45)]]
-    report = report_run(tmp_path, rgb_data(), distilled_set(), histories=histories,
-                        tsne_classes=2, space="pixels")
+    report = report_run(
+        tmp_path, rgb_data(), distilled_set(), histories=histories, tsne_classes=2, space="pixels"
+    )
     assert set(report.figures) == {"grid", "scatter", "tsne", "training_curves"}
     for name, path in report.figures.items():
         assert path == tmp_path / "figures" / f"{name}.png"
@@ -78,8 +84,12 @@ def test_report_run_writes_every_figure_and_the_set_metrics(tmp_path):
     assert [row["class_id"] for row in report.per_class] == rgb_data().class_ids
     json.dumps(report.metrics)  # metrics.json can hold it
     # no generator to encode with: falls back to pixels rather than failing the run
-    assert report_run(tmp_path / "b", rgb_data(), distilled_set(), space="latents",
-                      tsne_classes=0).metrics["set/space"] == "pixels"
+    assert (
+        report_run(tmp_path / "b", rgb_data(), distilled_set(), space="latents", tsne_classes=0).metrics[
+            "set/space"
+        ]
+        == "pixels"
+    )
 
 
 def test_results_reach_an_offline_wandb_run(tmp_path):
@@ -87,8 +97,10 @@ def test_results_reach_an_offline_wandb_run(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
     figures = report_run(tmp_path, rgb_data(), distilled_set(), tsne_classes=1).figures
-    per_class = [{"label": 0, "class_name": "tench", "diversity_mean": 1.5},
-                 {"label": 1, "class_name": "English springer", "diversity_mean": None}]
+    per_class = [
+        {"label": 0, "class_name": "tench", "diversity_mean": 1.5},
+        {"label": 1, "class_name": "English springer", "diversity_mean": None},
+    ]
     metrics = {"method": "mgd3", "student/final_acc_mean": 0.5, "student/final_acc_runs": [0.5]}
     logger = WandbLogger(save_dir=str(tmp_path), mode="offline", project="t")
     try:
@@ -112,8 +124,9 @@ def test_csv_logger_and_no_logger_are_handled(tmp_path):
 
     log_results(None, {"set/diversity_mean": 1.0}, [{"a": 1}], {"grid": tmp_path / "x.png"})
     logger = CSVLogger(save_dir=str(tmp_path), name="csv")
-    log_results(logger, {"set/diversity_mean": 1.25, "method": "mgd3"}, [{"a": 1}],
-                {"grid": tmp_path / "missing.png"})
+    log_results(
+        logger, {"set/diversity_mean": 1.25, "method": "mgd3"}, [{"a": 1}], {"grid": tmp_path / "missing.png"}
+    )
     (metrics_csv,) = (tmp_path / "csv").glob("version_*/metrics.csv")
     assert "set/diversity_mean" in metrics_csv.read_text() and "1.25" in metrics_csv.read_text()
 
@@ -121,9 +134,10 @@ def test_csv_logger_and_no_logger_are_handled(tmp_path):
 def test_wandb_group_is_the_sweep_folder_in_a_multirun(make_cfg):
     from hydra.types import RunMode
 
-    assert wandb_group(RunMode.MULTIRUN, "/logs/multiruns/2026-01-01_10-00-00", "mgd3-x") == \
-        "2026-01-01_10-00-00"
-    assert wandb_group(RunMode.RUN, "/logs/multiruns/2026", "mgd3-digits-ipc10") == \
-        "mgd3-digits-ipc10"
+    assert (
+        wandb_group(RunMode.MULTIRUN, "/logs/multiruns/2026-01-01_10-00-00", "mgd3-x")
+        == "2026-01-01_10-00-00"
+    )
+    assert wandb_group(RunMode.RUN, "/logs/multiruns/2026", "mgd3-digits-ipc10") == "mgd3-digits-ipc10"
     cfg = make_cfg("logger=wandb")
     assert cfg.logger.group == cfg.logger.name == "mgd3-digits-ipc2"

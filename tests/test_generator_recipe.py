@@ -42,8 +42,7 @@ def test_length_follows_the_data_with_an_optional_step_cap():
     assert fit_length({**TRAIN, "epochs": 10}, 1347)["planned"] == 210  # 21 batches per epoch
     assert fit_length({**TRAIN, "epochs": 10}, 60000)["planned"] == 9370
     assert fit_length({**TRAIN, "epochs": 10, "steps": 50}, 60000)["planned"] == 50
-    assert fit_length({**TRAIN, "epochs": 1, "max_minutes": 2}, 640)["kwargs"]["max_time"] == \
-        {"seconds": 120}
+    assert fit_length({**TRAIN, "epochs": 1, "max_minutes": 2}, 640)["kwargs"]["max_time"] == {"seconds": 120}
     with pytest.raises(UserError, match="epochs"):
         fit_length(TRAIN, 100)
 
@@ -87,7 +86,7 @@ def test_probe_reports_accuracy_real_ceiling_and_diversity(tmp_path, caplog):
     data = digits()
     probe = fit_probe(data)
     assert real_test_accuracy(probe, data) > 0.95  # the probe itself recognises real digits
-    assert mean_pairwise_distance(torch.eye(3).numpy()) == pytest.approx(2 ** 0.5)
+    assert mean_pairwise_distance(torch.eye(3).numpy()) == pytest.approx(2**0.5)
     with caplog.at_level(logging.INFO):
         generator = load_or_train(data, cache_dir=str(tmp_path), probe_per_class=2, **TINY)
     meta = json.loads((generator.folder / "meta.json").read_text())
@@ -98,8 +97,13 @@ def test_probe_reports_accuracy_real_ceiling_and_diversity(tmp_path, caplog):
 
 
 def test_off_class_generator_warns_in_the_log_and_metrics_json(make_cfg, tmp_path, caplog):
-    cfg = make_cfg("task=distill", "method=unguided", f"paths.cache_dir={tmp_path / 'cache'}",
-                   "debug.dit_tiny.probe_per_class=1", "generator.warn_below=1.01")
+    cfg = make_cfg(
+        "task=distill",
+        "method=unguided",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "debug.dit_tiny.probe_per_class=1",
+        "generator.warn_below=1.01",
+    )
     with caplog.at_level(logging.WARNING):
         build(cfg.task)(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -118,8 +122,7 @@ def ship(tmp_path, generator) -> tuple:
     return root, digest
 
 
-def test_shipped_weights_are_used_by_default_hash_checked_and_retrain_ignores_them(
-        tmp_path, monkeypatch):
+def test_shipped_weights_are_used_by_default_hash_checked_and_retrain_ignores_them(tmp_path, monkeypatch):
     data = digits()
     trained = load_or_train(data, cache_dir=str(tmp_path / "a"), **TINY)
     root, _ = ship(tmp_path, trained)
@@ -175,8 +178,12 @@ def test_shipped_digits_weights_sample_accuracy_on_a_small_probe(folder):
     data = digits()
     config = OmegaConf.load(CONF / "generator" / f"{meta['spec']['name']}.yaml")
     generator = self_trained.saved_generator(
-        folder, meta["spec"], data, cfg_scale=config.cfg_scale,
-        timestep_spacing=OmegaConf.to_container(config.timestep_spacing))
+        folder,
+        meta["spec"],
+        data,
+        cfg_scale=config.cfg_scale,
+        timestep_spacing=OmegaConf.to_container(config.timestep_spacing),
+    )
     labels = torch.arange(10).repeat(3)
     images = generator.decode(sample_latents(generator, labels, rng=rng_for(0, "shipped")))
     predicted = fit_probe(data).predict(_features(images, data.resolution))

@@ -11,19 +11,28 @@ from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
 
 
-def save_tiny_dit(folder, num_classes=10, in_channels=1, vae=False, learned_variance=False,
-                  train_timesteps=100):
+def save_tiny_dit(
+    folder, num_classes=10, in_channels=1, vae=False, learned_variance=False, train_timesteps=100
+):
     tiny = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=2)
     channels = 4 if vae else in_channels
     build_dit(channels, 8 if vae else 16, num_classes, learned_variance, **tiny).save_pretrained(
-        folder / "transformer")
+        folder / "transformer"
+    )
     DDPMScheduler(num_train_timesteps=train_timesteps, clip_sample=False).save_pretrained(
-        folder / "scheduler")
+        folder / "scheduler"
+    )
     if vae:
-        AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                      block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
-                      down_block_types=("DownEncoderBlock2D",) * 2,
-                      up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(folder / "vae")
+        AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(8, 8),
+            layers_per_block=1,
+            norm_num_groups=4,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+        ).save_pretrained(folder / "vae")
     return folder
 
 

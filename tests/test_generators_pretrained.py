@@ -40,16 +40,28 @@ def make_data(num_classes=3, prompts=True, channels=3):
     source = TensorSource(images, torch.arange(num_classes).repeat(2))
     if not prompts:
         wnids, names, sd_names = [], [], []
-    return ImageClassificationData(name="tinynette", class_ids=wnids, class_names=names,
-                                   resolution=RES, channels=channels, train=source, test=source,
-                                   prompts=sd_names)
+    return ImageClassificationData(
+        name="tinynette",
+        class_ids=wnids,
+        class_names=names,
+        resolution=RES,
+        channels=channels,
+        train=source,
+        test=source,
+        prompts=sd_names,
+    )
 
 
 def tiny_vae():
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         block_out_channels=(32, 32), layers_per_block=1,
-                         down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
 
 
 def write_tokenizer(folder):
@@ -69,19 +81,35 @@ def save_tiny_sd(root):
     """A tiny SD v1.x folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/) under ``root``."""
     torch.manual_seed(0)
     UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), cross_attention_dim=32, attention_head_dim=8,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        cross_attention_dim=32,
+        attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(root / "unet")
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).save_pretrained(root / "unet")
     tiny_vae().save_pretrained(root / "vae")
-    CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=100, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1)).save_pretrained(root / "text_encoder")
+    CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=100,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    ).save_pretrained(root / "text_encoder")
     write_tokenizer(root / "tokenizer")
     # SD v1.5 ships a PNDM scheduler config; the loader reads it as a DDPM schedule.
-    PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                  skip_prk_steps=True).save_pretrained(root / "scheduler")
+    PNDMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True
+    ).save_pretrained(root / "scheduler")
     return root
 
 
@@ -93,18 +121,30 @@ def sd_folder(tmp_path_factory):
 def ldm_folder(root, num_class_embeds, vq=False):
     torch.manual_seed(0)
     channels = 3 if vq else 4
-    UNet2DModel(sample_size=16, in_channels=channels, out_channels=channels, layers_per_block=1,
-                block_out_channels=(32, 32), down_block_types=("DownBlock2D",) * 2,
-                up_block_types=("UpBlock2D",) * 2,
-                num_class_embeds=num_class_embeds).save_pretrained(root / "unet")
+    UNet2DModel(
+        sample_size=16,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=1,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        num_class_embeds=num_class_embeds,
+    ).save_pretrained(root / "unet")
     if vq:
-        VQModel(in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(32, 32),
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2,
-                num_vq_embeddings=16).save_pretrained(root / "vqvae")
+        VQModel(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=3,
+            block_out_channels=(32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            num_vq_embeddings=16,
+        ).save_pretrained(root / "vqvae")
         config = root / "vqvae" / "config.json"  # CompVis' converted VQ configs set no scale
-        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
-                                      if k != "scaling_factor"}))
+        config.write_text(
+            json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "scaling_factor"})
+        )
     else:
         tiny_vae().save_pretrained(root / "vae")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
@@ -113,8 +153,13 @@ def ldm_folder(root, num_class_embeds, vq=False):
 
 def test_stable_diffusion_loads_offline_and_conditions_on_prompts(sd_folder):
     data = make_data()
-    gen = load_stable_diffusion(data, path=str(sd_folder), resolution=RES,
-                                prompt_template="An image of {}", null_prompt="An image of .")
+    gen = load_stable_diffusion(
+        data,
+        path=str(sd_folder),
+        resolution=RES,
+        prompt_template="An image of {}",
+        null_prompt="An image of .",
+    )
     assert isinstance(gen, TextConditionalGenerator)
     assert gen.num_classes == 3 and gen.prompts[0] == f"An image of {data.prompts[0]}"
     assert gen.latent_shape == (4, 16, 16) and gen.learned_variance is False
@@ -164,8 +209,9 @@ def test_class_ldm_maps_imagenet_subset_and_uses_last_embedding_as_null(tmp_path
 
 def test_class_ldm_with_vqvae_and_dataset_classes(tmp_path):
     data = make_data()
-    gen = load_class_ldm(data, path=str(ldm_folder(tmp_path, 4, vq=True)),
-                         class_space="dataset", resolution=RES)
+    gen = load_class_ldm(
+        data, path=str(ldm_folder(tmp_path, 4, vq=True)), class_space="dataset", resolution=RES
+    )
     assert isinstance(gen.codec, VQCodec) and gen.codec.scaling_factor == 1.0
     assert gen.class_map.tolist() == [0, 1, 2] and gen.null_label == 3
     latents = gen.encode(data.train.load([0, 1, 2]))

@@ -80,8 +80,9 @@ def test_lighting_adds_one_rgb_shift_per_image_and_skips_grayscale():
 def test_shuffle_patches_moves_whole_strips():
     x = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
     out = shuffle_patches(x, rng(), factor=2)
+
     def quadrants(img):
-        return {tuple(img[i:i + 2, j:j + 2].flatten().tolist()) for i in (0, 2) for j in (0, 2)}
+        return {tuple(img[i : i + 2, j : j + 2].flatten().tolist()) for i in (0, 2) for j in (0, 2)}
 
     for img in out:
         assert sorted(img.flatten().tolist()) == list(range(16))
@@ -98,8 +99,9 @@ def test_augment_is_seeded_and_keeps_full_crop_identity():
     assert torch.allclose(same, x, atol=1e-5)
     pipeline = BatchAugment(color_jitter=(0.4, 0.4, 0.4), lighting=0.1, shuffle_factor=2, seed=3)
     y = torch.rand(5, 3, 16, 16)
-    assert torch.equal(pipeline(y), BatchAugment(color_jitter=(0.4, 0.4, 0.4), lighting=0.1,
-                                                 shuffle_factor=2, seed=3)(y))
+    assert torch.equal(
+        pipeline(y), BatchAugment(color_jitter=(0.4, 0.4, 0.4), lighting=0.1, shuffle_factor=2, seed=3)(y)
+    )
 
 
 def test_cutmix_is_torchvisions_and_mixes_targets():
@@ -135,7 +137,8 @@ def test_tiny_run_reports_final_best_and_histories(data):
     assert metrics["student/repeats"] == 2 and len(metrics["student/final_acc_runs"]) == 2
     assert [[e for e, _ in h] for h in metrics["student/histories"]] == [[2, 4], [2, 4]]
     assert metrics["student/final_acc_mean"] == pytest.approx(
-        sum(h[-1][1] for h in metrics["student/histories"]) / 2)
+        sum(h[-1][1] for h in metrics["student/histories"]) / 2
+    )
     assert metrics["student/best_acc_mean"] >= metrics["student/final_acc_mean"]
     assert metrics["student/final_acc_std"] >= 0 and metrics["student/batch_size"] == 20
     assert "reference/full_hard_acc" not in metrics  # reference points are off unless configured
@@ -154,11 +157,13 @@ def test_configured_students_run_through_hydra(make_cfg):
     data = digits()
     distilled = random_real_subset(data, ipc=2, seed=0)
     for student in ("convnet", "resnet_ap10", "resnet18"):
-        cfg = make_cfg(f"eval/student={student}", "eval.epochs=1", "eval.evals=1",
-                       "eval.reference.enabled=false")
+        cfg = make_cfg(
+            f"eval/student={student}", "eval.epochs=1", "eval.evals=1", "eval.reference.enabled=false"
+        )
         metrics = build(cfg.eval).evaluate(distilled, data, 2, 0, build(cfg.trainer))
-        assert metrics["student/arch"].startswith({"convnet": "ConvNet", "resnet_ap10": "ResNetAP",
-                                                   "resnet18": "ResNet18"}[student])
+        assert metrics["student/arch"].startswith(
+            {"convnet": "ConvNet", "resnet_ap10": "ResNetAP", "resnet18": "ResNet18"}[student]
+        )
 
 
 # -- bad input ---------------------------------------------------------------------------------------
@@ -166,8 +171,9 @@ def test_missing_classes_and_ipc_mismatch_are_refused(data):
     images = torch.rand(4, 1, 16, 16)
     with pytest.raises(UserError, match="no images of 8 of the 10 classes"):
         check_distilled(DistilledSet(images, torch.tensor([0, 0, 1, 1])), data, 2)
-    uneven = DistilledSet(torch.rand(21, 1, 16, 16), torch.cat([torch.arange(10).repeat(2),
-                                                                torch.tensor([3])]))
+    uneven = DistilledSet(
+        torch.rand(21, 1, 16, 16), torch.cat([torch.arange(10).repeat(2), torch.tensor([3])])
+    )
     with pytest.raises(UserError, match="ipc mismatch: class '3' has 3 images but ipc=2"):
         check_distilled(uneven, data, 2)
     with pytest.raises(UserError, match="ipc mismatch"):

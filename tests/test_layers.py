@@ -5,10 +5,21 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"ddcore": "core", "mgd3": "methods", "patchsel": "methods", "manifoldgd": "methods",
-          "baselines": "methods", "eval": "eval", "ddapp": "app"}
-MAY_IMPORT = {"core": {"core"}, "methods": {"core", "methods"}, "eval": {"core", "eval"},
-              "app": {"core", "methods", "eval", "app"}}
+LAYERS = {
+    "ddcore": "core",
+    "mgd3": "methods",
+    "patchsel": "methods",
+    "manifoldgd": "methods",
+    "baselines": "methods",
+    "eval": "eval",
+    "ddapp": "app",
+}
+MAY_IMPORT = {
+    "core": {"core"},
+    "methods": {"core", "methods"},
+    "eval": {"core", "eval"},
+    "app": {"core", "methods", "eval", "app"},
+}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -27,8 +38,7 @@ def test_every_package_imports_only_its_own_layer_and_those_below():
         for path in sorted((ROOT / package).rglob("*.py")):
             for target in imported_packages(path):
                 if LAYERS[target] not in MAY_IMPORT[layer]:
-                    wrong.append(f"{path.relative_to(ROOT)} ({layer}) imports {target} "
-                                 f"({LAYERS[target]})")
+                    wrong.append(f"{path.relative_to(ROOT)} ({layer}) imports {target} ({LAYERS[target]})")
     assert not wrong, "\n".join(wrong)
 
 

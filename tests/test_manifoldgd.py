@@ -26,18 +26,28 @@ from tests.test_generators_pretrained import sd_folder  # noqa: F401 (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def step_context(x, index=40, alpha_bar=0.3, sampler="ddpm"):
     ab = torch.tensor(alpha_bar)
-    return StepContext(index=index, timestep=torch.tensor(800), x0_hat=torch.zeros_like(x),
-                       sigma=torch.tensor(0.2), alpha_bar=ab, sampler=sampler, x=x,
-                       alpha_bar_prev=torch.tensor(0.35))
+    return StepContext(
+        index=index,
+        timestep=torch.tensor(800),
+        x0_hat=torch.zeros_like(x),
+        sigma=torch.tensor(0.2),
+        alpha_bar=ab,
+        sampler=sampler,
+        x=x,
+        alpha_bar_prev=torch.tensor(0.35),
+    )
 
 
 def manifold_hook(centres, scale=0.1, lam=0.0, **settings):
-    return ManifoldGuidance(ModeGuidance(centres, lam, t_sg=25), centres,
-                            ManifoldSettings(scale=scale, **settings), steps=50, seed=7)
+    return ManifoldGuidance(
+        ModeGuidance(centres, lam, t_sg=25),
+        centres,
+        ManifoldSettings(scale=scale, **settings),
+        steps=50,
+        seed=7,
+    )
 
 
 # -- the manifold term --------------------------------------------------------------------------
@@ -100,9 +110,9 @@ def test_hook_is_off_at_and_below_t_sg_and_chunks_see_the_same_clouds():
     assert torch.equal(hook.adjust_prev(x, step_context(x, index=25)), x)
     whole = hook.adjust_prev(x, step_context(x))
     for start, n in ((0, 2), (2, 3), (4, 1)):
-        part = x[start:start + n]
+        part = x[start : start + n]
         chunk = hook.subset(start, n).adjust_prev(part, step_context(part))
-        assert torch.allclose(chunk, whole[start:start + n], atol=1e-6)
+        assert torch.allclose(chunk, whole[start : start + n], atol=1e-6)
 
 
 # -- through the distiller ----------------------------------------------------------------------
@@ -111,8 +121,7 @@ FEW_STEPS = ("method.steps=10", "method.t_sg=4")  # guided indices 9..5: warm-up
 
 def test_lam_and_manifold_scale_zero_give_exactly_the_unguided_images(make_cfg):
     data, unguided, generator = prepare_distillation(make_cfg("method.steps=10", "method=unguided"))
-    off = build(make_cfg(*FEW_STEPS, "method=manifoldgd", "method.lam=0",
-                         "method.manifold_scale=0").method)
+    off = build(make_cfg(*FEW_STEPS, "method=manifoldgd", "method.lam=0", "method.manifold_scale=0").method)
     manifold_only = build(make_cfg(*FEW_STEPS, "method=manifoldgd", "method.lam=0").method)
     for label in (0, 7):  # per class, as every run (whole or sharded) samples
         plain, _ = unguided.distill_class(data, label, 2, 0, generator)
@@ -144,15 +153,23 @@ def three_blobs(per=(20, 30, 25), seed=0):
     return points, means
 
 
-@pytest.mark.parametrize("method, linkage", [("agglomerative", "ward"), ("agglomerative", "average"),
-                                             ("agglomerative", "complete"),
-                                             ("agglomerative", "single"), ("divisive", "ward"),
-                                             ("divisive_levels", "ward")])
+@pytest.mark.parametrize(
+    "method, linkage",
+    [
+        ("agglomerative", "ward"),
+        ("agglomerative", "average"),
+        ("agglomerative", "complete"),
+        ("agglomerative", "single"),
+        ("divisive", "ward"),
+        ("divisive_levels", "ward"),
+    ],
+)
 @pytest.mark.parametrize("closest", [False, True])
 def test_three_separated_blobs_give_three_centres_near_their_means(method, linkage, closest):
     points, means = three_blobs()
-    centres = hierarchical_centres(points, 3, method, seed=0, linkage=linkage, closest=closest,
-                                   backend="torch")
+    centres = hierarchical_centres(
+        points, 3, method, seed=0, linkage=linkage, closest=closest, backend="torch"
+    )
     dist = torch.cdist(centres, means)
     assert sorted(dist.argmin(dim=1).tolist()) == [0, 1, 2]
     assert dist.min(dim=1).values.max() < (1.5 if closest else 0.3)
@@ -164,8 +181,9 @@ def test_divisive_splits_by_sse_or_variance_and_is_seeded():
     points, means = three_blobs(per=(40, 5, 5))
     for criterion in ("sse", "var"):
         a = hierarchical_centres(points, 3, "divisive", seed=1, criterion=criterion, backend="torch")
-        assert torch.equal(a, hierarchical_centres(points, 3, "divisive", seed=1,
-                                                   criterion=criterion, backend="torch"))
+        assert torch.equal(
+            a, hierarchical_centres(points, 3, "divisive", seed=1, criterion=criterion, backend="torch")
+        )
     _, leaves = bisecting_tree(points, 3, seed=0, backend="torch")
     assert sorted(len(leaf.idx) for leaf in leaves) == [5, 5, 40]
     assert sorted(leaf.depth for leaf in leaves) == [1, 2, 2]
@@ -174,26 +192,35 @@ def test_divisive_splits_by_sse_or_variance_and_is_seeded():
 def test_levels_pick_one_leaf_per_depth_from_the_level_then_the_deepest():
     leaves = [Node(np.array([i]), depth) for i, depth in enumerate([1, 2, 3, 3])]
     depths = lambda level: [n.depth for n in pick_by_levels(leaves, 3, level, seed=0)]  # noqa: E731
-    assert depths(2) == [1, 2, 3]   # level 2 = depth 1: one leaf per depth from there
-    assert depths(3) == [2, 3, 3]   # the rest from the deepest level
-    assert depths(9) == [3, 3, 2]   # past the deepest: start at the deepest
+    assert depths(2) == [1, 2, 3]  # level 2 = depth 1: one leaf per depth from there
+    assert depths(3) == [2, 3, 3]  # the rest from the deepest level
+    assert depths(9) == [3, 3, 2]  # past the deepest: start at the deepest
     # a tree of ipc leaves (the public code): the level only orders the same centres
     points, _ = three_blobs()
     divisive = hierarchical_centres(points, 3, "divisive", seed=0, backend="torch")
     for level in (1, 2, 6):
-        picked = hierarchical_centres(points, 3, "divisive_levels", seed=0, level=level,
-                                      backend="torch")
+        picked = hierarchical_centres(points, 3, "divisive_levels", seed=0, level=level, backend="torch")
         assert exact_dist(picked, divisive).min(dim=1).values.max() == 0
-    deeper = hierarchical_centres(points, 3, "divisive_levels", seed=0, level=2, tree_leaves=6,
-                                  backend="torch")
+    deeper = hierarchical_centres(
+        points, 3, "divisive_levels", seed=0, level=2, tree_leaves=6, backend="torch"
+    )
     assert deeper.shape == (3, 6) and torch.isfinite(deeper).all()
 
 
 # -- configs, CLI, bad input --------------------------------------------------------------------
 def test_distill_through_run_py_writes_the_set_and_the_centres(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "run.py"), "method=manifoldgd", "debug=tiny", "task=distill",
-           *FEW_STEPS, "logger=none", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "method=manifoldgd",
+        "debug=tiny",
+        "task=distill",
+        *FEW_STEPS,
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache_dir}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((run_dir / "distilled").glob("*/*.png"))) == 20
@@ -206,22 +233,31 @@ def test_defaults_follow_the_public_scripts(make_cfg):
     method = build(make_cfg("method=manifoldgd").method)
     s = method.settings
     assert (method.steps, method.sampler, method.t_sg, method.lam) == (50, "ddpm", 25, 0.1)
-    assert (s.scale, s.radius, s.bandwidth, s.tangent_dim, s.neighbours, s.cloud_points) == \
-        (0.1, 0.05, 0.2, 3, 12, 300)
+    assert (s.scale, s.radius, s.bandwidth, s.tangent_dim, s.neighbours, s.cloud_points) == (
+        0.1,
+        0.05,
+        0.2,
+        3,
+        12,
+        300,
+    )
     assert (s.warm_steps, s.max_mult, s.schedule) == (5, 2.0, "exp")
     assert (method.discovery.method, method.discovery.level) == ("divisive_levels", 6)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("method.tangent_dim=12", "method.tangent_dim=12 must be smaller than method.neighbours=12"),
-    ("method.radius=0", "method.radius must be > 0"),
-    ("method.radius=-0.1", "method.radius must be > 0"),
-    ("method.mode_discovery=spectral", "unknown method.mode_discovery 'spectral'"),
-    ("method.linkage=centroid", "unknown method.linkage 'centroid'"),
-    ("method.divisive_criterion=gini", "unknown method.divisive_criterion 'gini'"),
-    ("method.centres=medoid", "unknown method.centres 'medoid'"),
-    ("method.radius_schedule=step", "unknown method.radius_schedule 'step'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("method.tangent_dim=12", "method.tangent_dim=12 must be smaller than method.neighbours=12"),
+        ("method.radius=0", "method.radius must be > 0"),
+        ("method.radius=-0.1", "method.radius must be > 0"),
+        ("method.mode_discovery=spectral", "unknown method.mode_discovery 'spectral'"),
+        ("method.linkage=centroid", "unknown method.linkage 'centroid'"),
+        ("method.divisive_criterion=gini", "unknown method.divisive_criterion 'gini'"),
+        ("method.centres=medoid", "unknown method.centres 'medoid'"),
+        ("method.radius_schedule=step", "unknown method.radius_schedule 'step'"),
+    ],
+)
 def test_bad_settings_fail_in_the_constructor_with_one_line(make_cfg, override, expected):
     with pytest.raises(UserError, match=expected) as err:
         build(make_cfg("method=manifoldgd", override).method)
@@ -247,8 +283,12 @@ def test_sweep_varies_the_four_knobs_around_the_scripts_defaults(make_cfg):
     params = cfg.hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     points = {o.get_key_element(): list(o.sweep_iterator()) for o in parsed}
-    assert sorted(points) == ["method.divisive_level", "method.manifold_scale", "method.radius",
-                              "method.tangent_dim"]
+    assert sorted(points) == [
+        "method.divisive_level",
+        "method.manifold_scale",
+        "method.radius",
+        "method.tangent_dim",
+    ]
     assert 0.0 in points["method.manifold_scale"] and 6 in points["method.divisive_level"]
     assert cfg.method._target_ == "manifoldgd.distiller.ManifoldGD" and cfg.ipc == 10
     assert cfg.hydra.runtime.choices.generator == "dit_xl2"

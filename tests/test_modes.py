@@ -76,8 +76,7 @@ def test_unknown_mode_discovery_is_a_one_line_error(make_cfg):
 
 @pytest.mark.parametrize("option", MODE_DISCOVERY)
 def test_mgd3_runs_with_each_mode_discovery_and_returns_its_modes(make_cfg, option):
-    cfg = make_cfg("method=mgd3", "method.steps=4", "method.t_sg=1",
-                   f"method.mode_discovery={option}")
+    cfg = make_cfg("method=mgd3", "method.steps=4", "method.t_sg=1", f"method.mode_discovery={option}")
     data, method, generator = prepare_distillation(cfg)
     out = distill_set(method, data, cfg.ipc, cfg.seed, generator)
     assert out.images.shape == (20, 1, 16, 16)
@@ -137,7 +136,8 @@ def test_class_digest_of_an_image_folder_follows_rewritten_files(tmp_path):
     Image.new("L", (8, 8), color=255).save(paths[1])
     os.utime(paths[1], ns=(1, 10**18))  # a new mtime even on coarse clocks
     assert source.digest([0, 1, 2]) != before and source.digest([0]) == FileSource(
-        paths, [0, 0, 0], 8, 1).digest([0])
+        paths, [0, 0, 0], 8, 1
+    ).digest([0])
 
 
 def test_latent_cache_key_follows_the_encoder_weights():
@@ -148,8 +148,9 @@ def test_latent_cache_key_follows_the_encoder_weights():
             super().__init__()
             torch.manual_seed(seed)
             self.conv = torch.nn.Conv2d(3, 4, 1)
-            self.config = type("Config", (), {"scaling_factor": 0.18215,
-                                              "block_out_channels": [1, 1], "latent_channels": 4})
+            self.config = type(
+                "Config", (), {"scaling_factor": 0.18215, "block_out_channels": [1, 1], "latent_channels": 4}
+            )
 
     class FakeGenerator:
         name, resolution, latent_shape, dtype = "fake", 32, (4, 16, 16), torch.float32
@@ -176,8 +177,9 @@ def test_latents_decoded_by_dataloader_workers_equal_the_one_process_loop(tmp_pa
         Image.new("RGB", (12, 9), color=(i * 50, 10, 200)).save(paths[-1])
     source = FileSource(paths, [0] * 5, resolution=8, channels=3)
     data = ImageClassificationData("f", ["a"], ["a"], 8, 3, source, source)
-    gen = ClassConditionalGenerator(Identity(), LatentCodec(), {}, resolution=8, image_channels=3,
-                                    model_classes=1, null_label=1)
+    gen = ClassConditionalGenerator(
+        Identity(), LatentCodec(), {}, resolution=8, image_channels=3, model_classes=1, null_label=1
+    )
     one = encode_class(gen, data, 0, batch_size=2, workers=0)
     assert one.shape == (5, 3, 8, 8)
     assert torch.equal(one, encode_class(gen, data, 0, batch_size=2, workers=1))

@@ -32,8 +32,15 @@ def generator(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dit")
     save_tiny_dit(folder, num_classes=10, vae=True, learned_variance=True, train_timesteps=T_TRAIN)
     grid = OmegaConf.to_container(OmegaConf.load(CONF / "dit_xl2.yaml").timestep_spacing)
-    gen = load_dit(digits(), path=str(folder), vae=None, resolution=16, class_space="dataset",
-                   cfg_scale=CFG, timestep_spacing=grid)
+    gen = load_dit(
+        digits(),
+        path=str(folder),
+        vae=None,
+        resolution=16,
+        class_space="dataset",
+        cfg_scale=CFG,
+        timestep_spacing=grid,
+    )
     torch.manual_seed(0)  # random weights of a visible size, so eps and the variance matter
     with torch.no_grad():
         for p in gen.denoiser.parameters():
@@ -126,14 +133,20 @@ class Recorder:
         return x
 
 
-def ours(gen, monkeypatch, x_T, noises, modes, lam, t_sg, sampler, injection="posterior_mean",
-         **kwargs):
+def ours(gen, monkeypatch, x_T, noises, modes, lam, t_sg, sampler, injection="posterior_mean", **kwargs):
     queue = list(noises)
     monkeypatch.setattr(ddcore.sampling, "initial_noise", lambda *a, **k: x_T.clone())
     monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda shape, **k: queue.pop(0).clone())
     rec = Recorder(ModeGuidance(modes, lam, t_sg, injection))
-    sample_latents(gen, torch.arange(N), rng=torch.Generator().manual_seed(0), steps=STEPS,
-                   sampler=sampler, guidance=rec, **kwargs)
+    sample_latents(
+        gen,
+        torch.arange(N),
+        rng=torch.Generator().manual_seed(0),
+        steps=STEPS,
+        sampler=sampler,
+        guidance=rec,
+        **kwargs,
+    )
     return rec.xs
 
 
@@ -157,8 +170,7 @@ def assert_chains_agree(mine, reference, tol=1e-4):
 def test_ddpm_matches_the_official_sampler_step_for_step(generator, monkeypatch, lam):
     x_T, noises, modes = inputs(generator)
     reference = official_ddpm(generator, x_T, torch.arange(N), noises, modes, lam, t_sg=25)
-    assert_chains_agree(ours(generator, monkeypatch, x_T, noises, modes, lam, 25, "ddpm"),
-                        reference)
+    assert_chains_agree(ours(generator, monkeypatch, x_T, noises, modes, lam, 25, "ddpm"), reference)
 
 
 @pytest.mark.parametrize("injection", ["posterior_mean", "eps", "x0"])
@@ -166,8 +178,9 @@ def test_ddpm_matches_the_official_sampler_step_for_step(generator, monkeypatch,
 def test_ddim_matches_the_reference_for_each_injection(generator, monkeypatch, injection):
     x_T, noises, modes = inputs(generator)
     reference = official_ddim(generator, x_T, torch.arange(N), modes, 0.1, 25, injection)
-    assert_chains_agree(ours(generator, monkeypatch, x_T, noises, modes, 0.1, 25, "ddim",
-                             injection), reference)
+    assert_chains_agree(
+        ours(generator, monkeypatch, x_T, noises, modes, 0.1, 25, "ddim", injection), reference
+    )
 
 
 @torch.no_grad()
@@ -177,8 +190,9 @@ def test_the_test_sees_the_differences_it_was_written_for(generator, monkeypatch
     reference = official_ddpm(generator, x_T, torch.arange(N), noises, modes, 0.1, t_sg=25)
     for kwargs in ({"timestep_spacing": "leading"}, {"x0_from": "cond"}):
         with pytest.raises(AssertionError):
-            assert_chains_agree(ours(generator, monkeypatch, x_T, noises, modes, 0.1, 25, "ddpm",
-                                     **kwargs), reference)
+            assert_chains_agree(
+                ours(generator, monkeypatch, x_T, noises, modes, 0.1, 25, "ddpm", **kwargs), reference
+            )
 
 
 def test_grids(generator):

@@ -34,11 +34,19 @@ def tiny_dit(data, seed=0):
     """An untrained pixel-space DiT: enough for shapes, determinism and call counts."""
     torch.manual_seed(seed)
     denoiser = build_denoiser("dit", data.channels, data.resolution, data.num_classes, ARCH)
-    return class_conditional(denoiser, LatentCodec(), {"num_train_timesteps": 1000},
-                             model_classes=data.num_classes, null_label=null_label_of(denoiser),
-                             class_map=None, resolution=data.resolution,
-                             image_channels=data.channels, cfg_scale=3.0, cfg_channels=None,
-                             name="tiny")
+    return class_conditional(
+        denoiser,
+        LatentCodec(),
+        {"num_train_timesteps": 1000},
+        model_classes=data.num_classes,
+        null_label=null_label_of(denoiser),
+        class_map=None,
+        resolution=data.resolution,
+        image_channels=data.channels,
+        cfg_scale=3.0,
+        cfg_channels=None,
+        name="tiny",
+    )
 
 
 class CallCounter:
@@ -66,14 +74,19 @@ def generator(data):
     return tiny_dit(data)
 
 
-SMALL = {"draws": 2, "batch_size": 64, "kmeans_backend": "torch", "clusters": 4, "top_clusters": 2,
-         "images_per_class": 24}
+SMALL = {
+    "draws": 2,
+    "batch_size": 64,
+    "kmeans_backend": "torch",
+    "clusters": 4,
+    "top_clusters": 2,
+    "images_per_class": 24,
+}
 
 
 def method(cache_dir=None, **kwargs):
     """Small settings: 24 images per class, 2 draws, M = 4, N = 2."""
-    return PatchSelection(score_cache=cache_dir is not None, score_cache_dir=cache_dir,
-                          **{**SMALL, **kwargs})
+    return PatchSelection(score_cache=cache_dir is not None, score_cache_dir=cache_dir, **{**SMALL, **kwargs})
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -89,8 +102,8 @@ def test_tile_2x2_puts_patches_in_reading_order():
 
 def test_best_window_covers_the_hot_region():
     maps = torch.zeros(2, 32, 32)
-    maps[0, 22:32, 0:10] = 1.0      # bottom left corner
-    maps[1, 0:8, 24:32] = 1.0       # top right corner
+    maps[0, 22:32, 0:10] = 1.0  # bottom left corner
+    maps[1, 0:8, 24:32] = 1.0  # top right corner
     window = window_cells(224, 256, 32)
     assert window == 28
     cells, scores = best_windows(maps, window)
@@ -104,12 +117,24 @@ def test_best_window_covers_the_hot_region():
 def test_clusters_give_their_quota_closest_first_then_relevance_fills():
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     offsets = torch.tensor([[0.3, 0.0], [0.1, 0.0], [0.2, 0.0], [0.0, 0.4]])
-    features = torch.cat([c + offsets for c in centres])          # 3 clusters of 4
-    relevance = torch.tensor([1.0, 1.1, 1.2, 9.0,                 # cluster 0: median 1.15
-                              5.0, 5.0, 5.0, 5.0,                 # cluster 1: median 5
-                              3.0, 3.0, 3.0, 3.0])                # cluster 2: median 3
-    picked = choose_patches(features, relevance, 5, clusters=3, top_clusters=2, seed=0,
-                            backend="torch")
+    features = torch.cat([c + offsets for c in centres])  # 3 clusters of 4
+    relevance = torch.tensor(
+        [
+            1.0,
+            1.1,
+            1.2,
+            9.0,  # cluster 0: median 1.15
+            5.0,
+            5.0,
+            5.0,
+            5.0,  # cluster 1: median 5
+            3.0,
+            3.0,
+            3.0,
+            3.0,
+        ]
+    )  # cluster 2: median 3
+    picked = choose_patches(features, relevance, 5, clusters=3, top_clusters=2, seed=0, backend="torch")
     # quota 5 // 2 = 2 from cluster 1 then 2 from cluster 2, closest to the centroid first;
     # the fifth is the most relevant patch left (index 3, relevance 9)
     centroid_1 = features[4:8].mean(0)
@@ -126,8 +151,7 @@ def test_relevance_batched_equals_two_passes_and_ignores_batch_size(data, genera
     cond, null = generator.condition(torch.tensor([3])), generator.null_condition(1)
     keys = [f"3/{i}" for i in range(6)]
     batched = relevance_maps(generator, latents, cond, null, keys, draws=3, batch_size=64)
-    separate = relevance_maps(generator, latents, cond, null, keys, draws=3, batch_size=64,
-                              batched=False)
+    separate = relevance_maps(generator, latents, cond, null, keys, draws=3, batch_size=64, batched=False)
     small = relevance_maps(generator, latents, cond, null, keys, draws=3, batch_size=3)
     assert batched.shape == (6, 16, 16)
     assert torch.allclose(batched, separate, atol=1e-5)
@@ -184,8 +208,14 @@ def test_crop_mode_cuts_the_best_window(data, generator):
 
 
 # -- sharding and resume ----------------------------------------------------------------------
-BASE = {"method": "patchsel", "dataset": "digits", "ipc": 2, "seed": 0, "generator": "tiny",
-        "config": {"method": {"draws": 2}}}
+BASE = {
+    "method": "patchsel",
+    "dataset": "digits",
+    "ipc": 2,
+    "seed": 0,
+    "generator": "tiny",
+    "config": {"method": {"draws": 2}},
+}
 
 
 def pngs(folder: Path) -> dict:
@@ -202,8 +232,9 @@ def test_two_ranks_and_a_resume_give_the_single_process_set(data, generator, tmp
 
     def rank(r):
         try:
-            distill_to_folder(method(), data, 2, 0, generator, tmp_path / "two", BASE,
-                              shard=Shard(r, 2), poll_s=0.05)
+            distill_to_folder(
+                method(), data, 2, 0, generator, tmp_path / "two", BASE, shard=Shard(r, 2), poll_s=0.05
+            )
         except Exception as exc:  # noqa: BLE001  (re-raised in the test's thread)
             errors.append(exc)
 
@@ -229,8 +260,9 @@ def test_two_ranks_and_a_resume_give_the_single_process_set(data, generator, tmp
 
     resumed = tmp_path / "resumed"
     with pytest.raises(Killed):
-        distill_to_folder(DiesAtClass4(score_cache=False, **SMALL), data, 2, 0, generator,
-                          resumed, BASE, shard=Shard())
+        distill_to_folder(
+            DiesAtClass4(score_cache=False, **SMALL), data, 2, 0, generator, resumed, BASE, shard=Shard()
+        )
     again = method()
     distill_to_folder(again, data, 2, 0, generator, resumed, BASE, shard=Shard())
     assert pngs(resumed) == pngs(one)
@@ -241,8 +273,14 @@ def test_two_ranks_and_a_resume_give_the_single_process_set(data, generator, tmp
 def test_class_conditional_run_end_to_end(make_cfg):
     from ddapp.tasks import distill_only
 
-    cfg = make_cfg("task=distill", "method=patchsel", "method.clusters=4", "method.top_clusters=2",
-                   "method.images_per_class=24", "ipc=3")
+    cfg = make_cfg(
+        "task=distill",
+        "method=patchsel",
+        "method.clusters=4",
+        "method.top_clusters=2",
+        "method.images_per_class=24",
+        "ipc=3",
+    )
     assert cfg.eval._target_ == "eval.soft_label.SoftLabelProtocol"  # the paper's protocol
     metrics = distill_only(cfg)
     folder = Path(cfg.paths.output_dir) / "distilled"
@@ -259,9 +297,16 @@ def text_data(per_class=8, names=True):
     source = TensorSource(images, torch.arange(3).repeat_interleave(per_class))
     if not names:
         class_names = list(wnids)
-    return ImageClassificationData(name="tinynette", class_ids=list(wnids), class_names=class_names,
-                                   resolution=32, channels=3, train=source, test=source,
-                                   prompts=class_names)
+    return ImageClassificationData(
+        name="tinynette",
+        class_ids=list(wnids),
+        class_names=class_names,
+        resolution=32,
+        channels=3,
+        train=source,
+        test=source,
+        prompts=class_names,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +321,16 @@ def sd_generator(tmp_path_factory):
 def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
     generator, _ = sd_generator
     data = text_data()
-    sel = PatchSelection(draws=2, crop="true", image_size=32, patch_size=24, clusters=2,
-                         top_clusters=1, kmeans_backend="torch", score_cache_dir=str(tmp_path))
+    sel = PatchSelection(
+        draws=2,
+        crop="true",
+        image_size=32,
+        patch_size=24,
+        clusters=2,
+        top_clusters=1,
+        kmeans_backend="torch",
+        score_cache_dir=str(tmp_path),
+    )
     sel.check_generator(generator, data)
     assert sel.conditions(generator, data, 0)[2] == f"text:An image of {data.class_names[0]}|An image of ."
     assert sel.feature_fn(generator, data).layer == "up_blocks.1"
@@ -285,9 +338,17 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
     images, info = sel.distill_class(data, 1, 2, 0, generator)
     assert images.shape == (2, 3, 32, 32) and counter.calls > 0
     calls = counter.calls
-    again, _ = PatchSelection(draws=2, crop="true", image_size=32, patch_size=24, clusters=2,
-                              top_clusters=1, kmeans_backend="torch", score_cache_dir=str(tmp_path),
-                              tile_max_ipc=0).distill_class(data, 1, 3, 0, generator)
+    again, _ = PatchSelection(
+        draws=2,
+        crop="true",
+        image_size=32,
+        patch_size=24,
+        clusters=2,
+        top_clusters=1,
+        kmeans_backend="torch",
+        score_cache_dir=str(tmp_path),
+        tile_max_ipc=0,
+    ).distill_class(data, 1, 3, 0, generator)
     assert counter.calls == calls and again.shape == (3, 3, 32, 32)
 
 
@@ -296,9 +357,17 @@ def test_text_conditioned_run_through_the_configs(make_cfg, sd_generator):
     from ddapp.tasks import distill_only
 
     _, folder = sd_generator
-    cfg = make_cfg("task=distill", "method=patchsel", "generator=sd15", f"generator.path={folder}",
-                   "generator.resolution=16", "method.clusters=4", "method.top_clusters=2",
-                   "method.images_per_class=12", "method.draws=1")
+    cfg = make_cfg(
+        "task=distill",
+        "method=patchsel",
+        "generator=sd15",
+        f"generator.path={folder}",
+        "generator.resolution=16",
+        "method.clusters=4",
+        "method.top_clusters=2",
+        "method.images_per_class=12",
+        "method.draws=1",
+    )
     metrics = distill_only(cfg)
     distilled = load_distilled(Path(cfg.paths.output_dir) / "distilled", digits())
     assert metrics["distill/images"] == 20 and distilled.images.shape == (20, 1, 16, 16)
@@ -341,10 +410,14 @@ def test_trained_tiny_dit_finds_the_digit_more_relevant_than_the_empty_border(ma
     ink, border, wins = [], [], 0
     for label in range(10):
         images = data.class_images(label)[:10]
-        maps = relevance_maps(generator, generator.encode(images),
-                              generator.condition(torch.tensor([label])),
-                              generator.null_condition(1), [f"{label}/{i}" for i in range(10)],
-                              draws=4)
+        maps = relevance_maps(
+            generator,
+            generator.encode(images),
+            generator.condition(torch.tensor([label])),
+            generator.null_condition(1),
+            [f"{label}/{i}" for i in range(10)],
+            draws=4,
+        )
         for image, relevance in zip(images[:, 0], maps):
             empty = (image < 0.05) & ring
             ink.append(relevance[image > 0.3].mean())
@@ -359,9 +432,17 @@ def test_clip_features_from_a_local_folder(data, generator, tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-        image_size=16, patch_size=8, projection_dim=8)).save_pretrained(tmp_path / "clip")
+    CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            image_size=16,
+            patch_size=8,
+            projection_dim=8,
+        )
+    ).save_pretrained(tmp_path / "clip")
     sel = method(features="clip", clip_model=str(tmp_path / "clip"), tile_max_ipc=0)
     sel.check_generator(generator, data)
     images, _ = sel.distill_class(data, 5, 4, 0, generator)
@@ -369,5 +450,4 @@ def test_clip_features_from_a_local_folder(data, generator, tmp_path):
     features = sel.feature_fn(generator, data)(data.class_images(5)[:3], None, [0, 1, 2])
     assert features.shape == (3, 8)
     with pytest.raises(UserError, match="cannot load a CLIP vision model"):
-        PatchSelection(features="clip", clip_model=str(tmp_path / "nothing")).feature_fn(
-            generator, data)
+        PatchSelection(features="clip", clip_model=str(tmp_path / "nothing")).feature_fn(generator, data)

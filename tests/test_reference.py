@@ -29,8 +29,7 @@ def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
     data = digits()
     distilled = random_real_subset(data, ipc=2, seed=1)
     reference = {"enabled": True, "cache_dir": str(tmp_path), "full_epochs": 1, "acc": "final"}
-    protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1,
-                                 reference=reference)
+    protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1, reference=reference)
     metrics = protocol.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
     full, rnd = metrics["reference/full_hard_acc"], metrics["reference/random_acc"]
     syn = metrics["student/final_acc_mean"]
@@ -46,19 +45,27 @@ def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(HardLabelProtocol, "train_real", fail)
     monkeypatch.setattr(ddcore.distilled, "random_real_subset", fail)
-    again = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1,
-                              reference=reference).evaluate(distilled, data, 2, 0, CPU)
+    again = HardLabelProtocol(
+        partial(ConvNet, width=8), epochs=2, evals=1, repeats=1, reference=reference
+    ).evaluate(distilled, data, 2, 0, CPU)
     assert (again["reference/full_hard_acc"], again["reference/random_acc"]) == (full, rnd)
 
 
 def test_soft_label_reference_uses_the_hard_label_protocol_for_hlr(tmp_path):
     data = digits()
     distilled = random_real_subset(data, ipc=2, seed=1)
-    teacher = Teacher(partial(ConvNet, width=8), cache_dir=str(tmp_path / "teachers"),
-                      train={"epochs": 1, "evals": 1})
-    protocol = SoftLabelProtocol(partial(ConvNet, width=8), teacher, epochs=2, evals=1, repeats=1,
-                                 hard_label={"epochs": 2, "evals": 1},
-                                 reference={"cache_dir": str(tmp_path / "ref"), "full_epochs": 1})
+    teacher = Teacher(
+        partial(ConvNet, width=8), cache_dir=str(tmp_path / "teachers"), train={"epochs": 1, "evals": 1}
+    )
+    protocol = SoftLabelProtocol(
+        partial(ConvNet, width=8),
+        teacher,
+        epochs=2,
+        evals=1,
+        repeats=1,
+        hard_label={"epochs": 2, "evals": 1},
+        reference={"cache_dir": str(tmp_path / "ref"), "full_epochs": 1},
+    )
     metrics = protocol.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
     assert metrics["reference/acc"] == "best"
     syn, syn_hard = metrics["student/best_acc_mean"], metrics["reference/distilled_hard_acc"]

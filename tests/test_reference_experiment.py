@@ -4,8 +4,7 @@ report, and a rerun redoes no finished job."""
 from experiments.reference import main
 
 
-def test_smoke_writes_the_report_and_a_rerun_skips_finished_jobs(tmp_path, cache_dir,
-                                                                 monkeypatch, capsys):
+def test_smoke_writes_the_report_and_a_rerun_skips_finished_jobs(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("DD_CACHE_DIR", str(cache_dir))  # the session's tiny generator
     args = ["--smoke", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     assert main(args) == 0

@@ -28,10 +28,22 @@ TINY = ["logger=none", "debug=tiny"]
 
 # -- helpers ---------------------------------------------------------------------------------
 def run(run_dir: Path, cache: Path, *args, env=None):
-    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, *args, f"hydra.run.dir={run_dir}",
-           f"paths.cache_dir={cache}"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent, timeout=600,
-                          env={**os.environ, **(env or {})})
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *TINY,
+        *args,
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache}",
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=run_dir.parent,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -55,8 +67,9 @@ def record(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run_dir / ".hydra").glob("*.yaml"))}
 
 
-def image_tree(root: Path, classes=("a", "b", "c"), per_class: int = 3, value: int = 0,
-               size: int = 16) -> Path:
+def image_tree(
+    root: Path, classes=("a", "b", "c"), per_class: int = 3, value: int = 0, size: int = 16
+) -> Path:
     """root/{train,val}/<class>/<i>.png, each image a different gray gradient."""
     for split in ("train", "val"):
         for c, name in enumerate(classes):
@@ -102,8 +115,7 @@ def fresh(tmp_path_factory, cache_dir):
     return run_dir, pngs(run_dir / "distilled")
 
 
-FOLDER_ARGS = ["task=distill", "method=random", "ipc=1", "dataset=image_folder",
-               "dataset.resolution=16"]
+FOLDER_ARGS = ["task=distill", "method=random", "ipc=1", "dataset=image_folder", "dataset.resolution=16"]
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +162,13 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
 
     def case(name, *args, env=None, unset=(), cache=cache_dir, run_dir=None):
         run_dir = run_dir or work / "runs" / name
-        cases[name] = {"argv": [*TINY, *args, f"hydra.run.dir={run_dir}",
-                                f"paths.cache_dir={cache}"],
-                       "env": env or {}, "unset": list(unset), "cwd": str(work),
-                       "run_dir": str(run_dir)}
+        cases[name] = {
+            "argv": [*TINY, *args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"],
+            "env": env or {},
+            "unset": list(unset),
+            "cwd": str(work),
+            "run_dir": str(run_dir),
+        }
         if (run_dir / "distilled").is_dir():
             before[name] = (pngs(run_dir / "distilled"), record(run_dir))
 
@@ -182,21 +197,43 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
         weights.write_bytes(weights.read_bytes()[:100])
     case("corrupt_generator", "task=distill", cache=broken)
     # offline: the hub's endpoint refuses connections, HF_HUB_OFFLINE unset
-    case("offline_hub", "task=distill", "generator=dit_xl2", "generator.class_space=dataset",
-         env={"HF_ENDPOINT": "http://127.0.0.1:9"}, unset=["HF_HUB_OFFLINE"])
+    case(
+        "offline_hub",
+        "task=distill",
+        "generator=dit_xl2",
+        "generator.class_space=dataset",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+        unset=["HF_HUB_OFFLINE"],
+    )
     # test data: an unreadable file, a class without test images
     unreadable = image_tree(work / "unreadable")
     (unreadable / "val" / "b" / "1.png").write_bytes(b"\x89PNG broken")
-    case("unreadable_test_image", "method=random", "ipc=1", "dataset=image_folder",
-         f"dataset.root={unreadable}", "dataset.resolution=16")
+    case(
+        "unreadable_test_image",
+        "method=random",
+        "ipc=1",
+        "dataset=image_folder",
+        f"dataset.root={unreadable}",
+        "dataset.resolution=16",
+    )
     no_test = image_tree(work / "no_test")
     shutil.rmtree(no_test / "val" / "c")
-    case("class_without_test_images", "method=random", "ipc=1", "dataset=image_folder",
-         f"dataset.root={no_test}", "dataset.resolution=16")
+    case(
+        "class_without_test_images",
+        "method=random",
+        "ipc=1",
+        "dataset=image_folder",
+        f"dataset.root={no_test}",
+        "dataset.resolution=16",
+    )
     # integrity: a resume with another generator setting (killed after 4 classes)
     run_dir, _ = fresh
-    case("resume_other_cfg_scale", "task=distill", "generator.cfg_scale=1.0",
-         run_dir=interrupted_copy(run_dir, work / "resumed"))
+    case(
+        "resume_other_cfg_scale",
+        "task=distill",
+        "generator.cfg_scale=1.0",
+        run_dir=interrupted_copy(run_dir, work / "resumed"),
+    )
     # integrity: another writer (this process, with seed 1) holds the folder
     busy = interrupted_copy(run_dir, work / "busy")
     case("second_writer_other_seed", "task=distill", run_dir=busy)
@@ -204,11 +241,19 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
     # image of its own root was rewritten in place
     folder_run, root_a, _ = fresh_folder_run
     root_b = image_tree(work / "B", value=40)
-    case("other_root_same_classes", *FOLDER_ARGS, f"dataset.root={root_b}",
-         run_dir=shutil.copytree(folder_run, work / "other_root"))
+    case(
+        "other_root_same_classes",
+        *FOLDER_ARGS,
+        f"dataset.root={root_b}",
+        run_dir=shutil.copytree(folder_run, work / "other_root"),
+    )
     rewrite_in_place(root_a / "train" / "a" / "0.png")  # same names and count
-    case("rewritten_in_place", *FOLDER_ARGS, f"dataset.root={root_a}",
-         run_dir=shutil.copytree(folder_run, work / "rewritten"))
+    case(
+        "rewritten_in_place",
+        *FOLDER_ARGS,
+        f"dataset.root={root_a}",
+        run_dir=shutil.copytree(folder_run, work / "rewritten"),
+    )
 
     results = {}
     with contextlib.ExitStack() as stack:
@@ -218,16 +263,19 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
             case("cache_read_only", "task=distill", cache=locked)
         except pytest.skip.Exception:
             pass
-        stack.enter_context(folder_lock.writing(busy / "distilled", held_stamp(run_dir, seed=1),
-                                                differences))
+        stack.enter_context(folder_lock.writing(busy / "distilled", held_stamp(run_dir, seed=1), differences))
         spec = work / "cases.json"
         spec.write_text(json.dumps(list(cases.values())))
-        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "run_many.py"), str(spec)],
-                              capture_output=True, text=True, cwd=work, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "run_many.py"), str(spec)],
+            capture_output=True,
+            text=True,
+            cwd=work,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         for name, result in zip(cases, json.loads(proc.stdout.splitlines()[-1])):
-            results[name] = {**result, "run_dir": Path(cases[name]["run_dir"]),
-                             "before": before.get(name)}
+            results[name] = {**result, "run_dir": Path(cases[name]["run_dir"]), "before": before.get(name)}
     return results
 
 
@@ -255,8 +303,10 @@ FAILURES = {
     "cache_read_only": ["paths.cache_dir=", "cannot be written"],
 }
 REFUSED_RESUMES = {
-    "resume_other_cfg_scale": ["holds classes made with other settings",
-                               "generator.cfg_scale: 3.0 there, 1.0 here"],
+    "resume_other_cfg_scale": [
+        "holds classes made with other settings",
+        "generator.cfg_scale: 3.0 there, 1.0 here",
+    ],
     "second_writer_other_seed": ["being written by another process", "seed: 1 there, 0 here"],
     "other_root_same_classes": ["holds classes made with other settings", "data."],
     "rewritten_in_place": ["holds classes made with other settings", "data.train_digest"],
@@ -287,8 +337,7 @@ def test_a_folder_never_takes_images_of_other_settings(failures, name):
     assert record(result["run_dir"]) == hydra_record  # .hydra/ still says what made the folder
 
 
-def test_resume_after_only_the_cache_folder_moved_finishes_the_same_set(fresh, cache_dir,
-                                                                        tmp_path):
+def test_resume_after_only_the_cache_folder_moved_finishes_the_same_set(fresh, cache_dir, tmp_path):
     """Only the cache folder changes, and a writer of the same settings (a rank of the same
     run) holds the folder: the resume joins it and finishes the set an uninterrupted run made."""
     from ddcore import folder_lock
@@ -366,9 +415,17 @@ def test_degenerate_data_is_reported_in_one_line(cache_dir, tmp_path):
             (root / split / name).mkdir(parents=True)
             Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(root / split / name / "0.png")
     run_dir = tmp_path / "run"
-    proc = run(run_dir, cache_dir, "task=distill", "method=random", "ipc=1",
-               "dataset=image_folder", f"dataset.root={root}", "dataset.resolution=16",
-               "report.tsne_classes=3")
+    proc = run(
+        run_dir,
+        cache_dir,
+        "task=distill",
+        "method=random",
+        "ipc=1",
+        "dataset=image_folder",
+        f"dataset.root={root}",
+        "dataset.resolution=16",
+        "report.tsne_classes=3",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     log = (run_dir / "run.log").read_text() if (run_dir / "run.log").is_file() else proc.stdout

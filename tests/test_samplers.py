@@ -41,8 +41,9 @@ class Recorder:
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("injection", INJECTIONS)
 def test_mgd3_runs_with_each_sampler_and_injection(make_cfg, sampler, injection):
-    out, data = distill(make_cfg, "method=mgd3", *FAST, f"method.sampler={sampler}",
-                        f"method.injection={injection}")
+    out, data = distill(
+        make_cfg, "method=mgd3", *FAST, f"method.sampler={sampler}", f"method.injection={injection}"
+    )
     assert out.images.shape == (10 * 2, 1, 16, 16)
     assert torch.isfinite(out.images).all() and 0 <= out.images.min() <= out.images.max() <= 1
     assert out.info["mode_id"][:2] == [0, 1]
@@ -52,8 +53,14 @@ def test_mgd3_runs_with_each_sampler_and_injection(make_cfg, sampler, injection)
 def test_t_sg_equal_to_steps_gives_the_unguided_images_exactly(make_cfg, sampler):
     plain, _ = distill(make_cfg, "method=unguided", "method.steps=4", f"method.sampler={sampler}")
     for injection in INJECTIONS:
-        stopped, _ = distill(make_cfg, "method=mgd3", "method.steps=4", "method.t_sg=4",
-                             f"method.sampler={sampler}", f"method.injection={injection}")
+        stopped, _ = distill(
+            make_cfg,
+            "method=mgd3",
+            "method.steps=4",
+            "method.t_sg=4",
+            f"method.sampler={sampler}",
+            f"method.injection={injection}",
+        )
         assert torch.equal(plain.images, stopped.images), injection
 
 
@@ -67,8 +74,9 @@ def test_guidance_pulls_x0_hat_toward_its_mode(make_cfg, sampler, injection):
 
     def x0_trajectory(guidance):
         recorder = Recorder(guidance)
-        sample_latents(generator, labels, rng=rng_for(0, "pull", 3), steps=10, sampler=sampler,
-                       guidance=recorder)
+        sample_latents(
+            generator, labels, rng=rng_for(0, "pull", 3), steps=10, sampler=sampler, guidance=recorder
+        )
         return recorder.x0
 
     plain = x0_trajectory(None)
@@ -82,16 +90,25 @@ def test_posterior_mean_scale_is_sigma_for_ddpm_and_sqrt_alpha_bar_for_ddim():
     modes, x0 = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
     guidance = ModeGuidance(modes, lam=0.5, t_sg=0)
     for sampler, expected in (("ddpm", 0.5 * 0.3), ("ddim", 0.5 * 0.8)):
-        ctx = StepContext(index=5, timestep=torch.tensor(500), x0_hat=x0, sigma=torch.tensor(0.3),
-                          alpha_bar=torch.tensor(0.64), sampler=sampler)
+        ctx = StepContext(
+            index=5,
+            timestep=torch.tensor(500),
+            x0_hat=x0,
+            sigma=torch.tensor(0.3),
+            alpha_bar=torch.tensor(0.64),
+            sampler=sampler,
+        )
         assert torch.equal(guidance.adjust_eps(x0, ctx), x0)  # posterior_mean leaves eps alone
         assert torch.allclose(guidance.adjust_prev(x0, ctx), torch.full_like(x0, expected))
 
 
-@pytest.mark.parametrize("injection, factor", [
-    ("eps", 0.36 / 0.8),  # paper eq. 6 with the sign that pulls: lam (1 - abar) / sqrt(abar) g
-    ("x0", 1.0),          # x0_hat shifted by lam g, eps re-derived from it
-])
+@pytest.mark.parametrize(
+    "injection, factor",
+    [
+        ("eps", 0.36 / 0.8),  # paper eq. 6 with the sign that pulls: lam (1 - abar) / sqrt(abar) g
+        ("x0", 1.0),  # x0_hat shifted by lam g, eps re-derived from it
+    ],
+)
 def test_eps_routes_move_x0_hat_toward_the_mode_and_leave_x_prev_alone(injection, factor):
     from diffusers import DDPMScheduler
 
@@ -99,16 +116,16 @@ def test_eps_routes_move_x0_hat_toward_the_mode_and_leave_x_prev_alone(injection
     x, eps, alpha_bar = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor(0.64)
     x0 = predicted_x0(scheduler, x, eps, alpha_bar)
     modes = torch.randn(2, 3, 4, 4)
-    ctx = StepContext(index=5, timestep=torch.tensor(500), x0_hat=x0, sigma=torch.tensor(0.3),
-                      alpha_bar=alpha_bar)
+    ctx = StepContext(
+        index=5, timestep=torch.tensor(500), x0_hat=x0, sigma=torch.tensor(0.3), alpha_bar=alpha_bar
+    )
     guidance = ModeGuidance(modes, lam=0.5, t_sg=0, injection=injection)
     moved = predicted_x0(scheduler, x, guidance.adjust_eps(eps, ctx), alpha_bar)
     assert torch.allclose(moved - x0, 0.5 * factor * (modes - x0), atol=1e-5)
     assert torch.equal(guidance.adjust_prev(x, ctx), x)
 
 
-@pytest.mark.parametrize("lam, words", [("inf", "finite"), ("nan", "finite"),
-                                        ("1e9", "diverged")])
+@pytest.mark.parametrize("lam, words", [("inf", "finite"), ("nan", "finite"), ("1e9", "diverged")])
 def test_unusable_guidance_is_one_line_not_black_images(make_cfg, lam, words):
     cfg = make_cfg("method=mgd3", "method.steps=4", "method.t_sg=0", f"method.lam={lam}")
     data, method, generator = (None, None, None)
@@ -129,19 +146,23 @@ def test_img2img_start_runs_the_last_steps_and_stays_near_its_start(make_cfg):
     data, _, generator = prepare_distillation(cfg)
     init = modes_for_class(generator, data, label=5, k=2, seed=0)
     labels, recorder = torch.full((2,), 5), Recorder()
-    near = sample_latents(generator, labels, rng=rng_for(0, "i2i"), steps=10, init=init,
-                          strength=0.2, guidance=recorder)
+    near = sample_latents(
+        generator, labels, rng=rng_for(0, "i2i"), steps=10, init=init, strength=0.2, guidance=recorder
+    )
     far = sample_latents(generator, labels, rng=rng_for(0, "i2i"), steps=10)
     assert recorder.indices == [1, 0]
     assert (near - init).norm() < (far - init).norm()
 
 
-@pytest.mark.parametrize("override, words", [
-    ("method.injection=score", ["method.injection", "'score'", "posterior_mean, eps, x0"]),
-    ("method.timestep_spacing=cosine", ["method.timestep_spacing", "'cosine'", "linspace"]),
-    ("method.x0_from=null_half", ["method.x0_from", "'null_half'", "cfg"]),
-    ("method.sampler=euler", ["method.sampler", "'euler'", "ddpm, ddim"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("method.injection=score", ["method.injection", "'score'", "posterior_mean, eps, x0"]),
+        ("method.timestep_spacing=cosine", ["method.timestep_spacing", "'cosine'", "linspace"]),
+        ("method.x0_from=null_half", ["method.x0_from", "'null_half'", "cfg"]),
+        ("method.sampler=euler", ["method.sampler", "'euler'", "ddpm, ddim"]),
+    ],
+)
 def test_unknown_injection_or_sampler_is_a_one_line_error(make_cfg, override, words):
     cfg = make_cfg("method=mgd3", override)
     with pytest.raises(UserError) as err:

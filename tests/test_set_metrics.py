@@ -19,13 +19,22 @@ def images(*pixels):
 
 def tiny_data(real_per_class=None) -> ImageClassificationData:
     """Class 0: real r1=0000, r2=1100, r3=1110; class 1: real 1111, 0111."""
-    real = real_per_class or [images([0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]),
-                              images([1, 1, 1, 1], [0, 1, 1, 1])]
+    real = real_per_class or [
+        images([0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]),
+        images([1, 1, 1, 1], [0, 1, 1, 1]),
+    ]
     x = torch.cat(real)
     y = torch.cat([torch.full((len(r),), c) for c, r in enumerate(real)])
     source = TensorSource((x * 255).round().to(torch.uint8), y)
-    return ImageClassificationData(name="tiny", class_ids=["a", "b"], class_names=["A", "B"],
-                                   resolution=2, channels=1, train=source, test=source)
+    return ImageClassificationData(
+        name="tiny",
+        class_ids=["a", "b"],
+        class_names=["A", "B"],
+        resolution=2,
+        channels=1,
+        train=source,
+        test=source,
+    )
 
 
 def tiny_distilled() -> DistilledSet:
@@ -46,8 +55,13 @@ def test_pixel_metrics_equal_hand_computed_values():
     assert summary["set/diversity_mean"] == pytest.approx((2 + S3) / 3)
     assert summary["set/representativeness_mean"] == pytest.approx(sum(expected) / 4)
     row0, row1 = result.per_class
-    assert (row0["class_id"], row0["class_name"], row0["images"], row0["real"], row0["k"]) == \
-        ("a", "A", 3, 3, 3)
+    assert (row0["class_id"], row0["class_name"], row0["images"], row0["real"], row0["k"]) == (
+        "a",
+        "A",
+        3,
+        3,
+        3,
+    )
     assert row0["diversity_mean"] == pytest.approx((2 + S3) / 3)
     assert row0["diversity_min"] == pytest.approx(1.0)
     assert row0["representativeness_mean"] == pytest.approx(sum(expected[:3]) / 3)
@@ -70,8 +84,7 @@ def test_latents_space_uses_the_encoder():
     pixels = set_metrics(tiny_distilled(), tiny_data())
     latents = set_metrics(tiny_distilled(), tiny_data(), space="latents", encoder=encoder)
     assert latents.diversity[:3].tolist() == pytest.approx((2 * pixels.diversity[:3]).tolist())
-    assert latents.representativeness.tolist() == pytest.approx(
-        (2 * pixels.representativeness).tolist())
+    assert latents.representativeness.tolist() == pytest.approx((2 * pixels.representativeness).tolist())
     assert calls and latents.space == "latents"
     with pytest.raises(ValueError, match="needs an encoder"):
         set_metrics(tiny_distilled(), tiny_data(), space="latents")

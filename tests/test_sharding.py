@@ -19,14 +19,20 @@ from ddcore.data.small import digits
 from ddcore.distilled import load_distilled
 from ddcore.errors import UserError
 from ddcore.generators.dit import load_dit
-from ddcore.seeding import rng_for
 from ddcore.method import MethodBase
+from ddcore.seeding import rng_for
 from ddcore.sharding import Shard, autocast, current_shard, distill_to_folder
 from mgd3.distiller import MGD3
 
 IPC = 2
-BASE = {"method": "mgd3", "dataset": "digits", "ipc": IPC, "seed": 0, "generator": "tiny",
-        "config": {"method": {"lam": 0.1, "t_sg": 2, "steps": 4}}}
+BASE = {
+    "method": "mgd3",
+    "dataset": "digits",
+    "ipc": IPC,
+    "seed": 0,
+    "generator": "tiny",
+    "config": {"method": {"lam": 0.1, "t_sg": 2, "steps": 4}},
+}
 
 
 class Killed(BaseException):
@@ -81,10 +87,14 @@ class Counting(MethodBase):
         return self.inner.distill_class(data, label, ipc, seed, generator)
 
 
-def _worker(rank: int, world_size: int, init_file: str, dit_folder: str, out: str,
-            generator=None) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=180))
+def _worker(rank: int, world_size: int, init_file: str, dit_folder: str, out: str, generator=None) -> None:
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=180),
+    )
     try:
         generator = generator or tiny_generator(Path(dit_folder))
         distill_to_folder(method(), digits(), IPC, 0, generator, Path(out), BASE, poll_s=0.2)
@@ -106,13 +116,14 @@ def test_one_vs_two_gloo_processes_write_identical_pngs(setup, reference, tmp_pa
     assert other.exitcode == 0
     assert pngs(out) == pngs(reference) and len(pngs(out)) == 10 * IPC
     assert manifest(out)["images"] == manifest(reference)["images"]
-    ranks = {json.loads(p.read_text())["label"]: json.loads(p.read_text())["rank"]
-             for p in (out / ".done").glob("*.json")}
+    ranks = {
+        json.loads(p.read_text())["label"]: json.loads(p.read_text())["rank"]
+        for p in (out / ".done").glob("*.json")
+    }
     assert ranks == {label: label % 2 for label in range(10)}  # the classes were split
 
 
-def test_killed_mid_class_then_resumed_equals_uninterrupted(setup, reference, tmp_path,
-                                                            monkeypatch):
+def test_killed_mid_class_then_resumed_equals_uninterrupted(setup, reference, tmp_path, monkeypatch):
     data, generator, _ = setup
     out = tmp_path / "distilled"
     save = class_writer.save_png_atomic
@@ -158,8 +169,9 @@ def test_other_settings_in_the_folder_are_refused(setup, reference):
     with pytest.raises(UserError, match="method.t_sg: 2 there, 3 here"):
         distill_to_folder(method(), data, IPC, 0, generator, reference, other, shard=Shard())
     with pytest.raises(UserError, match="precision: 'fp32' there, 'bf16' here"):
-        distill_to_folder(method(), data, IPC, 0, generator, reference, BASE, shard=Shard(),
-                          precision="bf16-mixed")
+        distill_to_folder(
+            method(), data, IPC, 0, generator, reference, BASE, shard=Shard(), precision="bf16-mixed"
+        )
 
 
 class Noise(MethodBase):
@@ -178,8 +190,9 @@ def run_ranks(make_method, data, out, world_size):
 
     def rank(r):
         try:
-            distill_to_folder(make_method(), data, IPC, 0, None, out, BASE,
-                              shard=Shard(r, world_size), poll_s=0.05)
+            distill_to_folder(
+                make_method(), data, IPC, 0, None, out, BASE, shard=Shard(r, world_size), poll_s=0.05
+            )
         except Exception as exc:  # noqa: BLE001  (re-raised below, in the test's thread)
             errors.append(exc)
 
@@ -201,8 +214,15 @@ def test_ranks_meet_on_disk_without_a_process_group(make_method, tmp_path):
 
 
 def test_shard_comes_from_the_launcher_environment(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SUBMITIT_EXECUTOR", "SLURM_PROCID",
-                "SLURM_NTASKS", "SLURM_LOCALID"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "SUBMITIT_EXECUTOR",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_LOCALID",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "4")  # a plain sbatch script: one process, no sharding

@@ -30,8 +30,9 @@ def teacher_dir(tmp_path_factory):
 
 
 def tiny_teacher(cache_dir, **kwargs) -> Teacher:
-    return Teacher(partial(ResNet18, width=4, norm="batch"), cache_dir=str(cache_dir),
-                   train=TINY_TRAIN, **kwargs)
+    return Teacher(
+        partial(ResNet18, width=4, norm="batch"), cache_dir=str(cache_dir), train=TINY_TRAIN, **kwargs
+    )
 
 
 def test_soft_label_loss_equals_hand_computed_value():
@@ -59,9 +60,18 @@ def test_rded_batch_sizes_and_schedule():
 
 def test_adamw_skips_weight_decay_on_one_dimensional_parameters():
     student, teacher = ConvNet(1, 10, 16, width=8), ConvNet(1, 10, 16, width=8)
-    module = SoftLabelModule(student, teacher, 10, 3, dict(lr=1e-3, betas=(0.9, 0.999),
-                                                           weight_decay=0.01, schedule="rded_cosine"),
-                             None, 1.0, None, "s", 20.0)
+    module = SoftLabelModule(
+        student,
+        teacher,
+        10,
+        3,
+        dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, schedule="rded_cosine"),
+        None,
+        1.0,
+        None,
+        "s",
+        20.0,
+    )
     opt = module.configure_optimizers()["optimizer"]
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.01 and all(p.ndim > 1 for p in decay["params"])
@@ -87,19 +97,31 @@ def test_teacher_with_permuted_class_order_is_refused(data, teacher_dir, tmp_pat
     teacher = tiny_teacher(teacher_dir)
     model, _ = teacher.get(data, CPU)
     permuted = ImageClassificationData(
-        name="digits", class_ids=data.class_ids[1:] + data.class_ids[:1],
-        class_names=data.class_names, resolution=16, channels=1, train=data.train, test=data.test)
+        name="digits",
+        class_ids=data.class_ids[1:] + data.class_ids[:1],
+        class_names=data.class_names,
+        resolution=16,
+        channels=1,
+        train=data.train,
+        test=data.test,
+    )
     path = save_teacher(tmp_path / "permuted.pt", model, teacher.arch, permuted, {})
-    with pytest.raises(UserError, match=r"orders its classes differently .*\(label 0 is '1' for "
-                                        r"the teacher, '0' for the dataset\)"):
+    with pytest.raises(
+        UserError,
+        match=r"orders its classes differently .*\(label 0 is '1' for "
+        r"the teacher, '0' for the dataset\)",
+    ):
         tiny_teacher(teacher_dir, checkpoint=str(path)).get(data)
 
 
 def test_teacher_of_another_architecture_or_without_record_is_refused(data, teacher_dir, tmp_path):
     model, _ = tiny_teacher(teacher_dir).get(data, CPU)
     other = Teacher(partial(ConvNet, width=8), checkpoint=str(tiny_teacher(teacher_dir).cache_path(data)))
-    with pytest.raises(UserError, match=r"is a ResNet18\(norm=batch,width=4\), but eval.teacher.model "
-                                        r"asks for ConvNet\(width=8\)"):
+    with pytest.raises(
+        UserError,
+        match=r"is a ResNet18\(norm=batch,width=4\), but eval.teacher.model "
+        r"asks for ConvNet\(width=8\)",
+    ):
         other.get(data)
     raw = tmp_path / "raw.pt"
     torch.save(model.state_dict(), raw)
@@ -120,8 +142,14 @@ def test_timm_teacher_from_a_local_folder_picks_the_subset_logits(tmp_path):
     picked = [wnids[5], wnids[0], wnids[999]]
     images = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
     subset = ImageClassificationData(
-        name="tiny_subset", class_ids=picked, class_names=picked, resolution=32, channels=3,
-        train=TensorSource(images, torch.arange(3)), test=TensorSource(images, torch.arange(3)))
+        name="tiny_subset",
+        class_ids=picked,
+        class_names=picked,
+        resolution=32,
+        channels=3,
+        train=TensorSource(images, torch.arange(3)),
+        test=TensorSource(images, torch.arange(3)),
+    )
     from eval.students import timm_student
 
     teacher, _ = Teacher(partial(timm_student, name="resnet18"), pretrained_dir=str(tmp_path)).get(subset)
@@ -131,8 +159,14 @@ def test_timm_teacher_from_a_local_folder_picks_the_subset_logits(tmp_path):
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     assert torch.allclose(teacher(x), net((x - mean) / std)[:, [5, 0, 999]], atol=1e-5)
     digits_like = ImageClassificationData(
-        name="d", class_ids=["0", "1", "2"], class_names=["0", "1", "2"], resolution=32, channels=3,
-        train=subset.train, test=subset.test)
+        name="d",
+        class_ids=["0", "1", "2"],
+        class_names=["0", "1", "2"],
+        resolution=32,
+        channels=3,
+        train=subset.train,
+        test=subset.test,
+    )
     with pytest.raises(UserError, match="do not cover d's classes"):
         Teacher(partial(timm_student, name="resnet18"), pretrained_dir=str(tmp_path)).get(digits_like)
 
@@ -140,8 +174,9 @@ def test_timm_teacher_from_a_local_folder_picks_the_subset_logits(tmp_path):
 # -- runs ------------------------------------------------------------------------------------------
 def test_tiny_soft_label_run_keeps_the_teacher_frozen(data, teacher_dir):
     distilled = random_real_subset(data, ipc=2, seed=0)
-    protocol = SoftLabelProtocol(partial(ConvNet, width=8), tiny_teacher(teacher_dir), epochs=2,
-                                 evals=2, repeats=1)
+    protocol = SoftLabelProtocol(
+        partial(ConvNet, width=8), tiny_teacher(teacher_dir), epochs=2, evals=2, repeats=1
+    )
     protocol.prepare(data, 0, CPU)
     bn = protocol._teacher_model[1].bn1
     before = bn.running_mean.clone()
@@ -157,8 +192,12 @@ def test_soft_label_config_and_train_teacher_task(make_cfg):
 
     from ddapp.tasks import build
 
-    overrides = ["eval=soft_label", "eval.teacher.train.epochs=1", "eval.teacher.model.width=4",
-                 "eval.reference.enabled=false"]
+    overrides = [
+        "eval=soft_label",
+        "eval.teacher.train.epochs=1",
+        "eval.teacher.model.width=4",
+        "eval.reference.enabled=false",
+    ]
     cfg = make_cfg("task=train_teacher", *overrides)
     metrics = build(cfg.task)(cfg)
     assert Path(metrics["teacher/checkpoint"]).is_file() and metrics["teacher/arch"].startswith("ResNet18")

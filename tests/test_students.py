@@ -26,8 +26,11 @@ def forward_backward(net: nn.Module, channels: int, res: int, batch: int = 2) ->
 
 
 @pytest.mark.parametrize("res", RESOLUTIONS)
-@pytest.mark.parametrize("build", [partial(ConvNet, width=8), partial(ResNetAP, width=8),
-                                   partial(ResNet18, width=8)], ids=["convnet", "resnet_ap10", "resnet18"])
+@pytest.mark.parametrize(
+    "build",
+    [partial(ConvNet, width=8), partial(ResNetAP, width=8), partial(ResNet18, width=8)],
+    ids=["convnet", "resnet_ap10", "resnet18"],
+)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_students_run_at_every_resolution(build, res, channels):
     out = forward_backward(build(channels, 10, res), channels, res)
@@ -72,9 +75,18 @@ def test_resnet18_matches_torchvision_layout():
     assert isinstance(small.bn1, nn.GroupNorm)
 
 
-@pytest.mark.parametrize("name, res", [("resnet50", 32), ("resnet101", 32), ("mobilenetv2_100", 32),
-                                       ("efficientnet_b0", 32), ("swin_tiny_patch4_window7_224", 64),
-                                       ("vit_base_patch16_224", 32), ("resnet50", 224)])
+@pytest.mark.parametrize(
+    "name, res",
+    [
+        ("resnet50", 32),
+        ("resnet101", 32),
+        ("mobilenetv2_100", 32),
+        ("efficientnet_b0", 32),
+        ("swin_tiny_patch4_window7_224", 64),
+        ("vit_base_patch16_224", 32),
+        ("resnet50", 224),
+    ],
+)
 def test_timm_students_by_name(name, res):
     net = timm_student(3, 10, res, name=name, width=16)  # width is ignored for timm models
     assert forward_backward(net, 3, res, batch=1 if res == 224 else 2).shape[-1] == 10
@@ -91,6 +103,8 @@ def test_normalization_is_inside_the_network_and_names_are_stable():
     net = with_normalization(nn.Identity(), 3)
     x = torch.full((1, 3, 2, 2), 0.485)
     assert net(x)[0, 0].abs().max() < 1e-6
-    assert arch_name(partial(ResNet18, width=64, norm="batch", small_stem=None)) == \
-        "ResNet18(norm=batch,width=64)"
+    assert (
+        arch_name(partial(ResNet18, width=64, norm="batch", small_stem=None))
+        == "ResNet18(norm=batch,width=64)"
+    )
     assert arch_name(partial(timm_student, name="resnet50", width=None)) == "timm:resnet50()"

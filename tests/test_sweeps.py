@@ -66,10 +66,12 @@ def test_mode_discovery_sweep_names_the_papers_four_methods():
         assert job.method.mode_discovery == name
 
 
-ROWS = {"unguided": ("mgd3.distiller.UnguidedSampling", None),
-        "mode_discovery_only": ("baselines.real.KMeansReal", None),
-        "mode_guidance": ("mgd3.distiller.MGD3", 0),
-        "stop_guidance": ("mgd3.distiller.MGD3", 25)}
+ROWS = {
+    "unguided": ("mgd3.distiller.UnguidedSampling", None),
+    "mode_discovery_only": ("baselines.real.KMeansReal", None),
+    "mode_guidance": ("mgd3.distiller.MGD3", 0),
+    "stop_guidance": ("mgd3.distiller.MGD3", 25),
+}
 
 
 @pytest.mark.parametrize("row", list(ROWS))
@@ -92,14 +94,20 @@ def test_component_sweep_keeps_the_default_folder_name_exclusions():
     assert set(default.exclude_keys) <= set(ours.exclude_keys)
 
 
-@pytest.mark.parametrize("launcher, target", [
-    ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
-    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
-    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-])
+@pytest.mark.parametrize(
+    "launcher, target",
+    [
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ],
+)
 def test_launchers_compose_with_a_sweep(launcher, target):
-    extra = ["hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"] \
-        if launcher == "submitit_slurm" else []
+    extra = (
+        ["hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"]
+        if launcher == "submitit_slurm"
+        else []
+    )
     cfg = compose_job("experiment=mgd3_tsg_sweep", f"hydra/launcher={launcher}", *extra)
     assert cfg.hydra.launcher._target_ == target
     if extra:
@@ -110,18 +118,32 @@ def test_launchers_compose_with_a_sweep(launcher, target):
 def test_local_parallel_launcher_runs_an_experiment_sweep(cache_dir, tmp_path):
     """Two jobs of the component ablation at once (joblib); the real-image row needs no generator."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=joblib",
-           "hydra.launcher.n_jobs=2", "experiment=mgd3_components",
-           "+experiment/components=mode_discovery_only", "method.space=pixels", "seed=0,1",
-           "dataset=digits", "task=distill", "debug=tiny", "logger=none",
-           f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=mgd3_components",
+        "+experiment/components=mode_discovery_only",
+        "method.space=pixels",
+        "seed=0,1",
+        "dataset=digits",
+        "task=distill",
+        "debug=tiny",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={cache_dir}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2," in proc.stdout + proc.stderr
     folders = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert folders == [f"components=mode_discovery_only,dataset=digits,debug=tiny,"
-                       f"experiment=mgd3_components,method.space=pixels,seed={seed},task=distill"
-                       for seed in (0, 1)]
+    assert folders == [
+        f"components=mode_discovery_only,dataset=digits,debug=tiny,"
+        f"experiment=mgd3_components,method.space=pixels,seed={seed},task=distill"
+        for seed in (0, 1)
+    ]
     sets = []
     for name in folders:
         manifest = json.loads((sweep / name / "distilled" / "manifest.json").read_text())
@@ -132,13 +154,13 @@ def test_local_parallel_launcher_runs_an_experiment_sweep(cache_dir, tmp_path):
 
 def test_patchsel_ablations_sweep_clustering_and_images_per_class():
     cfg = compose_job("experiment=patchsel_ablations")
-    assert sweep_points(cfg) == {"method.clustering": [True, False],
-                                 "method.images_per_class": [300, None]}
+    assert sweep_points(cfg) == {"method.clustering": [True, False], "method.images_per_class": [300, None]}
     assert cfg.method._target_ == "patchsel.distiller.PatchSelection"
     assert cfg.eval._target_ == "eval.soft_label.SoftLabelProtocol"
     assert cfg.hydra.runtime.choices.generator == "sd15"
-    job = compose_job("experiment=patchsel_ablations", "method.clustering=false",
-                      "method.images_per_class=null")
+    job = compose_job(
+        "experiment=patchsel_ablations", "method.clustering=false", "method.images_per_class=null"
+    )
     assert job.method.clustering is False and job.method.images_per_class is None
 
 

@@ -9,9 +9,11 @@ from ddcore.errors import UserError
 from ddcore.generators.base import VAECodec
 from ddcore.generators.vae import load_or_train_vae
 
-TINY = {"arch": {"latent_channels": 2, "block_out_channels": [8, 8], "norm_num_groups": 4},
-        "train": {"epochs": 2, "batch_size": 256, "lr": 2e-3},
-        "trainer_kwargs": {"accelerator": "cpu", "devices": 1}}
+TINY = {
+    "arch": {"latent_channels": 2, "block_out_channels": [8, 8], "norm_num_groups": 4},
+    "train": {"epochs": 2, "batch_size": 256, "lr": 2e-3},
+    "trainer_kwargs": {"accelerator": "cpu", "devices": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +41,13 @@ def test_cached_and_reused_without_training(trained, monkeypatch):
     monkeypatch.setattr(vae_module, "train_vae", lambda *a, **k: pytest.fail("retrained"))
     again, meta_again = load_or_train_vae(data, cache_dir=str(cache), **TINY)
     assert meta_again == meta
-    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(),
-                                                  again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), again.state_dict().values()))
 
 
 def test_bad_input_is_one_line(trained, tmp_path):
     data, cache, _, _ = trained
     with pytest.raises(UserError, match="does not divide the image size 16") as err:
-        load_or_train_vae(data, cache_dir=str(tmp_path),
-                          arch={"block_out_channels": [8, 8, 8, 8, 8, 8]})
+        load_or_train_vae(data, cache_dir=str(tmp_path), arch={"block_out_channels": [8, 8, 8, 8, 8, 8]})
     assert "\n" not in str(err.value)
     folder = next(p for p in cache.iterdir() if p.is_dir())
     other = digits()

@@ -65,8 +65,7 @@ def resize_crop(im: Image.Image, resolution: int) -> Image.Image:
     """Resize the short side to ``resolution`` (bicubic), then center-crop a square."""
     w, h = im.size
     scale = resolution / min(w, h)
-    im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
-                   Image.BICUBIC)
+    im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
     w, h = im.size
     left, top = (w - resolution) // 2, (h - resolution) // 2
     return im.crop((left, top, left + resolution, top + resolution))
@@ -125,8 +124,9 @@ class FileSource:
         return len(self.paths)
 
     def load(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
-        return torch.stack([load_image_file(self.paths[i], resolution or self.resolution,
-                                            self.channels) for i in indices])
+        return torch.stack(
+            [load_image_file(self.paths[i], resolution or self.resolution, self.channels) for i in indices]
+        )
 
     def digest(self, indices: Sequence[int]) -> str:
         """Path, size and modification time of each file (cheap: no decoding)."""
@@ -141,8 +141,9 @@ class SourceDataset(torch.utils.data.Dataset):
     """A torch Dataset view of a source, for DataLoaders (workers decode files in parallel):
     all its images, or those at ``indices``, at ``resolution`` (default: the source's)."""
 
-    def __init__(self, source: ImageSource, indices: Sequence[int] | None = None,
-                 resolution: int | None = None):
+    def __init__(
+        self, source: ImageSource, indices: Sequence[int] | None = None, resolution: int | None = None
+    ):
         self.source = source
         self.indices = list(range(len(source))) if indices is None else list(indices)
         self.resolution = resolution
@@ -200,12 +201,13 @@ class ImageClassificationData:
         counts = torch.bincount(self.train.labels, minlength=self.num_classes)
         smallest = int(counts.argmin())
         if ipc > int(counts[smallest]):
-            raise UserError(f"ipc={ipc} exceeds the {int(counts[smallest])} train images of class "
-                            f"{self.class_ids[smallest]!r} in {self.name} ({why}; use ipc <= "
-                            f"{int(counts[smallest])})")
+            raise UserError(
+                f"ipc={ipc} exceeds the {int(counts[smallest])} train images of class "
+                f"{self.class_ids[smallest]!r} in {self.name} ({why}; use ipc <= "
+                f"{int(counts[smallest])})"
+            )
 
-    def class_images(self, label: int, split: str = "train",
-                     resolution: int | None = None) -> torch.Tensor:
+    def class_images(self, label: int, split: str = "train", resolution: int | None = None) -> torch.Tensor:
         source = self.train if split == "train" else self.test
         return source.load(self.class_indices(label, split).tolist(), resolution)
 
@@ -220,8 +222,9 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if images.shape[-1] == resolution and images.shape[-2] == resolution:
         return images
     shrinking = images.shape[-1] > resolution
-    out = F.interpolate(images, size=(resolution, resolution), mode="bilinear",
-                        align_corners=False, antialias=shrinking)
+    out = F.interpolate(
+        images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=shrinking
+    )
     return out.clamp(0.0, 1.0)
 
 

@@ -25,8 +25,9 @@ RESIZE_CHUNK = 5000  # images resized per step, so 50000 images at 224px never s
 
 
 def _hint(archive: str) -> str:
-    return (f"download {archive} from {CIFAR_URL} and extract it under paths.data_dir, "
-            f"or set dataset.root=<dir>")
+    return (
+        f"download {archive} from {CIFAR_URL} and extract it under paths.data_dir, or set dataset.root=<dir>"
+    )
 
 
 def _unpickle(path: Path, what: str, hint: str) -> dict:
@@ -47,13 +48,18 @@ def _source(images: np.ndarray, labels: Sequence[int], resolution: int) -> Tenso
     """uint8 (N, 3072) rows -> TensorSource at ``resolution`` (resized in chunks if needed)."""
     images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).view(-1, 3, 32, 32)
     if resolution != 32:
-        images = torch.cat([to_uint8(resize_images(chunk.float() / 255.0, resolution))
-                            for chunk in images.split(RESIZE_CHUNK)])
+        images = torch.cat(
+            [
+                to_uint8(resize_images(chunk.float() / 255.0, resolution))
+                for chunk in images.split(RESIZE_CHUNK)
+            ]
+        )
     return TensorSource(images, torch.as_tensor(np.asarray(labels), dtype=torch.long))
 
 
-def _load_split(root: Path, files: Sequence[str], label_key: bytes, resolution: int, what: str,
-                hint: str) -> TensorSource:
+def _load_split(
+    root: Path, files: Sequence[str], label_key: bytes, resolution: int, what: str, hint: str
+) -> TensorSource:
     images, labels = [], []
     for name in files:
         batch = _unpickle(root / name, what, hint)
@@ -67,14 +73,27 @@ def _class_names(root: Path, meta_file: str, key: bytes, what: str, hint: str) -
     return [n.decode() for n in _field(meta, key, root / meta_file, what, hint)]
 
 
-def _cifar(name: str, what: str, root: Path, classes: list[str], train: TensorSource,
-           test: TensorSource, resolution: int) -> ImageClassificationData:
+def _cifar(
+    name: str,
+    what: str,
+    root: Path,
+    classes: list[str],
+    train: TensorSource,
+    test: TensorSource,
+    resolution: int,
+) -> ImageClassificationData:
     readable = [c.replace("_", " ") for c in classes]  # cifar-100 has "aquarium_fish"
     return ImageClassificationData(
-        name=name, class_ids=[folder_safe(c) for c in classes], class_names=readable,
-        resolution=resolution, channels=3, train=train, test=test,
+        name=name,
+        class_ids=[folder_safe(c) for c in classes],
+        class_names=readable,
+        resolution=resolution,
+        channels=3,
+        train=train,
+        test=test,
         prompts=[f"a photo of a {c}" for c in readable],
-        description=f"{what} from {root}, {len(train)} train / {len(test)} test at {resolution}px")
+        description=f"{what} from {root}, {len(train)} train / {len(test)} test at {resolution}px",
+    )
 
 
 def cifar10(root: str, resolution: int = 32) -> ImageClassificationData:

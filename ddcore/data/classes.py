@@ -5,8 +5,17 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-SUBSETS = ("imagenette", "imagewoof", "imageidc", "imagenet100", "imagenet_a", "imagenet_b",
-           "imagenet_c", "imagenet_d", "imagenet_e")
+SUBSETS = (
+    "imagenette",
+    "imagewoof",
+    "imageidc",
+    "imagenet100",
+    "imagenet_a",
+    "imagenet_b",
+    "imagenet_c",
+    "imagenet_d",
+    "imagenet_e",
+)
 
 
 def _read(name: str) -> list[str]:

@@ -17,13 +17,18 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
-IMAGENET_HINT = ("put ImageNet's train/ and val/ wnid folders under paths.data_dir/imagenet, "
-                 "set DD_DATA_DIR, or dataset.root=<dir>")
-TINY_HINT = ("download tiny-imagenet-200.zip from http://cs231n.stanford.edu and unzip it under "
-             "paths.data_dir, or set dataset.root=<dir>")
+IMAGENET_HINT = (
+    "put ImageNet's train/ and val/ wnid folders under paths.data_dir/imagenet, "
+    "set DD_DATA_DIR, or dataset.root=<dir>"
+)
+TINY_HINT = (
+    "download tiny-imagenet-200.zip from http://cs231n.stanford.edu and unzip it under "
+    "paths.data_dir, or set dataset.root=<dir>"
+)
 
 
 # ----------------------------------------------------------------------------- folder scanning
+
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
     # os.scandir, not Path.iterdir + stat: an ImageNet train folder holds 1.28M files.
@@ -38,20 +43,26 @@ def subfolders(folder: Path) -> list[str]:
 
 def image_files(folder: Path) -> list[Path]:
     """Sorted image files directly inside ``folder`` (extension match is case-insensitive)."""
-    return sorted(Path(e.path) for e in _visible_entries(folder)
-                  if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        Path(e.path)
+        for e in _visible_entries(folder)
+        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+    )
 
 
 def _class_images(folder: Path) -> list[Path]:
     files = image_files(folder)
     if not files:
-        raise UserError(f"class folder has no images: {folder} (add "
-                        f"{'/'.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))} files or remove it)")
+        raise UserError(
+            f"class folder has no images: {folder} (add "
+            f"{'/'.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))} files or remove it)"
+        )
     return files
 
 
-def scan_class_folders(split_dir: Path, folders: Sequence[str], label_of: dict[str, int]
-                       ) -> tuple[list[Path], list[int]]:
+def scan_class_folders(
+    split_dir: Path, folders: Sequence[str], label_of: dict[str, int]
+) -> tuple[list[Path], list[int]]:
     """Paths and labels of the images in ``split_dir/<folder>/``, labels from ``label_of``."""
     paths, labels = [], []
     for name in folders:
@@ -67,44 +78,59 @@ def _labels_by_position(names: Sequence[str]) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- any image folder
 
+
 def _find_val_dir(root: Path, val_dirs: Sequence[str]) -> Path:
     for name in val_dirs:
         if (root / name).is_dir():
             return root / name
     looked = " or ".join(f"{root / name}/<class>/" for name in val_dirs)
-    raise UserError(f"image folder has no validation split: expected {looked} "
-                    f"(add one with the same class folders as train/)")
+    raise UserError(
+        f"image folder has no validation split: expected {looked} "
+        f"(add one with the same class folders as train/)"
+    )
 
 
-def image_folder(root: str, resolution: int = 64, channels: int = 3,
-                 val_dirs: Sequence[str] = ("val", "test")) -> ImageClassificationData:
+def image_folder(
+    root: str, resolution: int = 64, channels: int = 3, val_dirs: Sequence[str] = ("val", "test")
+) -> ImageClassificationData:
     """Any ``root/{train,val}/<class>/*`` tree; classes = sorted train folder names."""
-    root = require_dir(Path(root), "image folder", "set dataset.root=<dir> to a folder holding "
-                       "train/<class>/ and val/<class>/")
-    train_dir = require_dir(root / "train", "image folder train split",
-                            "put one folder of images per class under train/")
+    root = require_dir(
+        Path(root),
+        "image folder",
+        "set dataset.root=<dir> to a folder holding train/<class>/ and val/<class>/",
+    )
+    train_dir = require_dir(
+        root / "train", "image folder train split", "put one folder of images per class under train/"
+    )
     val_dir = _find_val_dir(root, val_dirs)
     classes = subfolders(train_dir)
     if not classes:
-        raise UserError(f"no class folders in {train_dir} "
-                        f"(put one folder of images per class there)")
+        raise UserError(f"no class folders in {train_dir} (put one folder of images per class there)")
     val_classes = subfolders(val_dir)
     unknown = [c for c in val_classes if c not in classes]
     if unknown:
-        raise UserError(f"{len(unknown)} class folder(s) in {val_dir} are not in {train_dir}, "
-                        f"first {unknown[0]!r} (rename or remove them; train/ defines the classes)")
+        raise UserError(
+            f"{len(unknown)} class folder(s) in {val_dir} are not in {train_dir}, "
+            f"first {unknown[0]!r} (rename or remove them; train/ defines the classes)"
+        )
     label_of = _labels_by_position(classes)
     train = FileSource(*scan_class_folders(train_dir, classes, label_of), resolution, channels)
     test = FileSource(*scan_class_folders(val_dir, val_classes, label_of), resolution, channels)
     return ImageClassificationData(
-        name="image_folder", class_ids=list(classes),
-        class_names=[c.replace("_", " ") for c in classes], resolution=resolution,
-        channels=channels, train=train, test=test,
+        name="image_folder",
+        class_ids=list(classes),
+        class_names=[c.replace("_", " ") for c in classes],
+        resolution=resolution,
+        channels=channels,
+        train=train,
+        test=test,
         description=f"image folder {root}: {len(classes)} classes, {len(train)} train / "
-                    f"{len(test)} {val_dir.name} images at {resolution}px")
+        f"{len(test)} {val_dir.name} images at {resolution}px",
+    )
 
 
 # ----------------------------------------------------------------------------- ImageNet subsets
+
 
 def _subset_wnids(subset: str) -> list[str]:
     try:
@@ -113,20 +139,23 @@ def _subset_wnids(subset: str) -> list[str]:
         raise UserError(f"{exc} (set dataset.subset to one of them)") from exc
 
 
-def _require_wnid_folders(split_dir: Path, present: Sequence[str], wnids: Sequence[str],
-                          subset: str) -> None:
+def _require_wnid_folders(split_dir: Path, present: Sequence[str], wnids: Sequence[str], subset: str) -> None:
     have = set(present)
     missing = [w for w in wnids if w not in have]
     if missing:
-        raise UserError(f"{len(missing)} of {len(wnids)} {subset} class folders missing in "
-                        f"{split_dir}, first {missing[0]} ({IMAGENET_HINT})")
+        raise UserError(
+            f"{len(missing)} of {len(wnids)} {subset} class folders missing in "
+            f"{split_dir}, first {missing[0]} ({IMAGENET_HINT})"
+        )
 
 
 def _require_sorted_val(val_dir: Path, val_folders: Sequence[str]) -> None:
     """ImageNet's val/ ships flat (50000 files + a label file); we need it in wnid folders."""
     if not val_folders and image_files(val_dir):
-        raise UserError(f"ImageNet val images are not in wnid folders: {val_dir} (sort them into "
-                        f"val/<wnid>/ folders, e.g. with the widely used valprep.sh)")
+        raise UserError(
+            f"ImageNet val images are not in wnid folders: {val_dir} (sort them into "
+            f"val/<wnid>/ folders, e.g. with the widely used valprep.sh)"
+        )
 
 
 def _is_full_imagenet(train_folders: Sequence[str], wnids: Sequence[str], subset: str) -> bool:
@@ -142,8 +171,11 @@ def _describe_layout(full: bool, subset: str, root: Path) -> str:
         return layout
     layout = f"subset-only download at {root} (train/ holds exactly the {subset} classes)"
     log.info("%s: using a %s", subset, layout)
-    log.warning("%s: a subset-only download such as fast.ai's imagenette2 holds different images "
-                "from ImageNet's train/val; accuracies are not comparable with the papers'", subset)
+    log.warning(
+        "%s: a subset-only download such as fast.ai's imagenette2 holds different images "
+        "from ImageNet's train/val; accuracies are not comparable with the papers'",
+        subset,
+    )
     return layout + "; not ImageNet's images, accuracies not comparable with the papers"
 
 
@@ -163,13 +195,21 @@ def imagenet_subset(subset: str, root: str, resolution: int = 224) -> ImageClass
     test = FileSource(*scan_class_folders(val_dir, wnids, label_of), resolution, 3)
     names, prompts = wnid_names(wnids)
     return ImageClassificationData(
-        name=subset, class_ids=list(wnids), class_names=names, resolution=resolution, channels=3,
-        train=train, test=test, prompts=prompts,
+        name=subset,
+        class_ids=list(wnids),
+        class_names=names,
+        resolution=resolution,
+        channels=3,
+        train=train,
+        test=test,
+        prompts=prompts,
         description=f"{subset}: {len(wnids)} classes, {len(train)} train / {len(test)} val images "
-                    f"at {resolution}px from a {layout}")
+        f"at {resolution}px from a {layout}",
+    )
 
 
 # ----------------------------------------------------------------------------- Tiny ImageNet
+
 
 def _require_file(path: Path, what: str, hint: str) -> Path:
     if not path.is_file():
@@ -186,8 +226,10 @@ def _tiny_names(words_file: Path, wnids: Sequence[str]) -> tuple[list[str], list
     lemmas = dict(line.split("\t", 1) for line in _read_lines(words_file) if "\t" in line)
     missing = [w for w in wnids if w not in lemmas]
     if missing:
-        raise UserError(f"{len(missing)} wnids of wnids.txt have no line in {words_file}, first "
-                        f"{missing[0]} ({TINY_HINT})")
+        raise UserError(
+            f"{len(missing)} wnids of wnids.txt have no line in {words_file}, first "
+            f"{missing[0]} ({TINY_HINT})"
+        )
     lines = [lemmas[w].strip() for w in wnids]
     return [line.split(",")[0].strip() for line in lines], lines
 
@@ -204,14 +246,12 @@ def _tiny_train(train_dir: Path, wnids: Sequence[str]) -> tuple[list[Path], list
 
 def _tiny_val(val_dir: Path, label_of: dict[str, int]) -> tuple[list[Path], list[int]]:
     """Val images lie flat in val/images; val_annotations.txt gives ``file<TAB>wnid<TAB>box``."""
-    annotations = _require_file(val_dir / "val_annotations.txt", "Tiny ImageNet val labels",
-                                TINY_HINT)
+    annotations = _require_file(val_dir / "val_annotations.txt", "Tiny ImageNet val labels", TINY_HINT)
     paths, labels = [], []
     for line in _read_lines(annotations):
         filename, wnid = line.split("\t")[:2]
         if wnid not in label_of:
-            raise UserError(f"{annotations} names wnid {wnid}, which is not in wnids.txt "
-                            f"({TINY_HINT})")
+            raise UserError(f"{annotations} names wnid {wnid}, which is not in wnids.txt ({TINY_HINT})")
         paths.append(val_dir / "images" / filename)
         labels.append(label_of[wnid])
     return paths, labels
@@ -222,14 +262,22 @@ def tinyimagenet(root: str, resolution: int = 64) -> ImageClassificationData:
     root = require_dir(Path(root), "Tiny ImageNet folder", TINY_HINT)
     wnids = _read_lines(_require_file(root / "wnids.txt", "Tiny ImageNet wnids.txt", TINY_HINT))
     wnids = [w.strip() for w in wnids]
-    names, prompts = _tiny_names(_require_file(root / "words.txt", "Tiny ImageNet words.txt",
-                                               TINY_HINT), wnids)
+    names, prompts = _tiny_names(
+        _require_file(root / "words.txt", "Tiny ImageNet words.txt", TINY_HINT), wnids
+    )
     train_dir = require_dir(root / "train", "Tiny ImageNet train folder", TINY_HINT)
     val_dir = require_dir(root / "val", "Tiny ImageNet val folder", TINY_HINT)
     train = FileSource(*_tiny_train(train_dir, wnids), resolution, 3)
     test = FileSource(*_tiny_val(val_dir, _labels_by_position(wnids)), resolution, 3)
     return ImageClassificationData(
-        name="tinyimagenet", class_ids=wnids, class_names=names, resolution=resolution,
-        channels=3, train=train, test=test, prompts=prompts,
+        name="tinyimagenet",
+        class_ids=wnids,
+        class_names=names,
+        resolution=resolution,
+        channels=3,
+        train=train,
+        test=test,
+        prompts=prompts,
         description=f"Tiny ImageNet from {root}: {len(wnids)} classes, {len(train)} train / "
-                    f"{len(test)} val images at {resolution}px")
+        f"{len(test)} val images at {resolution}px",
+    )

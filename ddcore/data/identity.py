@@ -31,10 +31,14 @@ def source_digest(source: ImageSource) -> str:
 def data_identity(data: ImageClassificationData, splits: Sequence[str] = ("train",)) -> dict:
     """Name, description (it names the root of folder datasets), classes (in label order),
     resolution, channels and the content digest of each split in ``splits``."""
-    identity = {"name": data.name, "description": data.description,
-                "num_classes": data.num_classes,
-                "classes": short_hash(list(data.class_ids)),  # a hash: 1000 wnids are long
-                "resolution": data.resolution, "channels": data.channels}
+    identity = {
+        "name": data.name,
+        "description": data.description,
+        "num_classes": data.num_classes,
+        "classes": short_hash(list(data.class_ids)),  # a hash: 1000 wnids are long
+        "resolution": data.resolution,
+        "channels": data.channels,
+    }
     for split in splits:
         identity[f"{split}_digest"] = source_digest(data.train if split == "train" else data.test)
     return identity

@@ -18,32 +18,48 @@ from ddcore.data.base import (
     to_uint8,
 )
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _tensor_source(images01: torch.Tensor, labels: np.ndarray, resolution: int) -> TensorSource:
     return TensorSource(to_uint8(resize_images(images01, resolution)), torch.from_numpy(labels))
 
 
-def digits(resolution: int = 16, test_fraction: float = 0.25, split_seed: int = 0
-           ) -> ImageClassificationData:
+def digits(resolution: int = 16, test_fraction: float = 0.25, split_seed: int = 0) -> ImageClassificationData:
     """scikit-learn's 1797 8x8 digits, upsampled to ``resolution``; fixed stratified split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
-    idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=test_fraction,
-                                           stratify=bunch.target, random_state=split_seed)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(images)), test_size=test_fraction, stratify=bunch.target, random_state=split_seed
+    )
     names = [str(d) for d in range(10)]
     return ImageClassificationData(
-        name="digits", class_ids=names, class_names=names, resolution=resolution, channels=1,
+        name="digits",
+        class_ids=names,
+        class_names=names,
+        resolution=resolution,
+        channels=1,
         train=_tensor_source(images[idx_train], bunch.target[idx_train], resolution),
         test=_tensor_source(images[idx_test], bunch.target[idx_test], resolution),
-        prompts=[f"a handwritten digit {d}" for d in names], hflip=False,
+        prompts=[f"a handwritten digit {d}" for d in names],
+        hflip=False,
         description=f"sklearn digits, {len(idx_train)} train / {len(idx_test)} test, "
-                    f"8x8 upsampled to {resolution}")
+        f"8x8 upsampled to {resolution}",
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -64,8 +80,9 @@ def _find_idx(root: Path, stem: str) -> Path:
     raise FileNotFoundError(root / f"{stem}.gz")
 
 
-def fashion_mnist(root: str = "/usr/share/datasets/fashion-mnist", resolution: int = 28
-                  ) -> ImageClassificationData:
+def fashion_mnist(
+    root: str = "/usr/share/datasets/fashion-mnist", resolution: int = 28
+) -> ImageClassificationData:
     """Fashion-MNIST from a folder of IDX files (the Debian package `dataset-fashion-mnist`)."""
     hint = "install it with `make data` (apt package dataset-fashion-mnist) or set dataset.root"
     root = require_dir(Path(root), "Fashion-MNIST folder", hint)
@@ -76,12 +93,19 @@ def fashion_mnist(root: str = "/usr/share/datasets/fashion-mnist", resolution: i
             labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
         except FileNotFoundError as exc:
             from ddcore.errors import UserError
+
             raise UserError(f"Fashion-MNIST file missing: {exc.args[0]} ({hint})") from exc
         images01 = torch.from_numpy(images.copy()).float()[:, None] / 255.0
         splits[split] = _tensor_source(images01, labels, resolution)
     return ImageClassificationData(
-        name="fashion_mnist", class_ids=[folder_safe(c) for c in FASHION_MNIST_CLASSES],
-        class_names=FASHION_MNIST_CLASSES, resolution=resolution, channels=1,
-        train=splits["train"], test=splits["test"],
-        prompts=[f"a photo of a {c.lower()}" for c in FASHION_MNIST_CLASSES], hflip=True,
-        description=f"Fashion-MNIST from {root}, 60000 train / 10000 test at {resolution}px")
+        name="fashion_mnist",
+        class_ids=[folder_safe(c) for c in FASHION_MNIST_CLASSES],
+        class_names=FASHION_MNIST_CLASSES,
+        resolution=resolution,
+        channels=1,
+        train=splits["train"],
+        test=splits["test"],
+        prompts=[f"a photo of a {c.lower()}" for c in FASHION_MNIST_CLASSES],
+        hflip=True,
+        description=f"Fashion-MNIST from {root}, 60000 train / 10000 test at {resolution}px",
+    )

@@ -65,10 +65,18 @@ class DiffusionGenerator(nn.Module):
             config (``method.timestep_spacing=auto`` reads this; ``ddcore.sampling``).
     """
 
-    def __init__(self, denoiser: nn.Module, codec: LatentCodec, scheduler_config: dict,
-                 resolution: int, image_channels: int, cfg_scale: float = 1.0,
-                 cfg_channels: int | None = None, name: str = "generator",
-                 timestep_spacing: dict | None = None):
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        codec: LatentCodec,
+        scheduler_config: dict,
+        resolution: int,
+        image_channels: int,
+        cfg_scale: float = 1.0,
+        cfg_channels: int | None = None,
+        name: str = "generator",
+        timestep_spacing: dict | None = None,
+    ):
         super().__init__()
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.codec = codec
@@ -105,8 +113,9 @@ class DiffusionGenerator(nn.Module):
 
     # -- latents --------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images01: torch.Tensor, batch_size: int = 64,
-               resolution: int | None = None) -> torch.Tensor:
+    def encode(
+        self, images01: torch.Tensor, batch_size: int = 64, resolution: int | None = None
+    ) -> torch.Tensor:
         """Images in [0, 1] at any resolution -> latents, resized to ``resolution`` first
         (default: the generator's own; patch selection encodes at its scoring size)."""
         from ddcore.data.base import resize_images
@@ -120,8 +129,10 @@ class DiffusionGenerator(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        out = [self.codec.decode(chunk.to(self.device, self.dtype)).float()
-               for chunk in latents.split(batch_size)]
+        out = [
+            self.codec.decode(chunk.to(self.device, self.dtype)).float()
+            for chunk in latents.split(batch_size)
+        ]
         return self._match_channels(torch.cat(out), self.image_channels)
 
     def _codec_channels(self) -> int:
@@ -166,14 +177,14 @@ class ClassConditionalGenerator(DiffusionGenerator):
     generators, ImageNet-1k indices for DiT-XL/2 on an ImageNet subset).
     """
 
-    def __init__(self, *args, model_classes: int, null_label: int,
-                 class_map: list[int] | None = None, **kwargs):
+    def __init__(
+        self, *args, model_classes: int, null_label: int, class_map: list[int] | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.model_classes = int(model_classes)
         self.null_label = int(null_label)
         class_map = list(range(self.model_classes)) if class_map is None else list(class_map)
-        self.register_buffer("class_map", torch.as_tensor(class_map, dtype=torch.long),
-                             persistent=False)
+        self.register_buffer("class_map", torch.as_tensor(class_map, dtype=torch.long), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -200,5 +211,6 @@ def imagenet_class_map(class_ids: list[str], generator_name: str) -> list[int]:
         raise UserError(
             f"generator {generator_name} knows ImageNet-1k classes but the dataset has "
             f"{len(missing)} that are not ImageNet wnids (e.g. {missing[0]!r}); use a generator "
-            "trained on this dataset, e.g. generator=dit_tiny")
+            "trained on this dataset, e.g. generator=dit_tiny"
+        )
     return [index[c] for c in class_ids]

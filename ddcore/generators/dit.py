@@ -18,23 +18,48 @@ from ddcore.generators.base import (
 from ddcore.generators.pretrained import load_component, torch_dtype
 
 
-def build_dit(in_channels: int, sample_size: int, num_classes: int, learned_variance: bool = False,
-              **arch) -> DiTTransformer2DModel:
+def build_dit(
+    in_channels: int, sample_size: int, num_classes: int, learned_variance: bool = False, **arch
+) -> DiTTransformer2DModel:
     """A class-conditional DiT from config (``arch`` = DiTTransformer2DModel kwargs)."""
     return DiTTransformer2DModel(
-        in_channels=in_channels, out_channels=in_channels * (2 if learned_variance else 1),
-        sample_size=sample_size, num_embeds_ada_norm=num_classes, **arch)
+        in_channels=in_channels,
+        out_channels=in_channels * (2 if learned_variance else 1),
+        sample_size=sample_size,
+        num_embeds_ada_norm=num_classes,
+        **arch,
+    )
 
 
-def class_conditional(denoiser, codec: LatentCodec, scheduler_config: dict, *, model_classes: int,
-                      null_label: int, class_map: list[int] | None, resolution: int,
-                      image_channels: int, cfg_scale: float, cfg_channels: int | None,
-                      name: str, timestep_spacing: dict | None = None
-                      ) -> ClassConditionalGenerator:
+def class_conditional(
+    denoiser,
+    codec: LatentCodec,
+    scheduler_config: dict,
+    *,
+    model_classes: int,
+    null_label: int,
+    class_map: list[int] | None,
+    resolution: int,
+    image_channels: int,
+    cfg_scale: float,
+    cfg_channels: int | None,
+    name: str,
+    timestep_spacing: dict | None = None,
+) -> ClassConditionalGenerator:
     return ClassConditionalGenerator(
-        denoiser, codec, scheduler_config, resolution=resolution, image_channels=image_channels,
-        cfg_scale=cfg_scale, cfg_channels=cfg_channels, model_classes=model_classes,
-        null_label=null_label, class_map=class_map, name=name, timestep_spacing=timestep_spacing)
+        denoiser,
+        codec,
+        scheduler_config,
+        resolution=resolution,
+        image_channels=image_channels,
+        cfg_scale=cfg_scale,
+        cfg_channels=cfg_channels,
+        model_classes=model_classes,
+        null_label=null_label,
+        class_map=class_map,
+        name=name,
+        timestep_spacing=timestep_spacing,
+    )
 
 
 def dit_null_label(transformer: DiTTransformer2DModel) -> int:
@@ -42,12 +67,18 @@ def dit_null_label(transformer: DiTTransformer2DModel) -> int:
     return int(transformer.config.num_embeds_ada_norm)
 
 
-def load_dit(data: ImageClassificationData, path: str = "facebook/DiT-XL-2-256",
-             vae: str | None = "stabilityai/sd-vae-ft-mse", resolution: int = 256,
-             cfg_scale: float = 4.0, cfg_channels: int | None = 3,
-             class_space: str = "imagenet1k", dtype: str = "float32",
-             name: str = "dit_xl2", timestep_spacing: dict | None = None
-             ) -> ClassConditionalGenerator:
+def load_dit(
+    data: ImageClassificationData,
+    path: str = "facebook/DiT-XL-2-256",
+    vae: str | None = "stabilityai/sd-vae-ft-mse",
+    resolution: int = 256,
+    cfg_scale: float = 4.0,
+    cfg_channels: int | None = 3,
+    class_space: str = "imagenet1k",
+    dtype: str = "float32",
+    name: str = "dit_xl2",
+    timestep_spacing: dict | None = None,
+) -> ClassConditionalGenerator:
     """DiT from a hub id or a local folder with ``transformer/``, ``vae/``, ``scheduler/``.
 
     ``vae`` names a separate VAE (MGD^3's official code uses sd-vae-ft-mse); None uses the
@@ -56,20 +87,31 @@ def load_dit(data: ImageClassificationData, path: str = "facebook/DiT-XL-2-256",
     """
     weights = torch_dtype(dtype)
     transformer = load_component(DiTTransformer2DModel, path, "transformer", torch_dtype=weights)
-    vae_model = (load_component(AutoencoderKL, vae, None, torch_dtype=weights) if vae
-                 else load_component(AutoencoderKL, path, "vae", torch_dtype=weights))
+    vae_model = (
+        load_component(AutoencoderKL, vae, None, torch_dtype=weights)
+        if vae
+        else load_component(AutoencoderKL, path, "vae", torch_dtype=weights)
+    )
     scheduler = load_component(DDPMScheduler, path, "scheduler")
     model_classes = dit_null_label(transformer)
     class_map = map_classes(data, model_classes, class_space, name)
     return class_conditional(
-        transformer, VAECodec(vae_model), dict(scheduler.config), model_classes=model_classes,
-        null_label=dit_null_label(transformer), class_map=class_map, resolution=resolution,
-        image_channels=data.channels, cfg_scale=cfg_scale, cfg_channels=cfg_channels, name=name,
-        timestep_spacing=timestep_spacing)
+        transformer,
+        VAECodec(vae_model),
+        dict(scheduler.config),
+        model_classes=model_classes,
+        null_label=dit_null_label(transformer),
+        class_map=class_map,
+        resolution=resolution,
+        image_channels=data.channels,
+        cfg_scale=cfg_scale,
+        cfg_channels=cfg_channels,
+        name=name,
+        timestep_spacing=timestep_spacing,
+    )
 
 
-def map_classes(data: ImageClassificationData, model_classes: int, class_space: str,
-                name: str) -> list[int]:
+def map_classes(data: ImageClassificationData, model_classes: int, class_space: str, name: str) -> list[int]:
     """Dataset label -> model class, checked against the model's class count."""
     from ddcore.errors import UserError
 
@@ -78,6 +120,8 @@ def map_classes(data: ImageClassificationData, model_classes: int, class_space: 
     if class_space != "dataset":
         raise UserError(f"unknown generator.class_space {class_space!r} (use imagenet1k or dataset)")
     if model_classes != data.num_classes:
-        raise UserError(f"generator {name} has {model_classes} classes but dataset {data.name} has "
-                        f"{data.num_classes} (use a generator trained on {data.name})")
+        raise UserError(
+            f"generator {name} has {model_classes} classes but dataset {data.name} has "
+            f"{data.num_classes} (use a generator trained on {data.name})"
+        )
     return list(range(model_classes))

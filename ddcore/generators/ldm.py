@@ -47,17 +47,25 @@ class VQCodec(VAECodec):
         return cfg.vq_embed_dim or cfg.latent_channels, resolution // factor, resolution // factor
 
 
-def load_class_ldm(data: ImageClassificationData, path: str, class_space: str = "imagenet1k",
-                   resolution: int = 256, cfg_scale: float = 3.0, dtype: str = "float32",
-                   name: str = "ldm", timestep_spacing: dict | None = None
-                   ) -> ClassConditionalGenerator:
+def load_class_ldm(
+    data: ImageClassificationData,
+    path: str,
+    class_space: str = "imagenet1k",
+    resolution: int = 256,
+    cfg_scale: float = 3.0,
+    dtype: str = "float32",
+    name: str = "ldm",
+    timestep_spacing: dict | None = None,
+) -> ClassConditionalGenerator:
     """A class-conditional LDM; ``class_space`` maps labels to model classes (see dit.map_classes)."""
     dt = torch_dtype(dtype)
     unet = load_component(UNet2DModel, path, "unet", torch_dtype=dt)
     embeds = unet.config.num_class_embeds
     if not embeds or embeds < 2:
-        raise UserError(f"generator {name}: {path}/unet is not class-conditional (num_class_embeds="
-                        f"{embeds}); use a U-Net with classes + 1 class embeddings")
+        raise UserError(
+            f"generator {name}: {path}/unet is not class-conditional (num_class_embeds="
+            f"{embeds}); use a U-Net with classes + 1 class embeddings"
+        )
     model_classes = embeds - 1  # the last embedding is the null class
     if (Path(path) / "vqvae").is_dir():
         codec = VQCodec(load_component(VQModel, path, "vqvae", torch_dtype=dt))
@@ -65,7 +73,15 @@ def load_class_ldm(data: ImageClassificationData, path: str, class_space: str = 
         codec = VAECodec(load_component(AutoencoderKL, path, "vae", torch_dtype=dt))
     scheduler = load_component(DDPMScheduler, path, "scheduler")
     return ClassConditionalGenerator(
-        unet, codec, dict(scheduler.config), resolution=resolution, image_channels=data.channels,
-        cfg_scale=cfg_scale, model_classes=model_classes, null_label=model_classes,
-        class_map=map_classes(data, model_classes, class_space, name), name=name,
-        timestep_spacing=timestep_spacing)
+        unet,
+        codec,
+        dict(scheduler.config),
+        resolution=resolution,
+        image_channels=data.channels,
+        cfg_scale=cfg_scale,
+        model_classes=model_classes,
+        null_label=model_classes,
+        class_map=map_classes(data, model_classes, class_space, name),
+        name=name,
+        timestep_spacing=timestep_spacing,
+    )

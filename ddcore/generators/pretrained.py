@@ -43,28 +43,36 @@ def load_component(cls, path: str | Path, subfolder: str | None = None, **kwargs
         raise component_error(cls, path, subfolder, exc) from exc
 
 
-def component_error(cls, path: str | Path, subfolder: str | None,
-                    exc: BaseException | None = None) -> UserError:
+def component_error(
+    cls, path: str | Path, subfolder: str | None, exc: BaseException | None = None
+) -> UserError:
     """The one-line error for a component that could not be loaded from ``path``."""
     what = subfolder or cls.__name__
     folder = Path(path).expanduser()
     if folder.is_dir():
         where = folder / subfolder if subfolder else folder
-        problem = (f"the folder has no {subfolder}/ subfolder" if not where.is_dir()
-                   else f"{where} lacks its config or weights ({first_line(exc)})")
+        problem = (
+            f"the folder has no {subfolder}/ subfolder"
+            if not where.is_dir()
+            else f"{where} lacks its config or weights ({first_line(exc)})"
+        )
         return UserError(
             f"cannot load {what} from '{path}': {problem} (generator.path must be a diffusers-format "
-            f"folder{f' with {subfolder}/ in it' if subfolder else ''}; fix or set generator.path)")
+            f"folder{f' with {subfolder}/ in it' if subfolder else ''}; fix or set generator.path)"
+        )
     if str(path).startswith(("/", ".", "~")) or _mentions(exc, "HFValidationError"):
-        return UserError(f"cannot load {what} from '{path}': no such folder, and not a hub id "
-                         "(set generator.path to a diffusers-format folder or a hub model id)")
+        return UserError(
+            f"cannot load {what} from '{path}': no such folder, and not a hub id "
+            "(set generator.path to a diffusers-format folder or a hub model id)"
+        )
     if _mentions(exc, "RepositoryNotFoundError", "GatedRepoError"):
         problem = "not a local folder and not an accessible model on the Hugging Face hub"
     else:
         problem = "not a local folder and the Hugging Face hub is unreachable"
     return UserError(
         f"cannot load {what} from '{path}': {problem} (download it where there is network, e.g. "
-        f"`hf download {path} --local-dir <dir>`, then set generator.path=<dir>)")
+        f"`hf download {path} --local-dir <dir>`, then set generator.path=<dir>)"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,8 +96,10 @@ def hub_offline(timeout_s: float = 3.0) -> bool:
 
     threading.Thread(target=probe, daemon=True).start()
     if not reached.wait(timeout_s):
-        log.warning(f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: reading "
-                    "hub ids from the local hub cache only")
+        log.warning(
+            f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: reading "
+            "hub ids from the local hub cache only"
+        )
         return True
     return False
 

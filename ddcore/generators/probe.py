@@ -54,35 +54,56 @@ def mean_pairwise_distance(features: np.ndarray) -> float:
     return float(torch.pdist(x).mean()) if n > 1 else 0.0
 
 
-def generate_for_probe(generator: DiffusionGenerator, data: ImageClassificationData,
-                       label: int, per_class: int, steps: int, seed: int) -> torch.Tensor:
+def generate_for_probe(
+    generator: DiffusionGenerator,
+    data: ImageClassificationData,
+    label: int,
+    per_class: int,
+    steps: int,
+    seed: int,
+) -> torch.Tensor:
     labels = torch.full((per_class,), label, dtype=torch.long)
     latents = sample_latents(generator, labels, rng=rng_for(seed, "probe", label), steps=steps)
     return resize_images(generator.decode(latents).cpu(), data.resolution)
 
 
-def probe_report(generator: DiffusionGenerator, data: ImageClassificationData, per_class: int,
-                 steps: int = 50, seed: int = 12345) -> dict:
+def probe_report(
+    generator: DiffusionGenerator,
+    data: ImageClassificationData,
+    per_class: int,
+    steps: int = 50,
+    seed: int = 12345,
+) -> dict:
     """Sample accuracy, the probe's real test accuracy and per-class diversity (gen vs real)."""
     probe = fit_probe(data)
     real_labels = data.train.labels.numpy()
     correct, div_gen, div_real = 0, [], []
     for label in range(data.num_classes):
-        feats = _features(generate_for_probe(generator, data, label, per_class, steps, seed),
-                          data.resolution)
+        feats = _features(generate_for_probe(generator, data, label, per_class, steps, seed), data.resolution)
         correct += int((probe.predict(feats) == label).sum())
         idx = np.flatnonzero(real_labels == label)
         idx = idx[_subset(len(idx), per_class, seed=label)]
         div_gen.append(mean_pairwise_distance(feats))
         div_real.append(mean_pairwise_distance(_features(data.train.load(idx), data.resolution)))
-    return {"sample_accuracy": correct / (per_class * data.num_classes),
-            "probe_real_accuracy": real_test_accuracy(probe, data),
-            "diversity_generated": float(np.mean(div_gen)), "diversity_real": float(np.mean(div_real)),
-            "diversity_per_class": {data.class_ids[i]: [round(g, 4), round(r, 4)]
-                                    for i, (g, r) in enumerate(zip(div_gen, div_real))},
-            "probe_per_class": per_class, "probe_steps": steps, "cfg_scale": generator.cfg_scale}
+    return {
+        "sample_accuracy": correct / (per_class * data.num_classes),
+        "probe_real_accuracy": real_test_accuracy(probe, data),
+        "diversity_generated": float(np.mean(div_gen)),
+        "diversity_real": float(np.mean(div_real)),
+        "diversity_per_class": {
+            data.class_ids[i]: [round(g, 4), round(r, 4)] for i, (g, r) in enumerate(zip(div_gen, div_real))
+        },
+        "probe_per_class": per_class,
+        "probe_steps": steps,
+        "cfg_scale": generator.cfg_scale,
+    }
 
 
-def generated_sample_accuracy(generator: DiffusionGenerator, data: ImageClassificationData,
-                              per_class: int, steps: int = 50, seed: int = 12345) -> float:
+def generated_sample_accuracy(
+    generator: DiffusionGenerator,
+    data: ImageClassificationData,
+    per_class: int,
+    steps: int = 50,
+    seed: int = 12345,
+) -> float:
     return probe_report(generator, data, per_class, steps, seed)["sample_accuracy"]

@@ -61,8 +61,13 @@ def build_denoiser(family: str, channels: int, resolution: int, num_classes: int
                 module.dropout_prob = 0.0
         return model
     if family == "unet":
-        return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels,
-                           num_class_embeds=num_classes + 1, **arch)
+        return UNet2DModel(
+            sample_size=resolution,
+            in_channels=channels,
+            out_channels=channels,
+            num_class_embeds=num_classes + 1,
+            **arch,
+        )
     raise UserError(f"unknown generator.family {family!r} (use one of: {', '.join(FAMILIES)})")
 
 
@@ -86,17 +91,31 @@ def loss_weights(scheduler: DDPMScheduler, t: torch.Tensor, weighting: str, gamm
 class DenoiserTraining(pl.LightningModule):
     """eps-prediction DDPM training: L = w_t ||eps_theta(x_t, t, y) - eps||^2."""
 
-    def __init__(self, denoiser, scheduler: DDPMScheduler, null_label: int, lr: float,
-                 warmup_steps: int, label_dropout: float, seed: int, ema_decay: float = 0.0,
-                 loss_weighting: str = "none", snr_gamma: float = 5.0,
-                 lr_schedule: str = "constant", total_steps: int = 0):
+    def __init__(
+        self,
+        denoiser,
+        scheduler: DDPMScheduler,
+        null_label: int,
+        lr: float,
+        warmup_steps: int,
+        label_dropout: float,
+        seed: int,
+        ema_decay: float = 0.0,
+        loss_weighting: str = "none",
+        snr_gamma: float = 5.0,
+        lr_schedule: str = "constant",
+        total_steps: int = 0,
+    ):
         super().__init__()
         if loss_weighting not in LOSS_WEIGHTINGS:
-            raise UserError(f"unknown generator.train.loss_weighting {loss_weighting!r} "
-                            f"(use one of: {', '.join(LOSS_WEIGHTINGS)})")
+            raise UserError(
+                f"unknown generator.train.loss_weighting {loss_weighting!r} "
+                f"(use one of: {', '.join(LOSS_WEIGHTINGS)})"
+            )
         if lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"unknown generator.train.lr_schedule {lr_schedule!r} "
-                            f"(use one of: {', '.join(LR_SCHEDULES)})")
+            raise UserError(
+                f"unknown generator.train.lr_schedule {lr_schedule!r} (use one of: {', '.join(LR_SCHEDULES)})"
+            )
         self.denoiser = denoiser
         self.ema_decay = ema_decay
         self.ema = copy.deepcopy(denoiser).requires_grad_(False) if ema_decay > 0 else None
@@ -119,16 +138,14 @@ class DenoiserTraining(pl.LightningModule):
         x0 = images01 * 2.0 - 1.0
         g = self.rng(x0.device)
         n = x0.shape[0]
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=g,
-                          device=x0.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=g, device=x0.device)
         noise = torch.randn(x0.shape, generator=g, device=x0.device)
         drop = torch.rand(n, generator=g, device=x0.device) < self.label_dropout
         labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         x_t = self.scheduler.add_noise(x0, noise, t)
         pred = self.denoiser(x_t, t, class_labels=labels).sample
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").flatten(1).mean(1)
-        loss = (loss_weights(self.scheduler, t, self.loss_weighting, self.snr_gamma)
-                * per_sample).mean()
+        loss = (loss_weights(self.scheduler, t, self.loss_weighting, self.snr_gamma) * per_sample).mean()
         self.log("generator/loss", loss, prog_bar=True)
         return loss
 
@@ -167,10 +184,16 @@ def train_digest(data: ImageClassificationData) -> str:
 
 
 def cache_key(data: ImageClassificationData, spec: dict) -> str:
-    identity = {"dataset": data.name, "description": data.description,
-                "class_ids": data.class_ids, "resolution": data.resolution,
-                "channels": data.channels, "n_train": len(data.train),
-                "train_digest": train_digest(data), **spec}
+    identity = {
+        "dataset": data.name,
+        "description": data.description,
+        "class_ids": data.class_ids,
+        "resolution": data.resolution,
+        "channels": data.channels,
+        "n_train": len(data.train),
+        "train_digest": train_digest(data),
+        **spec,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -188,52 +211,78 @@ def fit_length(train: dict, n_images: int) -> dict:
     return {"kwargs": kwargs, "planned": planned, "per_epoch": per_epoch}
 
 
-def train_denoiser(data: ImageClassificationData, spec: dict, out_dir: Path, trainer_kwargs: dict,
-                   callbacks: list | None = None):
+def train_denoiser(
+    data: ImageClassificationData,
+    spec: dict,
+    out_dir: Path,
+    trainer_kwargs: dict,
+    callbacks: list | None = None,
+):
     """Train and save into ``out_dir`` (denoiser/, scheduler/, checkpoints/, logs/ CSV curves)."""
     train = spec["train"]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
-    denoiser = build_denoiser(spec["family"], data.channels, spec["resolution"],
-                              data.num_classes, spec["arch"])
+    denoiser = build_denoiser(
+        spec["family"], data.channels, spec["resolution"], data.num_classes, spec["arch"]
+    )
     scheduler = DDPMScheduler(**spec["schedule"])
     images = resize_images(data.train.load(range(len(data.train))), spec["resolution"])
     length = fit_length(train, len(images))
-    module = DenoiserTraining(denoiser, scheduler, null_label_of(denoiser), lr=train["lr"],
-                              warmup_steps=train["warmup_steps"],
-                              label_dropout=train["label_dropout"], seed=spec["seed"],
-                              ema_decay=train.get("ema_decay", 0.0),
-                              loss_weighting=train.get("loss_weighting", "none"),
-                              snr_gamma=train.get("snr_gamma", 5.0),
-                              lr_schedule=train.get("lr_schedule", "constant"),
-                              total_steps=length["planned"])
+    module = DenoiserTraining(
+        denoiser,
+        scheduler,
+        null_label_of(denoiser),
+        lr=train["lr"],
+        warmup_steps=train["warmup_steps"],
+        label_dropout=train["label_dropout"],
+        seed=spec["seed"],
+        ema_decay=train.get("ema_decay", 0.0),
+        loss_weighting=train.get("loss_weighting", "none"),
+        snr_gamma=train.get("snr_gamma", 5.0),
+        lr_schedule=train.get("lr_schedule", "constant"),
+        total_steps=length["planned"],
+    )
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(images, data.train.labels), batch_size=train["batch_size"],
-        shuffle=True, drop_last=len(images) > train["batch_size"],
-        generator=torch.Generator().manual_seed(spec["seed"]))
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
-                                              save_top_k=0)
-    trainer = pl.Trainer(**length["kwargs"], logger=CSVLogger(out_dir, name="logs"),
-                         callbacks=[ProgressLog(f"train {spec['name']}"), checkpoint,
-                                    *(callbacks or [])],
-                         enable_progress_bar=False, enable_model_summary=False,
-                         log_every_n_steps=10, **trainer_kwargs)
+        torch.utils.data.TensorDataset(images, data.train.labels),
+        batch_size=train["batch_size"],
+        shuffle=True,
+        drop_last=len(images) > train["batch_size"],
+        generator=torch.Generator().manual_seed(spec["seed"]),
+    )
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0)
+    trainer = pl.Trainer(
+        **length["kwargs"],
+        logger=CSVLogger(out_dir, name="logs"),
+        callbacks=[ProgressLog(f"train {spec['name']}"), checkpoint, *(callbacks or [])],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        **trainer_kwargs,
+    )
     n_params = sum(p.numel() for p in denoiser.parameters())
     budget = train.get("max_minutes")
-    log.info(f"training {spec['name']} ({spec['family']}, {n_params / 1e6:.2f}M parameters) on "
-             f"{data.name}: {length['planned']} steps ({length['per_epoch']} per epoch)"
-             + (f", at most {budget} min" if budget else ""))
+    log.info(
+        f"training {spec['name']} ({spec['family']}, {n_params / 1e6:.2f}M parameters) on "
+        f"{data.name}: {length['planned']} steps ({length['per_epoch']} per epoch)"
+        + (f", at most {budget} min" if budget else "")
+    )
     start = time.perf_counter()
     trainer.fit(module, loader)
     seconds = time.perf_counter() - start
     if trainer.global_step < length["planned"]:
-        log.warning(f"{spec['name']}: stopped by the time budget (generator.train.max_minutes="
-                    f"{budget}) after {trainer.global_step}/{length['planned']} steps")
+        log.warning(
+            f"{spec['name']}: stopped by the time budget (generator.train.max_minutes="
+            f"{budget}) after {trainer.global_step}/{length['planned']} steps"
+        )
     module.sampling_model().save_pretrained(out_dir / "denoiser")
     scheduler.save_config(out_dir / "scheduler")
-    return {"train_seconds": round(seconds, 1), "parameters": n_params,
-            "steps": trainer.global_step, "planned_steps": length["planned"],
-            "epochs": round(trainer.global_step / length["per_epoch"], 2),
-            "final_loss": float(trainer.callback_metrics.get("generator/loss", float("nan")))}
+    return {
+        "train_seconds": round(seconds, 1),
+        "parameters": n_params,
+        "steps": trainer.global_step,
+        "planned_steps": length["planned"],
+        "epochs": round(trainer.global_step / length["per_epoch"], 2),
+        "final_loss": float(trainer.callback_metrics.get("generator/loss", float("nan"))),
+    }
 
 
 def load_saved(folder: Path, family: str):
@@ -267,19 +316,33 @@ def shipped_folder(folder_name: str, root: Path | None = None) -> Path | None:
     expected = shipped_hashes(root).get(f"{folder_name}/{WEIGHTS_FILE}")
     actual = file_sha256(folder / WEIGHTS_FILE)
     if expected != actual:
-        raise UserError(f"shipped generator weights {folder / WEIGHTS_FILE} have sha256 {actual}, "
-                        f"expected {expected} ({root / 'SHA256SUMS'}); reinstall the package or "
-                        "train your own with generator.retrain=true")
+        raise UserError(
+            f"shipped generator weights {folder / WEIGHTS_FILE} have sha256 {actual}, "
+            f"expected {expected} ({root / 'SHA256SUMS'}); reinstall the package or "
+            "train your own with generator.retrain=true"
+        )
     return folder
 
 
-def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str = "dit",
-                  arch: dict | None = None, train: dict | None = None,
-                  schedule: dict | None = None, resolution: int = 16, cfg_scale: float = 3.0,
-                  seed: int = 0, name: str = "dit_tiny", retrain: bool = False,
-                  trainer_kwargs: dict | None = None, probe_per_class: int = 0,
-                  warn_below: float = 0.8, overrides: dict | None = None,
-                  timestep_spacing: dict | None = None) -> ClassConditionalGenerator:
+def load_or_train(
+    data: ImageClassificationData,
+    *,
+    cache_dir: str,
+    family: str = "dit",
+    arch: dict | None = None,
+    train: dict | None = None,
+    schedule: dict | None = None,
+    resolution: int = 16,
+    cfg_scale: float = 3.0,
+    seed: int = 0,
+    name: str = "dit_tiny",
+    retrain: bool = False,
+    trainer_kwargs: dict | None = None,
+    probe_per_class: int = 0,
+    warn_below: float = 0.8,
+    overrides: dict | None = None,
+    timestep_spacing: dict | None = None,
+) -> ClassConditionalGenerator:
     """The generator for (dataset, config): shipped, cached, or trained first if neither.
 
     ``overrides`` replaces ``arch``/``train``/``probe_per_class`` wholesale (``debug=tiny`` uses
@@ -288,8 +351,15 @@ def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str 
     overrides = _plain(overrides or {})
     arch, train = overrides.get("arch", arch), overrides.get("train", train)
     probe_per_class = overrides.get("probe_per_class", probe_per_class)
-    spec = {"name": name, "family": family, "arch": _plain(arch or {}), "train": _plain(train or {}),
-            "schedule": _plain(schedule or {}), "resolution": resolution, "seed": seed}
+    spec = {
+        "name": name,
+        "family": family,
+        "arch": _plain(arch or {}),
+        "train": _plain(train or {}),
+        "schedule": _plain(schedule or {}),
+        "resolution": resolution,
+        "seed": seed,
+    }
     grid = _plain(timestep_spacing) if timestep_spacing else None  # sampling grid (ddcore.sampling)
     folder = Path(cache_dir) / f"{data.name}-{name}-{cache_key(data, spec)}"
     if retrain and folder.exists():
@@ -299,15 +369,16 @@ def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str 
         log.info(f"using the shipped generator {shipped} (generator.retrain=true trains anew)")
         folder = shipped
     elif not (folder / "meta.json").is_file():
-        _train_into(folder, data, spec, _plain(trainer_kwargs or {}), probe_per_class, cfg_scale,
-                    grid)
+        _train_into(folder, data, spec, _plain(trainer_kwargs or {}), probe_per_class, cfg_scale, grid)
     else:
         log.info(f"reusing trained generator {folder}")
     generator = saved_generator(folder, spec, data, cfg_scale, grid)
     meta = read_meta(folder)
     if meta.get("class_ids") != data.class_ids:
-        raise UserError(f"cached generator {folder} was trained on other classes than "
-                        f"{data.name} has (delete the folder or use generator.retrain=true)")
+        raise UserError(
+            f"cached generator {folder} was trained on other classes than "
+            f"{data.name} has (delete the folder or use generator.retrain=true)"
+        )
     generator.folder = folder
     generator.train_meta = {k: v for k, v in meta.items() if k not in ("spec", "class_ids")}
     generator.sample_accuracy = meta.get("sample_accuracy")
@@ -317,25 +388,42 @@ def load_or_train(data: ImageClassificationData, *, cache_dir: str, family: str 
     return generator
 
 
-def sample_warning(accuracy: float | None, threshold: float, name: str,
-                   data: ImageClassificationData) -> str | None:
+def sample_warning(
+    accuracy: float | None, threshold: float, name: str, data: ImageClassificationData
+) -> str | None:
     """One line when too few samples look like their class (None when fine or not probed)."""
     if accuracy is None or accuracy >= threshold:
         return None
-    return (f"generator {name}: only {accuracy:.1%} of its samples are recognised as their class "
-            f"by a probe trained on real {data.name} (generator.warn_below={threshold}); sets "
-            "distilled from it will be off-class (train longer: generator.train.epochs / "
-            "max_minutes)")
+    return (
+        f"generator {name}: only {accuracy:.1%} of its samples are recognised as their class "
+        f"by a probe trained on real {data.name} (generator.warn_below={threshold}); sets "
+        "distilled from it will be off-class (train longer: generator.train.epochs / "
+        "max_minutes)"
+    )
 
 
-def saved_generator(folder: Path, spec: dict, data: ImageClassificationData, cfg_scale: float,
-                    timestep_spacing: dict | None = None) -> ClassConditionalGenerator:
+def saved_generator(
+    folder: Path,
+    spec: dict,
+    data: ImageClassificationData,
+    cfg_scale: float,
+    timestep_spacing: dict | None = None,
+) -> ClassConditionalGenerator:
     denoiser, scheduler_config = load_saved(folder, spec["family"])
     return class_conditional(
-        denoiser, LatentCodec(), scheduler_config, model_classes=data.num_classes,
-        null_label=null_label_of(denoiser), class_map=None, resolution=spec["resolution"],
-        image_channels=data.channels, cfg_scale=cfg_scale, cfg_channels=None, name=spec["name"],
-        timestep_spacing=timestep_spacing)
+        denoiser,
+        LatentCodec(),
+        scheduler_config,
+        model_classes=data.num_classes,
+        null_label=null_label_of(denoiser),
+        class_map=None,
+        resolution=spec["resolution"],
+        image_channels=data.channels,
+        cfg_scale=cfg_scale,
+        cfg_channels=None,
+        name=spec["name"],
+        timestep_spacing=timestep_spacing,
+    )
 
 
 def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_scale, grid):
@@ -343,11 +431,15 @@ def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_s
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    meta = {"spec": spec, "dataset": data.name, "class_ids": data.class_ids,
-            "cache_key": folder.name, **train_denoiser(data, spec, tmp, trainer_kwargs)}
+    meta = {
+        "spec": spec,
+        "dataset": data.name,
+        "class_ids": data.class_ids,
+        "cache_key": folder.name,
+        **train_denoiser(data, spec, tmp, trainer_kwargs),
+    }
     if probe_per_class > 0:
-        meta.update(run_probe(saved_generator(tmp, spec, data, cfg_scale, grid), data,
-                              probe_per_class))
+        meta.update(run_probe(saved_generator(tmp, spec, data, cfg_scale, grid), data, probe_per_class))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -360,10 +452,12 @@ def run_probe(generator, data: ImageClassificationData, per_class: int) -> dict:
     start = time.perf_counter()
     report = probe_report(generator, data, per_class)
     report["probe_seconds"] = round(time.perf_counter() - start, 1)
-    log.info(f"{generator.name}: generated-sample accuracy {report['sample_accuracy']:.3f} "
-             f"(probe trained on real {data.name}, {report['probe_real_accuracy']:.3f} on its "
-             f"test split); per-class mean pairwise distance {report['diversity_generated']:.3f} "
-             f"generated vs {report['diversity_real']:.3f} real")
+    log.info(
+        f"{generator.name}: generated-sample accuracy {report['sample_accuracy']:.3f} "
+        f"(probe trained on real {data.name}, {report['probe_real_accuracy']:.3f} on its "
+        f"test split); per-class mean pairwise distance {report['diversity_generated']:.3f} "
+        f"generated vs {report['diversity_real']:.3f} real"
+    )
     return {"sample_accuracy": report["sample_accuracy"], "probe": report}
 
 

@@ -31,9 +31,18 @@ class TextConditionalGenerator(DiffusionGenerator):
         null_prompt: the unconditional prompt.
     """
 
-    def __init__(self, denoiser: nn.Module, codec: LatentCodec, scheduler_config: dict, *,
-                 text_encoder: nn.Module, tokenizer, prompts: list[str], null_prompt: str = "",
-                 **kwargs):
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        codec: LatentCodec,
+        scheduler_config: dict,
+        *,
+        text_encoder: nn.Module,
+        tokenizer,
+        prompts: list[str],
+        null_prompt: str = "",
+        **kwargs,
+    ):
         super().__init__(denoiser, codec, scheduler_config, **kwargs)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -50,14 +59,17 @@ class TextConditionalGenerator(DiffusionGenerator):
     @torch.no_grad()
     def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Last hidden states of the text encoder, (n, tokens, hidden), padded to max length."""
-        max_length = min(self.tokenizer.model_max_length,
-                         self.text_encoder.config.max_position_embeddings)
+        max_length = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
         device = next(self.text_encoder.parameters()).device
         out = []
         for start in range(0, len(prompts), batch_size):
-            ids = self.tokenizer(prompts[start:start + batch_size], padding="max_length",
-                                 max_length=max_length, truncation=True,
-                                 return_tensors="pt").input_ids
+            ids = self.tokenizer(
+                prompts[start : start + batch_size],
+                padding="max_length",
+                max_length=max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             out.append(self.text_encoder(ids.to(device))[0])
         return torch.cat(out)
 
@@ -74,14 +86,22 @@ class TextConditionalGenerator(DiffusionGenerator):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = t.expand(x.shape[0]) if t.ndim else t.repeat(x.shape[0])
-        return self.denoiser(x.to(self.dtype), t.to(x.device),
-                             encoder_hidden_states=cond.to(self.dtype)).sample.float()
+        return self.denoiser(
+            x.to(self.dtype), t.to(x.device), encoder_hidden_states=cond.to(self.dtype)
+        ).sample.float()
 
 
-def load_stable_diffusion(data: ImageClassificationData, path: str = "runwayml/stable-diffusion-v1-5",
-                          resolution: int = 512, cfg_scale: float = 8.0, prompt_template: str = "{}",
-                          null_prompt: str = "", dtype: str = "float32", name: str = "sd15",
-                          timestep_spacing: dict | None = None) -> TextConditionalGenerator:
+def load_stable_diffusion(
+    data: ImageClassificationData,
+    path: str = "runwayml/stable-diffusion-v1-5",
+    resolution: int = 512,
+    cfg_scale: float = 8.0,
+    prompt_template: str = "{}",
+    null_prompt: str = "",
+    dtype: str = "float32",
+    name: str = "sd15",
+    timestep_spacing: dict | None = None,
+) -> TextConditionalGenerator:
     """Stable Diffusion from a hub id or a diffusers folder with ``unet/``, ``vae/``,
     ``text_encoder/``, ``tokenizer/`` and ``scheduler/``; one prompt per dataset class."""
     prompts = class_prompts(data, prompt_template, name)
@@ -92,10 +112,19 @@ def load_stable_diffusion(data: ImageClassificationData, path: str = "runwayml/s
     tokenizer = load_tokenizer(path)
     scheduler = load_component(DDPMScheduler, path, "scheduler")
     return TextConditionalGenerator(
-        unet, VAECodec(vae), dict(scheduler.config), text_encoder=text_encoder,
-        tokenizer=tokenizer, prompts=prompts, null_prompt=null_prompt, resolution=resolution,
-        image_channels=data.channels, cfg_scale=cfg_scale, name=name,
-        timestep_spacing=timestep_spacing)
+        unet,
+        VAECodec(vae),
+        dict(scheduler.config),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        null_prompt=null_prompt,
+        resolution=resolution,
+        image_channels=data.channels,
+        cfg_scale=cfg_scale,
+        name=name,
+        timestep_spacing=timestep_spacing,
+    )
 
 
 WNID = re.compile(r"n\d{8}")  # a WordNet id is no class name: "An image of n01440764" says nothing
@@ -105,12 +134,15 @@ def class_prompts(data: ImageClassificationData, template: str, name: str) -> li
     """One prompt per label: the dataset's prompts (else class names) through ``template``."""
     base = list(getattr(data, "prompts", None) or getattr(data, "class_names", None) or [])
     if not base or not all(p.strip() and not WNID.fullmatch(p.strip()) for p in base):
-        raise UserError(f"Stable Diffusion needs class names for prompts; dataset {data.name} has "
-                        f"none (give the dataset class names or prompts, or use a class-conditional "
-                        f"generator instead of generator={name})")
+        raise UserError(
+            f"Stable Diffusion needs class names for prompts; dataset {data.name} has "
+            f"none (give the dataset class names or prompts, or use a class-conditional "
+            f"generator instead of generator={name})"
+        )
     if "{}" not in template:
-        raise UserError(f"generator.prompt_template {template!r} has no {{}} for the class name "
-                        "(e.g. 'An image of {}')")
+        raise UserError(
+            f"generator.prompt_template {template!r} has no {{}} for the class name (e.g. 'An image of {{}}')"
+        )
     return [template.format(p) for p in base]
 
 
@@ -118,6 +150,7 @@ def load_tokenizer(path: str) -> CLIPTokenizer:
     """The CLIP tokenizer; transformers 5 silently builds an empty one when files are missing."""
     tokenizer = load_component(CLIPTokenizer, path, "tokenizer")
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise component_error(CLIPTokenizer, path, "tokenizer",
-                              OSError("no vocab.json/merges.txt or tokenizer.json"))
+        raise component_error(
+            CLIPTokenizer, path, "tokenizer", OSError("no vocab.json/merges.txt or tokenizer.json")
+        )
     return tokenizer

@@ -30,16 +30,26 @@ from ddcore.progress import ProgressLog
 log = logging.getLogger(__name__)
 
 
-def build_vae(channels: int, latent_channels: int = 4, block_out_channels=(32, 64),
-              layers_per_block: int = 1, norm_num_groups: int = 8) -> AutoencoderKL:
+def build_vae(
+    channels: int,
+    latent_channels: int = 4,
+    block_out_channels=(32, 64),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+) -> AutoencoderKL:
     """Downsamples by 2^(len(block_out_channels) - 1)."""
     blocks = len(block_out_channels)
-    return AutoencoderKL(in_channels=channels, out_channels=channels,
-                         latent_channels=latent_channels,
-                         block_out_channels=tuple(block_out_channels),
-                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-                         down_block_types=("DownEncoderBlock2D",) * blocks,
-                         up_block_types=("UpDecoderBlock2D",) * blocks, scaling_factor=1.0)
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        latent_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        scaling_factor=1.0,
+    )
 
 
 def downsample_factor(arch: dict) -> int:
@@ -49,9 +59,11 @@ def downsample_factor(arch: dict) -> int:
 def check_resolution(resolution: int, arch: dict) -> None:
     factor = downsample_factor(arch)
     if resolution % factor:
-        raise UserError(f"the VAE downsamples by {factor}, which does not divide the image size "
-                        f"{resolution} (use generator.vae.arch.block_out_channels with fewer "
-                        "levels, or a resolution divisible by it)")
+        raise UserError(
+            f"the VAE downsamples by {factor}, which does not divide the image size "
+            f"{resolution} (use generator.vae.arch.block_out_channels with fewer "
+            "levels, or a resolution divisible by it)"
+        )
 
 
 class VAETraining(pl.LightningModule):
@@ -67,8 +79,7 @@ class VAETraining(pl.LightningModule):
         if self._rng is None or self._rng.device != x.device:
             self._rng = torch.Generator(device=x.device).manual_seed(self.seed)
         dist = self.vae.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=self._rng,
-                                               device=x.device)
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=self._rng, device=x.device)
         recon = self.vae.decode(z).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + self.kl_weight * dist.kl().mean()
         self.log("vae/loss", loss, prog_bar=True)
@@ -94,20 +105,28 @@ def reconstruction_mse(vae: AutoencoderKL, images01: torch.Tensor, batch_size: i
     return float(torch.cat(errors).mean())
 
 
-def train_vae(data: ImageClassificationData, spec: dict, out_dir: Path,
-              trainer_kwargs: dict) -> dict:
+def train_vae(data: ImageClassificationData, spec: dict, out_dir: Path, trainer_kwargs: dict) -> dict:
     """Train into ``out_dir/vae`` (with the unit-variance scaling factor); returns the meta."""
     arch, train = spec["arch"], spec["train"]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
     vae = build_vae(data.channels, **arch)
     images = data.train.load(range(len(data.train)))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(images), batch_size=train["batch_size"], shuffle=True,
-        generator=torch.Generator().manual_seed(spec["seed"]))
+        torch.utils.data.TensorDataset(images),
+        batch_size=train["batch_size"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(spec["seed"]),
+    )
     module = VAETraining(vae, lr=train["lr"], kl_weight=train["kl_weight"], seed=spec["seed"])
-    trainer = pl.Trainer(max_epochs=train["epochs"], logger=False, enable_checkpointing=False,
-                         callbacks=[ProgressLog(f"train VAE on {data.name}")],
-                         enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
+    trainer = pl.Trainer(
+        max_epochs=train["epochs"],
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[ProgressLog(f"train VAE on {data.name}")],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
     start = time.perf_counter()
     trainer.fit(module, loader)
     vae = vae.cpu().eval()
@@ -115,9 +134,12 @@ def train_vae(data: ImageClassificationData, spec: dict, out_dir: Path,
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(out_dir / "vae")
     test = data.test.load(range(len(data.test)))
-    return {"train_seconds": round(time.perf_counter() - start, 1), "scaling_factor": scaling,
-            "test_reconstruction_mse": reconstruction_mse(vae, test),
-            "train_reconstruction_mse": reconstruction_mse(vae, images)}
+    return {
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "scaling_factor": scaling,
+        "test_reconstruction_mse": reconstruction_mse(vae, test),
+        "train_reconstruction_mse": reconstruction_mse(vae, images),
+    }
 
 
 def data_identity_of(data: ImageClassificationData) -> dict:
@@ -126,10 +148,17 @@ def data_identity_of(data: ImageClassificationData) -> dict:
     return data_identity(data)
 
 
-def load_or_train_vae(data: ImageClassificationData, *, cache_dir: str, arch: dict | None = None,
-                      train: dict | None = None, seed: int = 0, retrain: bool = False,
-                      trainer_kwargs: dict | None = None, path: str | None = None
-                      ) -> tuple[AutoencoderKL, dict]:
+def load_or_train_vae(
+    data: ImageClassificationData,
+    *,
+    cache_dir: str,
+    arch: dict | None = None,
+    train: dict | None = None,
+    seed: int = 0,
+    retrain: bool = False,
+    trainer_kwargs: dict | None = None,
+    path: str | None = None,
+) -> tuple[AutoencoderKL, dict]:
     """The cached VAE for (data, settings), trained first if there is none; (vae, meta).
     ``path``: a folder written by an earlier training (its meta must name this dataset)."""
     arch = dict(arch or {})
@@ -141,23 +170,27 @@ def load_or_train_vae(data: ImageClassificationData, *, cache_dir: str, arch: di
     if path is not None:
         folder = Path(path)
         if not (folder / "meta.json").is_file():
-            raise UserError(f"generator.vae.path={path} holds no trained VAE (meta.json); leave it "
-                            "unset to train one")
+            raise UserError(
+                f"generator.vae.path={path} holds no trained VAE (meta.json); leave it unset to train one"
+            )
     elif retrain:
         shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "meta.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        meta = {"data": identity, "spec": spec,
-                **train_vae(data, spec, tmp, dict(trainer_kwargs or {}))}
+        meta = {"data": identity, "spec": spec, **train_vae(data, spec, tmp, dict(trainer_kwargs or {}))}
         write_json(tmp / "meta.json", meta)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-        log.info(f"VAE on {data.name}: test reconstruction MSE {meta['test_reconstruction_mse']:.4f}"
-                 f", scaling factor {meta['scaling_factor']:.3f}")
+        log.info(
+            f"VAE on {data.name}: test reconstruction MSE {meta['test_reconstruction_mse']:.4f}"
+            f", scaling factor {meta['scaling_factor']:.3f}"
+        )
     meta = json.loads((folder / "meta.json").read_text())
     trained_on, here = meta.get("data", {}), identity
     if (trained_on.get("name"), trained_on.get("classes")) != (here["name"], here["classes"]):
-        raise UserError(f"the VAE in {folder} was trained on {trained_on.get('name')!r}, not on "
-                        f"{data.name} (unset generator.vae.path to train one for {data.name})")
+        raise UserError(
+            f"the VAE in {folder} was trained on {trained_on.get('name')!r}, not on "
+            f"{data.name} (unset generator.vae.path to train one for {data.name})"
+        )
     return AutoencoderKL.from_pretrained(folder / "vae").eval(), meta
