@@ -9,9 +9,7 @@ and leaves no half-written run. Outputs of a run directory:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from ddapp.result_logging import Report, log_results, report_run
 from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.errors import UserError
+from ddcore.files import write_json
 from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
 
 log = logging.getLogger(__name__)
@@ -84,12 +83,6 @@ def check_ipc(ipc: int) -> int:
     if not isinstance(ipc, int) or ipc <= 0:
         raise UserError(f"ipc must be a positive integer, got {ipc!r} (e.g. ipc=10)")
     return ipc
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def resolved_config(cfg: DictConfig) -> dict:

@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 from ddcore.data.base import ImageClassificationData
+from ddcore.files import short_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,9 @@ class ReferencePoints:
 
     def cached(self, key: dict, compute) -> float:
         """The value stored for ``key``, else ``compute()`` stored under it."""
-        text = json.dumps(key, sort_keys=True, default=str)
         path = None
         if self.cache_dir is not None:
-            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            digest = short_hash(key)
             path = self.cache_dir / key["dataset"] / f"{key['kind']}-{digest}.json"
             if path.is_file():
                 value = json.loads(path.read_text())["value"]
@@ -172,8 +171,5 @@ class ReferencePoints:
         log.info(f"computing the {key['kind']} reference accuracy (cached afterwards)")
         value = float(compute())
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"value": value, "key": key}, indent=2, default=str))
-            os.replace(tmp, path)
+            write_json(path, {"value": value, "key": key})
         return value

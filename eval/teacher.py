@@ -15,10 +15,8 @@ is the teacher's own, so runs share it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +27,7 @@ from torch import nn
 from ddcore.data.base import ImageClassificationData, folder_safe
 from ddcore.data.identity import source_digest
 from ddcore.errors import UserError
+from ddcore.files import atomic_write, short_hash
 from eval.students import arch_name, local_weights, timm_student, unwrap, with_normalization
 
 log = logging.getLogger(__name__)
@@ -97,15 +96,12 @@ def save_teacher(path: Path, model: nn.Module, arch: str, data: ImageClassificat
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         **meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(record, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
 def read_record(path: Path) -> dict:
     try:
-        record = torch.load(path, map_location="cpu", weights_only=False)
+        record = torch.load(path, map_location="cpu", weights_only=True)  # no code in a file
     except Exception as exc:  # noqa: BLE001  (any unreadable file is the user's to replace)
         raise UserError(f"cannot read teacher checkpoint {path}: {exc}") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -156,7 +152,7 @@ class Teacher:
     def cache_path(self, data: ImageClassificationData) -> Path:
         if self.cache_dir is None:
             raise UserError("eval.teacher.cache_dir is not set (no place to keep trained teachers)")
-        key = json.dumps(
+        digest = short_hash(
             {
                 "arch": self.arch,
                 "classes": list(data.class_ids),
@@ -168,10 +164,8 @@ class Teacher:
                 "train_digest": source_digest(data.train),  # rewritten images: retrain
                 "normalize": self.normalize,
             },
-            sort_keys=True,
-            default=str,
+            12,
         )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.cache_dir / f"{data.name}-{folder_safe(self.arch)}-{digest}" / "teacher.pt"
 
     def get(

@@ -16,24 +16,18 @@ file renamed into place.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ddcore.data.base import ImageClassificationData, folder_safe
+from ddcore.files import atomic_write, short_hash
 from ddcore.latent_cache import state_dict_hash
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the way scores are computed changes
-
-
-def short_hash(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def class_images_identity(data: ImageClassificationData, label: int) -> str:
@@ -123,7 +117,5 @@ class ScoreCache:
         if self.root is None:
             return
         path = self.path(generator, data, label, condition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(scores.state(), tmp)
-        os.replace(tmp, path)
+        state = scores.state()
+        atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.errors import UserError
+from ddcore.files import short_hash
 from ddcore.generators.base import ClassConditionalGenerator, LatentCodec
 from ddcore.generators.dit import build_dit, class_conditional
 from ddcore.progress import ProgressLog
@@ -194,7 +195,7 @@ def cache_key(data: ImageClassificationData, spec: dict) -> str:
         "train_digest": train_digest(data),
         **spec,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return short_hash(identity, 12)  # also the shipped weights' folder names: keep its form
 
 
 def fit_length(train: dict, n_images: int) -> dict:
