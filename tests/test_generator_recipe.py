@@ -32,7 +32,6 @@ from ddcore.generators.self_trained import (
 )
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
-from tests.conftest import CONF
 from tests.test_self_trained import TINY
 
 TRAIN = dict(batch_size=64, lr=1e-3, warmup_steps=1, label_dropout=0.1)
@@ -171,12 +170,12 @@ def test_digits_weights_ship():
 
 
 @pytest.mark.parametrize("folder", shipped_digits_folders(), ids=lambda p: p.name)
-def test_shipped_digits_weights_sample_accuracy_on_a_small_probe(folder):
+def test_shipped_digits_weights_sample_accuracy_on_a_small_probe(folder, make_cfg):
     """Offline, seconds: 3 samples per class (one batch, 50 DDPM steps, the config's CFG and
     grid) are recognised by the probe (the card says 99.5% on 200; untrained weights get ~10%)."""
     meta = json.loads((folder / "meta.json").read_text())
     data = digits()
-    config = OmegaConf.load(CONF / "generator" / f"{meta['spec']['name']}.yaml")
+    config = make_cfg(f"generator={meta['spec']['name']}", tiny=False).generator  # as composed
     generator = self_trained.saved_generator(
         folder,
         meta["spec"],
