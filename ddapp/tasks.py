@@ -202,6 +202,17 @@ def distill(cfg: DictConfig, data, method, generator) -> tuple[DistilledSet, Pat
     return distilled, folder
 
 
+def run_metrics(cfg: DictConfig, method, data, distilled: DistilledSet, generator) -> dict:
+    """What every job's metrics.json starts with: what ran, and the distillation's numbers."""
+    return {
+        "method": method.name,
+        "dataset": data.name,
+        "ipc": cfg.ipc,
+        "seed": cfg.seed,
+        **distill_metrics(distilled, generator),
+    }
+
+
 def distill_metrics(distilled: DistilledSet, generator) -> dict:
     seconds = distilled.stats.get("seconds", 0.0)
     metrics = {
@@ -272,13 +283,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     protocol.prepare(data, cfg.seed, build(cfg.trainer))  # soft labels: teacher loaded + checked now
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
-    metrics = {
-        "method": method.name,
-        "dataset": data.name,
-        "ipc": cfg.ipc,
-        "seed": cfg.seed,
-        **distill_metrics(distilled, generator),
-    }
+    metrics = run_metrics(cfg, method, data, distilled, generator)
     metrics.update(evaluate(cfg, distilled, data, logger, protocol))
     return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
@@ -287,13 +292,7 @@ def distill_only(cfg: DictConfig) -> dict:
     data, method, generator = prepare_distillation(cfg)
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
-    metrics = {
-        "method": method.name,
-        "dataset": data.name,
-        "ipc": cfg.ipc,
-        "seed": cfg.seed,
-        **distill_metrics(distilled, generator),
-    }
+    metrics = run_metrics(cfg, method, data, distilled, generator)
     return finish(cfg, metrics, logger, report(cfg, data, distilled, generator, metrics))
 
 
