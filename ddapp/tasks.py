@@ -343,7 +343,7 @@ def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:
     if "load_or_train" not in str(cfg.generator.get("_target_", "")):
         raise UserError(
             f"generator {cfg.generator.get('name')} is not trained by this framework "
-            "(task=train_generator works with generator=dit_tiny or unet_tiny)"
+            "(task=train_generator works with generator=dit_tiny, unet_tiny or ldm_tiny)"
         )
     data = build(cfg.dataset)
     generator = build(cfg.generator, data=data, retrain=retrain)
@@ -355,6 +355,36 @@ def train_generator(cfg: DictConfig, retrain: bool = True) -> dict:
     }
     if getattr(generator, "sample_warning", None):
         metrics["generator/warning"] = generator.sample_warning
+    return finish(cfg, metrics, make_logger(cfg))
+
+
+def train_vae(cfg: DictConfig, retrain: bool = True) -> dict:
+    """Train the latent generator's VAE (``generator.vae``, e.g. generator=ldm_tiny) into the
+    cache; its reconstruction error and scaling factor go to metrics.json."""
+    from ddcore.generators.vae import load_or_train_vae
+
+    settings = cfg.generator.get("vae")
+    if not settings:
+        raise UserError(
+            f"generator {cfg.generator.get('name')} has no VAE of its own (task=train_vae "
+            "works with a latent generator such as generator=ldm_tiny)"
+        )
+    data = build(cfg.dataset)
+    overrides = cfg.generator.get("overrides")  # debug=tiny replaces the settings wholesale
+    overrides = OmegaConf.to_container(overrides, resolve=True) if overrides else {}
+    plain = overrides.get("vae") or OmegaConf.to_container(settings, resolve=True)
+    _, meta = load_or_train_vae(
+        data,
+        cache_dir=str(Path(cfg.generator.cache_dir) / "vaes"),
+        retrain=retrain,
+        trainer_kwargs=OmegaConf.to_container(cfg.generator.trainer_kwargs, resolve=True),
+        **plain,
+    )
+    metrics = {
+        "dataset": data.name,
+        "generator": cfg.generator.get("name"),
+        **{f"vae/{k}": v for k, v in meta.items() if isinstance(v, (int, float))},
+    }
     return finish(cfg, metrics, make_logger(cfg))
 
 

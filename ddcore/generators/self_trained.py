@@ -30,14 +30,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.errors import UserError
 from ddcore.files import short_hash
-from ddcore.generators.base import ClassConditionalGenerator, LatentCodec
+from ddcore.generators.base import ClassConditionalGenerator, LatentCodec, VAECodec
 from ddcore.generators.dit import build_dit, class_conditional
 from ddcore.progress import ProgressLog
 
@@ -135,8 +135,7 @@ class DenoiserTraining(pl.LightningModule):
         return self._rng
 
     def training_step(self, batch, batch_idx):
-        images01, labels = batch
-        x0 = images01 * 2.0 - 1.0
+        x0, labels = batch  # clean latents: pixels in [-1, 1], or the VAE's latents
         g = self.rng(x0.device)
         n = x0.shape[0]
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=g, device=x0.device)
@@ -218,15 +217,19 @@ def train_denoiser(
     out_dir: Path,
     trainer_kwargs: dict,
     callbacks: list | None = None,
+    codec: LatentCodec | None = None,
 ):
-    """Train and save into ``out_dir`` (denoiser/, scheduler/, checkpoints/, logs/ CSV curves)."""
+    """Train and save into ``out_dir`` (denoiser/, scheduler/, checkpoints/, logs/ CSV curves).
+    ``codec``: pixel space (default) or a ``VAECodec`` (a latent generator, ``generator.vae``)."""
     train = spec["train"]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
-    denoiser = build_denoiser(
-        spec["family"], data.channels, spec["resolution"], data.num_classes, spec["arch"]
-    )
+    codec = codec or LatentCodec()
+    channels, size, _ = codec.latent_shape(data.channels, spec["resolution"])
+    denoiser = build_denoiser(spec["family"], channels, size, data.num_classes, spec["arch"])
     scheduler = DDPMScheduler(**spec["schedule"])
     images = resize_images(data.train.load(range(len(data.train))), spec["resolution"])
+    with torch.no_grad():  # the training targets, once: pixels in [-1, 1] or VAE latents
+        images = torch.cat([codec.encode(chunk) for chunk in images.split(256)])
     length = fit_length(train, len(images))
     module = DenoiserTraining(
         denoiser,
@@ -343,15 +346,19 @@ def load_or_train(
     warn_below: float = 0.8,
     overrides: dict | None = None,
     timestep_spacing: dict | None = None,
+    vae: dict | None = None,
 ) -> ClassConditionalGenerator:
     """The generator for (dataset, config): shipped, cached, or trained first if neither.
 
-    ``overrides`` replaces ``arch``/``train``/``probe_per_class`` wholesale (``debug=tiny`` uses
-    it to shrink the model without touching configs of generators that have no such keys).
+    ``overrides`` replaces ``arch``/``train``/``probe_per_class``/``vae`` wholesale (``debug=tiny``
+    uses it to shrink the model without touching configs of generators that have no such keys).
+    ``vae``: settings of the framework's VAE (``ddcore/generators/vae.py``; ``arch``, ``train``,
+    ``seed``): the denoiser then learns its latents (a latent generator, ``generator=ldm_tiny``).
     """
     overrides = _plain(overrides or {})
     arch, train = overrides.get("arch", arch), overrides.get("train", train)
     probe_per_class = overrides.get("probe_per_class", probe_per_class)
+    vae = overrides.get("vae", vae)
     spec = {
         "name": name,
         "family": family,
@@ -361,6 +368,8 @@ def load_or_train(
         "resolution": resolution,
         "seed": seed,
     }
+    if vae:  # only latent generators carry it: pixel generators keep their keys
+        spec["vae"] = _plain(vae)
     grid = _plain(timestep_spacing) if timestep_spacing else None  # sampling grid (ddcore.sampling)
     folder = Path(cache_dir) / f"{data.name}-{name}-{cache_key(data, spec)}"
     if retrain and folder.exists():
@@ -370,7 +379,8 @@ def load_or_train(
         log.info(f"using the shipped generator {shipped} (generator.retrain=true trains anew)")
         folder = shipped
     elif not (folder / "meta.json").is_file():
-        _train_into(folder, data, spec, _plain(trainer_kwargs or {}), probe_per_class, cfg_scale, grid)
+        codec = latent_codec(data, spec, cache_dir, trainer_kwargs)
+        _train_into(folder, data, spec, _plain(trainer_kwargs or {}), probe_per_class, cfg_scale, grid, codec)
     else:
         log.info(f"reusing trained generator {folder}")
     generator = saved_generator(folder, spec, data, cfg_scale, grid)
@@ -411,9 +421,10 @@ def saved_generator(
     timestep_spacing: dict | None = None,
 ) -> ClassConditionalGenerator:
     denoiser, scheduler_config = load_saved(folder, spec["family"])
+    codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae")) if "vae" in spec else LatentCodec()
     return class_conditional(
         denoiser,
-        LatentCodec(),
+        codec,
         scheduler_config,
         model_classes=data.num_classes,
         null_label=null_label_of(denoiser),
@@ -427,7 +438,24 @@ def saved_generator(
     )
 
 
-def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_scale, grid):
+def latent_codec(data, spec: dict, cache_dir: str, trainer_kwargs) -> LatentCodec | None:
+    """The VAE codec a latent generator trains on (trained and cached first), else None."""
+    if "vae" not in spec:
+        return None
+    from ddcore.generators.vae import load_or_train_vae
+
+    vae, meta = load_or_train_vae(
+        data,
+        cache_dir=str(Path(cache_dir) / "vaes"),
+        trainer_kwargs=_plain(trainer_kwargs or {}),
+        **spec["vae"],
+    )
+    codec = VAECodec(vae)
+    codec.meta = meta
+    return codec
+
+
+def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_scale, grid, codec=None):
     """Train in a temporary folder and rename it at the end: a killed run leaves no cache entry."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -437,8 +465,19 @@ def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_s
         "dataset": data.name,
         "class_ids": data.class_ids,
         "cache_key": folder.name,
-        **train_denoiser(data, spec, tmp, trainer_kwargs),
+        **train_denoiser(data, spec, tmp, trainer_kwargs, codec=codec),
     }
+    if codec is not None:  # the generator folder holds its own VAE
+        codec.vae.save_pretrained(tmp / "vae")
+        meta["vae"] = {
+            k: codec.meta[k]
+            for k in (
+                "scaling_factor",
+                "test_reconstruction_mse",
+                "train_reconstruction_mse",
+                "train_seconds",
+            )
+        }
     if probe_per_class > 0:
         meta.update(run_probe(saved_generator(tmp, spec, data, cfg_scale, grid), data, probe_per_class))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
