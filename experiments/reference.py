@@ -141,7 +141,7 @@ def ablation_jobs(dataset: str, extra) -> list[Job]:
 
 
 # -- running -------------------------------------------------------------------------------
-def compose(overrides: list[str], folder: Path, runs: Path):
+def compose(overrides: list[str], folder: Path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -169,7 +169,7 @@ def run_job(job: Job, runs: Path) -> dict:
 
     folder = job.folder(runs)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = compose(job.overrides, folder, runs)
+    cfg = compose(job.overrides, folder)
     check_config(cfg)
     quiet_lightning()
     start = time.perf_counter()

@@ -321,7 +321,7 @@ def sd_generator(tmp_path_factory):
 def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
     generator, _ = sd_generator
     data = text_data()
-    sel = PatchSelection(
+    text_small = dict(
         draws=2,
         crop="true",
         image_size=32,
@@ -331,6 +331,7 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
         kmeans_backend="torch",
         score_cache_dir=str(tmp_path),
     )
+    sel = PatchSelection(**text_small)
     sel.check_generator(generator, data)
     assert sel.conditions(generator, data, 0)[2] == f"text:An image of {data.class_names[0]}|An image of ."
     assert sel.feature_fn(generator, data).layer == "up_blocks.1"
@@ -339,14 +340,7 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
     assert images.shape == (2, 3, 32, 32) and counter.calls > 0
     calls = counter.calls
     again, _ = PatchSelection(
-        draws=2,
-        crop="true",
-        image_size=32,
-        patch_size=24,
-        clusters=2,
-        top_clusters=1,
-        kmeans_backend="torch",
-        score_cache_dir=str(tmp_path),
+        **text_small,
         tile_max_ipc=0,
     ).distill_class(data, 1, 3, 0, generator)
     assert counter.calls == calls and again.shape == (3, 3, 32, 32)

@@ -84,7 +84,7 @@ def test_teacher_is_trained_once_saved_with_its_classes_and_reloaded(data, teach
     teacher = tiny_teacher(teacher_dir)
     model, meta = teacher.get(data, CPU)
     path = teacher.cache_path(data)
-    record = torch.load(path, weights_only=False)
+    record = torch.load(path, weights_only=True)
     assert record["class_ids"] == data.class_ids and record["arch"] == "ResNet18(norm=batch,width=4)"
     assert 0.0 <= meta["teacher/test_acc"] <= 1.0 and not model.training
     again, meta2 = tiny_teacher(teacher_dir).get(data, trainer_factory=None)  # from the cache

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from ddcore.data.base import ImageClassificationData
+from ddcore.data.identity import data_identity
 from ddcore.errors import UserError
 from ddcore.files import short_hash, write_json
 from ddcore.progress import ProgressLog
@@ -142,12 +143,6 @@ def train_vae(data: ImageClassificationData, spec: dict, out_dir: Path, trainer_
     }
 
 
-def data_identity_of(data: ImageClassificationData) -> dict:
-    from ddcore.data.identity import data_identity
-
-    return data_identity(data)
-
-
 def load_or_train_vae(
     data: ImageClassificationData,
     *,
@@ -165,7 +160,7 @@ def load_or_train_vae(
     train = {"epochs": 20, "batch_size": 128, "lr": 1e-3, "kl_weight": 1e-6, **(train or {})}
     check_resolution(data.resolution, arch)
     spec = {"arch": arch, "train": train, "seed": seed}
-    identity = data_identity_of(data)
+    identity = data_identity(data)
     folder = Path(cache_dir) / f"{data.name}-vae-{short_hash({'data': identity, **spec}, 12)}"
     if path is not None:
         folder = Path(path)
