@@ -11,9 +11,11 @@
     IOR = Acc(distilled, protocol) - Acc(random, protocol)
     LRS = (e^a - e^-1) / (e - e^-1),  a = w * IOR - (1 - w) * HLR   (accuracies as fractions)
 
-Full and random accuracies are cached as JSON under ``cache_dir``, keyed by the dataset (with
-content digests of its train and test images), the protocol's settings (student included), the
-IPC and the seed, so each is computed once.
+Full-data accuracies and the accuracies of evaluated sets are cached as JSON under ``cache_dir``,
+keyed by the dataset (with content digests of its train and test images), the protocol's settings
+(student included), the IPC, the seed and, for a set, a digest of its pixels and labels; so each is
+computed once: the random reference of a ``method=random`` run is that run's own accuracy, and a
+soft-label run of a set already evaluated with hard labels reuses that accuracy for HLR.
 DD-Ranking takes each run's best test accuracy; ``acc: final`` uses the final one instead.
 """
 
@@ -74,6 +76,7 @@ class ReferencePoints:
     full_epochs: epochs of the full-data students (None = the protocol's ``epochs`` when
         set, else by IPC, i.e. the class size: 300 for ImageNet subsets).
     full_repeats: how many full-data students (their mean is used).
+    full_seed: the seed of the full-data students (None = the run's seed).
     """
 
     def __init__(
@@ -84,12 +87,14 @@ class ReferencePoints:
         w: float = 0.5,
         full_epochs: int | None = None,
         full_repeats: int = 1,
+        full_seed: int | None = 0,
     ):
         if acc not in ("best", "final"):
             raise ValueError(f"reference.acc must be best or final, got {acc!r}")
         self.enabled, self.acc, self.w = bool(enabled), acc, float(w)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.full_epochs, self.full_repeats = full_epochs, int(full_repeats)
+        self.full_seed = None if full_seed is None else int(full_seed)
 
     def key_of(self, metrics: dict) -> float:
         return float(metrics[f"student/{self.acc}_acc_mean"])
@@ -107,13 +112,18 @@ class ReferencePoints:
         """Reference accuracies and DD-Ranking's scores for a set just evaluated (``metrics``)."""
         hard = protocol.hard_label_protocol()
         distilled = self.key_of(metrics)
+        self.store(self.set_key(protocol, train, data, ipc, seed), distilled)
         if hard is protocol:
             distilled_hard = distilled
         else:
-            distilled_hard = self.key_of(
-                hard.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="distilled_hard")
+            distilled_hard = self.cached(
+                self.set_key(hard, train, data, ipc, seed),
+                lambda: self.key_of(
+                    hard.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="distilled_hard")
+                ),
             )
-        full = self.full_accuracy(hard, data, seed, trainer_factory)
+        full_seed = seed if self.full_seed is None else self.full_seed
+        full = self.full_accuracy(hard, data, full_seed, trainer_factory)
         random = self.random_accuracy(protocol, data, ipc, seed, trainer_factory)
         h, i = hlr(full, distilled_hard), ior(distilled, random)
         return {
@@ -136,6 +146,7 @@ class ReferencePoints:
             "epochs": epochs,
             "repeats": self.full_repeats,
             "seed": seed,
+            "acc": self.acc,
         }
         return self.cached(
             key,
@@ -148,28 +159,52 @@ class ReferencePoints:
         from ddcore.distilled import random_real_subset
         from eval.batches import TrainSet
 
-        def compute() -> float:
-            subset = random_real_subset(data, ipc, seed)
-            train = TrainSet.from_images(subset.images, subset.labels)
-            return self.key_of(
+        subset = random_real_subset(data, ipc, seed)
+        train = TrainSet.from_images(subset.images, subset.labels)
+        return self.cached(
+            self.set_key(protocol, train, data, ipc, seed),
+            lambda: self.key_of(
                 protocol.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="random")
-            )
+            ),
+            what="random",
+        )
 
-        key = {"kind": "random", **data_key(data), "protocol": protocol.describe(), "ipc": ipc, "seed": seed}
-        return self.cached(key, compute)
+    def set_key(self, protocol, train, data, ipc: int, seed: int) -> dict | None:
+        """The cache key of a set's accuracy under ``protocol``: sets with equal pixels and labels
+        share it (None for a set streamed from files, which is not hashed)."""
+        if train.images is None:
+            return None
+        digest = hashlib.sha256(train.images.contiguous().numpy().tobytes())
+        digest.update(train.labels.numpy().astype("int64").tobytes())
+        return {
+            "kind": "set",
+            **data_key(data),
+            "protocol": protocol.describe(),
+            "ipc": ipc,
+            "seed": seed,
+            "acc": self.acc,
+            "set": digest.hexdigest()[:16],
+        }
 
-    def cached(self, key: dict, compute) -> float:
-        """The value stored for ``key``, else ``compute()`` stored under it."""
-        path = None
-        if self.cache_dir is not None:
-            digest = short_hash(key)
-            path = self.cache_dir / key["dataset"] / f"{key['kind']}-{digest}.json"
-            if path.is_file():
-                value = json.loads(path.read_text())["value"]
-                log.info(f"reference {key['kind']} accuracy {value:.4f} from {path}")
-                return value
-        log.info(f"computing the {key['kind']} reference accuracy (cached afterwards)")
-        value = float(compute())
-        if path is not None:
+    def path_of(self, key: dict | None) -> Path | None:
+        if self.cache_dir is None or key is None:
+            return None
+        return self.cache_dir / key["dataset"] / f"{key['kind']}-{short_hash(key)}.json"
+
+    def store(self, key: dict | None, value: float) -> None:
+        path = self.path_of(key)
+        if path is not None and not math.isnan(value):  # nan: a rank that reports nothing
             write_json(path, {"value": value, "key": key})
+
+    def cached(self, key: dict | None, compute, what: str | None = None) -> float:
+        """The value stored for ``key``, else ``compute()`` stored under it."""
+        what = what or (key or {}).get("kind", "set")
+        path = self.path_of(key)
+        if path is not None and path.is_file():
+            value = json.loads(path.read_text())["value"]
+            log.info(f"reference {what} accuracy {value:.4f} from {path}")
+            return value
+        log.info(f"computing the {what} reference accuracy (cached afterwards)")
+        value = float(compute())
+        self.store(key, value)
         return value

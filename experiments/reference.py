@@ -33,12 +33,26 @@ sys.path.insert(0, str(ROOT))
 # -- the plan ------------------------------------------------------------------------------
 DATASETS = ("digits", "fashion_mnist")
 IPCS = (1, 10, 50)
+GENERATORS = {  # one shared generator per dataset: the shipped self-trained weights
+    "digits": ["generator=dit_tiny"],
+    "fashion_mnist": ["generator=unet_tiny", "generator.resolution=16"],
+}
+LATENT = {  # the latent generator's rows: its own VAE + a DiT on its latents, at the pixel one's size
+    "digits": ["generator=ldm_tiny"],
+    "fashion_mnist": ["generator=ldm_tiny", "generator.resolution=16"],
+}
+# The student schedule (conf/experiment/reference.yaml + these epochs), chosen on random real
+# subsets before any method was compared: 500 / 200 / 100 epochs are about 500-800 SGD steps at
+# each IPC, and final came within 0.3 points of best on both datasets (the report's check).
+EPOCHS = {1: 500, 10: 200, 50: 100}
+FULL_EPOCHS = {"digits": 30, "fashion_mnist": 10}  # full-data students: ~600 / ~9400 steps
 PROTOCOLS = {  # both protocols train the same ConvNet student; the teacher is a ConvNet too
     "hard_label": ["eval=hard_label"],
     "soft_label": [
         "eval=soft_label",
         "eval/student=convnet",
         "eval/student@eval.teacher.model=convnet",
+        "eval.teacher.model.width=32",  # ConvNet-128 would cost ~5x the student per batch
         "eval.teacher.train.epochs=10",
     ],
 }
@@ -53,6 +67,17 @@ METHODS = {  # label -> overrides
     "patch selection (2x2 tiles)": ["method=patchsel", "method.tile_max_ipc=1000"],
     "ManifoldGD": ["method=manifoldgd"],
 }
+GENERATED = (  # the methods that sample or score with the generator: they get latent rows
+    "unguided",
+    "D4M",
+    "MGD^3 (paper defaults)",
+    "MGD^3 (best t_SG, lam)",
+    "patch selection (single)",
+    "patch selection (2x2 tiles)",
+    "ManifoldGD",
+)
+LATENT_SUFFIX = " [latent]"
+SET_OF = "@set:"  # eval.distilled_dir=@set:<job>: that job's distilled/ folder (resolve_jobs)
 T_SG = tuple(range(0, 55, 5))
 LAMS = (0.01, 0.05, 0.1, 0.2, 0.5)
 COMPONENTS = {  # MGD^3 Table 3
@@ -76,6 +101,7 @@ SMOKE = {
     "t_sg": (0, 50),
     "lams": (),
     "extra": ["debug=tiny"],
+    "latent": False,
 }
 
 
@@ -83,7 +109,8 @@ SMOKE = {
 class Job:
     name: str  # folder under the runs directory, and the key of its results
     overrides: list[str]
-    group: str = "table"  # table | tsg | lam | components | patchsel | setup
+    group: str = "table"  # table | tsg | lam | components | patchsel
+    same_as: str | None = None  # another job's name: the same configuration, run once
 
     def folder(self, runs: Path) -> Path:
         return runs / self.name
@@ -102,42 +129,116 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-def base(dataset: str, protocol: str, ipc: int, extra: list[str]) -> list[str]:
-    return [f"dataset={dataset}", "experiment=reference", *PROTOCOLS[protocol], f"ipc={ipc}", *extra]
+def base(dataset: str, protocol: str, ipc: int, plan: dict, latent: bool = False) -> list[str]:
+    generator = (LATENT if latent else GENERATORS)[dataset]
+    schedule = [] if plan["smoke"] else [f"eval.epochs={EPOCHS[ipc]}"]
+    schedule += [] if plan["smoke"] else [f"eval.reference.full_epochs={FULL_EPOCHS[dataset]}"]
+    return [
+        f"dataset={dataset}",
+        "experiment=reference",
+        *generator,
+        *PROTOCOLS[protocol],
+        f"ipc={ipc}",
+        *schedule,
+        *plan["extra"],
+    ]
 
 
-def sweep_jobs(dataset: str, ipc: int, t_sgs, lams, extra) -> list[Job]:
-    common = base(dataset, "hard_label", ipc, extra) + ["method=mgd3"]
-    jobs = [Job(f"{dataset}/sweep/tsg{t}", common + [f"method.t_sg={t}"], "tsg") for t in t_sgs]
-    return jobs + [Job(f"{dataset}/sweep/lam{lam}", common + [f"method.lam={lam}"], "lam") for lam in lams]
+def sweep_jobs(dataset: str, plan: dict) -> list[Job]:
+    common = base(dataset, "hard_label", plan["sweep_ipc"], plan) + ["method=mgd3"]
+    jobs = [Job(f"{dataset}/sweep/tsg{t}", common + [f"method.t_sg={t}"], "tsg") for t in plan["t_sg"]]
+    return jobs + [
+        Job(f"{dataset}/sweep/lam{lam}", common + [f"method.lam={lam}"], "lam") for lam in plan["lams"]
+    ]
 
 
-def table_jobs(dataset: str, ipcs, methods, extra, best: list[str] | None) -> list[Job]:
+def table_name(dataset: str, protocol: str, ipc: int, label: str) -> str:
+    return f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}"
+
+
+def table_jobs(dataset: str, plan: dict, best: list[str] | None) -> list[Job]:
+    """Hard-label jobs distil and evaluate; each soft-label job evaluates the same set, read
+    back from its hard-label job's folder (``task=evaluate``), so every set is distilled once."""
+    rows = {m: METHODS[m] for m in plan["methods"]}
+    if best is not None:
+        rows["MGD^3 (best t_SG, lam)"] = ["method=mgd3", *best]
+    variants = [(label, overrides, False) for label, overrides in rows.items()]
+    if plan["latent"]:
+        variants += [(label + LATENT_SUFFIX, rows[label], True) for label in GENERATED if label in rows]
     jobs = []
-    for protocol in PROTOCOLS:
-        for ipc in ipcs:
-            rows = {m: METHODS[m] for m in methods}
-            if best is not None:
-                rows["MGD^3 (best t_SG, lam)"] = ["method=mgd3", *best]
-            for label, overrides in rows.items():
-                jobs.append(
+    for generator in (False, True):  # the latent generator's rows last
+        hard, soft = [], []
+        for ipc in plan["ipcs"]:
+            for label, overrides, latent in variants:
+                if latent != generator:
+                    continue
+                name = table_name(dataset, "hard_label", ipc, label)
+                hard.append(Job(name, base(dataset, "hard_label", ipc, plan, latent) + overrides))
+                soft.append(
                     Job(
-                        f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}",
-                        base(dataset, protocol, ipc, extra) + overrides,
+                        table_name(dataset, "soft_label", ipc, label),
+                        base(dataset, "soft_label", ipc, plan, latent)
+                        + overrides
+                        + ["task=evaluate", f"eval.distilled_dir={SET_OF}{name}"],
                     )
                 )
+        jobs += hard + soft
     return jobs
 
 
-def ablation_jobs(dataset: str, extra) -> list[Job]:
+def ablation_jobs(dataset: str, plan: dict) -> list[Job]:
+    ipc = plan["sweep_ipc"]
     jobs = [
-        Job(f"{dataset}/components/{slug(k)}", base(dataset, "hard_label", 10, extra) + v, "components")
+        Job(f"{dataset}/components/{slug(k)}", base(dataset, "hard_label", ipc, plan) + v, "components")
         for k, v in COMPONENTS.items()
     ]
+    same = {"DIFT clustering, all images": table_name(dataset, "soft_label", ipc, "patch selection (single)")}
     return jobs + [
-        Job(f"{dataset}/patchsel/{slug(k)}", base(dataset, "soft_label", 10, extra) + v, "patchsel")
+        Job(
+            f"{dataset}/patchsel/{slug(k)}",
+            base(dataset, "soft_label", ipc, plan) + v,
+            "patchsel",
+            same_as=same.get(k) if ipc in plan["ipcs"] else None,
+        )
         for k, v in PATCHSEL_ABLATIONS.items()
     ]
+
+
+def resolve_jobs(jobs: list[Job], runs: Path, aliases: dict[str, str], seen: dict[str, str]) -> list[Job]:
+    """The jobs to run: one per configuration. A job whose composed config equals an earlier
+    one's (say MGD^3's paper defaults and the sweep's t_SG = 25) is not run again; ``aliases``
+    maps its name to the job that holds its results (the report reads them there); ``seen``
+    maps the configurations planned so far to their jobs."""
+    unique = []
+    for job in jobs:
+        job.overrides = [set_folder(o, runs, aliases) for o in job.overrides]
+        key = job.same_as and aliases.get(job.same_as, job.same_as)
+        key = key or seen.get(config_key(job.overrides))
+        if key:
+            aliases[job.name] = key
+            continue
+        seen[config_key(job.overrides)] = job.name
+        unique.append(job)
+    return unique
+
+
+def set_folder(override: str, runs: Path, aliases: dict[str, str]) -> str:
+    """``key=@set:<job>`` -> ``key=<runs>/<the job holding its results>/distilled``."""
+    if SET_OF not in override:
+        return override
+    key, name = override.split("=", 1)[0], override.split(SET_OF, 1)[1]
+    return f"{key}={runs / aliases.get(name, name) / 'distilled'}"
+
+
+def config_key(overrides: list[str]) -> str:
+    """A digest of the composed configuration (without the run's own folder)."""
+    from omegaconf import OmegaConf
+
+    from ddcore.files import short_hash
+
+    cfg = OmegaConf.to_container(compose(overrides, Path("/job")), resolve=True)
+    cfg["paths"].pop("output_dir", None)
+    return short_hash(cfg)
 
 
 # -- running -------------------------------------------------------------------------------
@@ -199,23 +300,28 @@ def run_all(jobs: list[Job], runs: Path, done_before: int, total: int) -> None:
         )
 
 
-def best_setting(runs: Path, dataset: str, t_sgs, lams) -> list[str]:
+def best_setting(runs: Path, dataset: str, t_sgs, lams, aliases: dict[str, str]) -> list[str]:
     """(t_sg, lam) with the highest mean final top-1 in the two sweeps (lam sweep at t_sg 25)."""
     candidates = [(f"sweep/tsg{t}", [f"method.t_sg={t}"]) for t in t_sgs]
     candidates += [(f"sweep/lam{lam}", [f"method.lam={lam}"]) for lam in lams]
     scored = []
     for name, overrides in candidates:
-        metrics = read_metrics(runs / dataset / name)
+        name = f"{dataset}/{name}"
+        metrics = read_metrics(runs / aliases.get(name, name))
         if metrics:
             scored.append((metrics["student/final_acc_mean"], overrides))
     return max(scored, key=lambda s: s[0])[1] if scored else ["method.t_sg=25"]
 
 
 def read_metrics(folder: Path) -> dict | None:
+    return read_json(folder / "metrics.json") or None
+
+
+def read_json(path: Path) -> dict:
     try:
-        return json.loads((folder / "metrics.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def plan(smoke: bool) -> dict:
@@ -227,8 +333,10 @@ def plan(smoke: bool) -> dict:
             "t_sg": SMOKE["t_sg"],
             "lams": SMOKE["lams"],
             "extra": SMOKE["extra"],
+            "latent": SMOKE["latent"],
             "ablations": False,
             "sweep_ipc": 2,
+            "smoke": True,
         }
     return {
         "datasets": DATASETS,
@@ -237,8 +345,10 @@ def plan(smoke: bool) -> dict:
         "t_sg": T_SG,
         "lams": LAMS,
         "extra": [],
+        "latent": True,
         "ablations": True,
         "sweep_ipc": 10,
+        "smoke": False,
     }
 
 
@@ -248,25 +358,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
     parser.add_argument("--runs", type=Path, default=None, help="job folders (logs/reference)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (results)")
+    parser.add_argument(
+        "--datasets", nargs="+", choices=DATASETS, default=None, help="run only these datasets' jobs"
+    )
     args = parser.parse_args(argv)
     p = plan(args.smoke)
-    runs = args.runs or ROOT / "logs" / ("reference-smoke" if args.smoke else "reference")
+    runs = (args.runs or ROOT / "logs" / ("reference-smoke" if args.smoke else "reference")).resolve()
     out = args.out or (runs / "results" if args.smoke else ROOT / "results")
     import ddcore  # noqa: F401  (torchvision import fix)
     from ddapp.schemas import register
 
     register()
-    if not args.report:
-        for dataset in p["datasets"]:
-            sweeps = sweep_jobs(dataset, p["sweep_ipc"], p["t_sg"], p["lams"], p["extra"])
+    aliases_file = runs / "aliases.json"
+    aliases, planned, seen = read_json(aliases_file), [], {}
+    for dataset in p["datasets"]:
+        run = not args.report and dataset in (args.datasets or p["datasets"])
+        sweeps = sweep_jobs(dataset, p)
+        planned += [j.name for j in sweeps]
+        sweeps = resolve_jobs(sweeps, runs, aliases, seen)
+        if run:
             run_all(sweeps, runs, 0, len(sweeps))
-            best = best_setting(runs, dataset, p["t_sg"], p["lams"])
-            rest = table_jobs(dataset, p["ipcs"], p["methods"], p["extra"], best)
-            rest += ablation_jobs(dataset, p["extra"]) if p["ablations"] else []
+        best = best_setting(runs, dataset, p["t_sg"], p["lams"], aliases)
+        rest = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
+        planned += [j.name for j in rest]
+        rest = resolve_jobs(rest, runs, aliases, seen)
+        runs.mkdir(parents=True, exist_ok=True)
+        aliases_file.write_text(json.dumps(aliases, indent=1, sort_keys=True))
+        if run:
             run_all(rest, runs, len(sweeps), len(sweeps) + len(rest))
     from experiments.reference_report import write_report
 
-    path = write_report(runs, out, p)
+    path = write_report(runs, out, p, aliases, planned)
     print(f"report: {path}")
     return 0
 

@@ -6,7 +6,6 @@ from functools import partial
 import lightning.pytorch as pl
 import pytest
 
-import ddcore.distilled
 from ddcore.data.small import digits
 from ddcore.distilled import random_real_subset
 from eval.hard_label import HardLabelProtocol
@@ -38,17 +37,43 @@ def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
     assert metrics["ddranking/ior"] == pytest.approx(syn - rnd)
     assert metrics["ddranking/lrs"] == pytest.approx(lrs(full - syn, syn - rnd))
     assert len(list(tmp_path.glob("digits/full-*.json"))) == 1
-    assert len(list(tmp_path.glob("digits/random-*.json"))) == 1
+    assert len(list(tmp_path.glob("digits/set-*.json"))) == 2  # the set and the random subset
 
-    def fail(*args, **kwargs):
-        raise AssertionError("recomputed a cached reference accuracy")
-
-    monkeypatch.setattr(HardLabelProtocol, "train_real", fail)
-    monkeypatch.setattr(ddcore.distilled, "random_real_subset", fail)
+    trained = []
+    evaluate_set = HardLabelProtocol.evaluate_set
+    monkeypatch.setattr(HardLabelProtocol, "train_real", fail_recompute)
+    monkeypatch.setattr(
+        HardLabelProtocol,
+        "evaluate_set",
+        lambda self, *a, **k: trained.append(k) or evaluate_set(self, *a, **k),
+    )
     again = HardLabelProtocol(
         partial(ConvNet, width=8), epochs=2, evals=1, repeats=1, reference=reference
     ).evaluate(distilled, data, 2, 0, CPU)
     assert (again["reference/full_hard_acc"], again["reference/random_acc"]) == (full, rnd)
+    assert len(trained) == 1  # the set's own students; both references came from the cache
+
+
+def fail_recompute(*args, **kwargs):
+    raise AssertionError("recomputed a cached reference accuracy")
+
+
+def test_a_random_set_is_its_own_random_reference(tmp_path, monkeypatch):
+    """method=random's set is the random reference: its students train once, not twice."""
+    data = digits()
+    subset = random_real_subset(data, ipc=2, seed=0)
+    trained = []
+    evaluate_set = HardLabelProtocol.evaluate_set
+    monkeypatch.setattr(
+        HardLabelProtocol,
+        "evaluate_set",
+        lambda self, *a, **k: trained.append(k) or evaluate_set(self, *a, **k),
+    )
+    reference = {"cache_dir": str(tmp_path), "full_epochs": 1, "acc": "final"}
+    protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1, reference=reference)
+    metrics = protocol.evaluate(subset, data, ipc=2, seed=0, trainer_factory=CPU)
+    assert metrics["reference/random_acc"] == metrics["student/final_acc_mean"]
+    assert [k.get("prefix") for k in trained] == [None, "full"]  # no "random" students
 
 
 def test_soft_label_reference_uses_the_hard_label_protocol_for_hlr(tmp_path):
@@ -73,3 +98,29 @@ def test_soft_label_reference_uses_the_hard_label_protocol_for_hlr(tmp_path):
     assert metrics["ddranking/ior"] == pytest.approx(syn - metrics["reference/random_acc"])
     # the full-data reference is a hard-label run, cached like eval=hard_label's
     assert len(list((tmp_path / "ref" / "digits").glob("full-*.json"))) == 1
+
+
+def test_soft_label_hlr_reuses_the_hard_label_evaluation_of_the_same_set(tmp_path, monkeypatch):
+    """A set evaluated with hard labels first (the same settings as the soft-label protocol's
+    hard-label protocol) gives the soft-label run its HLR accuracy without training again."""
+    data = digits()
+    distilled = random_real_subset(data, ipc=2, seed=1)
+    reference = {"cache_dir": str(tmp_path / "ref"), "full_epochs": 1}
+    hard = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1, reference=reference)
+    hard_metrics = hard.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
+    teacher = Teacher(
+        partial(ConvNet, width=8), cache_dir=str(tmp_path / "teachers"), train={"epochs": 1, "evals": 1}
+    )
+    soft = SoftLabelProtocol(
+        partial(ConvNet, width=8),
+        teacher,
+        epochs=2,
+        evals=1,
+        repeats=1,
+        hard_label={"epochs": 2, "evals": 1, "repeats": 1},
+        reference=reference,
+    )
+    assert soft.hard_label_protocol().describe() == hard.describe()
+    monkeypatch.setattr(HardLabelProtocol, "evaluate_set", fail_recompute)
+    metrics = soft.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
+    assert metrics["reference/distilled_hard_acc"] == hard_metrics["student/best_acc_mean"]

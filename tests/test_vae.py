@@ -54,3 +54,14 @@ def test_bad_input_is_one_line(trained, tmp_path):
     other.name = "other_digits"
     with pytest.raises(UserError, match="trained on 'digits', not on other_digits"):
         load_or_train_vae(other, cache_dir=str(tmp_path), path=str(folder), **TINY)
+
+
+def test_training_length_is_epochs_capped_by_a_wall_time_budget(trained, tmp_path, caplog):
+    """epochs passes over the data (the meta says how many steps ran); max_minutes stops early
+    with one warning, as the generators' budget does."""
+    data, _, _, meta = trained
+    assert meta["steps"] == meta["planned_steps"] == 2 * 6  # 2 epochs of ceil(1347 / 256) batches
+    budget = {**TINY, "train": {**TINY["train"], "epochs": 1000, "max_minutes": 0.02}}
+    _, short = load_or_train_vae(data, cache_dir=str(tmp_path), **budget)
+    assert 0 < short["steps"] < short["planned_steps"] == 1000 * 6
+    assert "stopped by the 0.02-minute budget" in caplog.text

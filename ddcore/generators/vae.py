@@ -119,8 +119,12 @@ def train_vae(data: ImageClassificationData, spec: dict, out_dir: Path, trainer_
         generator=torch.Generator().manual_seed(spec["seed"]),
     )
     module = VAETraining(vae, lr=train["lr"], kl_weight=train["kl_weight"], seed=spec["seed"])
+    planned = train["epochs"] * len(loader)
+    budget = {"max_time": {"seconds": round(60 * train["max_minutes"])}} if train.get("max_minutes") else {}
     trainer = pl.Trainer(
-        max_epochs=train["epochs"],
+        max_epochs=-1,
+        max_steps=planned,  # = epochs passes; a max_minutes budget may stop it earlier
+        **budget,
         logger=False,
         enable_checkpointing=False,
         callbacks=[ProgressLog(f"train VAE on {data.name}")],
@@ -135,8 +139,15 @@ def train_vae(data: ImageClassificationData, spec: dict, out_dir: Path, trainer_
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(out_dir / "vae")
     test = data.test.load(range(len(data.test)))
+    if trainer.global_step < planned:
+        log.warning(
+            f"VAE on {data.name}: stopped by the {train['max_minutes']}-minute budget after "
+            f"{trainer.global_step} of {planned} steps"
+        )
     return {
         "train_seconds": round(time.perf_counter() - start, 1),
+        "steps": trainer.global_step,
+        "planned_steps": planned,
         "scaling_factor": scaling,
         "test_reconstruction_mse": reconstruction_mse(vae, test),
         "train_reconstruction_mse": reconstruction_mse(vae, images),
