@@ -68,4 +68,10 @@ if __name__ == "__main__":
         sys.exit(2)
     install_one_line_errors()
     remember_run_record(sys.argv[1:])
+    from ddcore.distributed import init_process_group
+
+    try:  # several processes (torchrun, SLURM tasks): one group, one clock for the run folder
+        init_process_group()
+    except UserError as exc:
+        fail(str(exc))
     main()

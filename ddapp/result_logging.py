@@ -39,7 +39,10 @@ def folder_name(text: str) -> str:
 
 
 def register_resolvers() -> None:
+    from ddcore.distributed import run_stamp
+
     OmegaConf.register_new_resolver("dd.wandb_group", wandb_group, replace=True)
+    OmegaConf.register_new_resolver("dd.run_stamp", run_stamp, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("dd.folder_name", folder_name, replace=True)
 
 

@@ -9,6 +9,8 @@ and leaves no half-written run. Outputs of a run directory:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from ddapp.figures import save_grid
 from ddapp.result_logging import Report, log_results, report_run
 from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
+from ddcore.distributed import init_process_group, launcher_shard, main_first, team
 from ddcore.errors import UserError
 from ddcore.files import write_json
 from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
@@ -92,11 +95,71 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 
 def make_logger(cfg: DictConfig):
-    return build(cfg.logger) if cfg.get("logger") else None
+    """The logger run of the job (rank 0's: one run however many processes)."""
+    return build(cfg.logger) if cfg.get("logger") and current_shard().is_main else None
 
 
 def numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# -- several processes, devices -----------------------------------------------------------------
+def is_ddp(trainer_cfg) -> bool:
+    return "ddp" in str((trainer_cfg or {}).get("strategy", ""))
+
+
+def trainer_device_count(trainer_cfg) -> int:
+    """How many devices (so processes) Lightning would train one student on."""
+    devices, accelerator = trainer_cfg.get("devices", "auto"), str(trainer_cfg.get("accelerator", "auto"))
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if str(devices) in ("-1", "auto"):
+        return torch.cuda.device_count() if gpu else 1
+    return int(str(devices).count(",") + 1 if isinstance(devices, str) and "," in devices else devices)
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """trainer=ddp runs one process per device, started by a launcher: Lightning must never
+    re-execute run.py itself (each child would distil again, and start its own sweep)."""
+    trainer = cfg.get("trainer") or {}
+    if not is_ddp(trainer) or launcher_shard().world_size > 1:
+        return
+    n = trainer_device_count(trainer)
+    if n > 1:
+        raise UserError(
+            f"trainer=ddp trains each student over {n} devices, one process each: launch it as "
+            f"torchrun --standalone --nproc_per_node={n} run.py <overrides>, or with "
+            f"hydra/launcher=slurm hydra.launcher.tasks_per_node={n} -m (README: Running on a cluster)"
+        )
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions on a GPU (``tf32``); nothing on a CPU."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+        torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+def rank_trainer(trainer_factory, shard):
+    """Students of this rank on its own GPU (``cuda:<local rank>``) when the ranks of a job train
+    students of their own; DDP (one student over all ranks) and CPUs are left as configured."""
+    keywords = getattr(trainer_factory, "keywords", {})
+    if shard.world_size == 1 or is_ddp(keywords) or keywords.get("accelerator") not in ("gpu", "cuda"):
+        return trainer_factory
+    return functools.partial(trainer_factory, devices=[shard.local_rank % max(1, torch.cuda.device_count())])
+
+
+@contextlib.contextmanager
+def job(cfg: DictConfig):
+    """What every task runs in: the launch checked, TF32 as set, and, with several processes,
+    this rank shown alive to the others (``ddcore.distributed.team``)."""
+    check_launch(cfg)
+    init_process_group()  # a submitit task (run.py's __main__ joined it already under torchrun)
+    set_tf32(cfg.get("tf32", True))
+    timeout_s = (cfg.get("cluster") or {}).get("timeout_s")
+    with team(output_dir(cfg) / ".ranks", timeout_s):
+        yield
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -114,7 +177,8 @@ def prepare_distillation(cfg: DictConfig, check_data=None):
     generator = None
     if method.uses_generator:
         device = bind_device(resolve_device(cfg.trainer.accelerator))  # cuda:<local rank>
-        generator = build_generator(cfg, data).to(device)
+        # rank 0 first: a generator trained into the cache is trained once, then read
+        generator = main_first("generator", lambda: build_generator(cfg, data)).to(device)
         method.check_generator(generator, data)  # e.g. a text model needs class names
     return data, method, generator
 
@@ -229,13 +293,19 @@ def distill_metrics(distilled: DistilledSet, generator) -> dict:
 
 
 def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger, protocol=None) -> dict:
+    """The students of the set (and of the reference points), each trained once: recorded in
+    the run folder (a rerun resumes), dealt over the ranks of a multi-process job."""
     protocol = protocol or build(cfg.eval)
-    trainer_factory = build(cfg.trainer)
+    shard = current_shard()
+    protocol.record_in(output_dir(cfg), shard, together=is_ddp(cfg.trainer))
+    trainer_factory = rank_trainer(build(cfg.trainer), shard)
     return protocol.evaluate(distilled, data, cfg.ipc, cfg.seed, trainer_factory, logger)
 
 
-def report(cfg: DictConfig, data, distilled: DistilledSet, generator, metrics: dict) -> Report:
-    """Set metrics (merged into ``metrics``) and the figures/ of a run."""
+def report(cfg: DictConfig, data, distilled: DistilledSet, generator, metrics: dict) -> Report | None:
+    """Set metrics (merged into ``metrics``) and the figures/ of a run (rank 0 only)."""
+    if not current_shard().is_main:
+        return None
     result = report_run(
         output_dir(cfg),
         data,
@@ -273,6 +343,11 @@ def run_experiment(cfg: DictConfig) -> dict:
     ``eval.distilled_dir=<folder>`` evaluate that folder instead (any class-per-folder set)."""
     if cfg.eval.get("distilled_dir"):
         return evaluate_only(cfg)
+    with job(cfg):
+        return _run_experiment(cfg)
+
+
+def _run_experiment(cfg: DictConfig) -> dict:
     protocol = build(cfg.eval)  # fail on a bad eval config before spending time on distillation
 
     def check_test(data) -> None:  # before the generator: an unreadable test file fails now,
@@ -280,7 +355,9 @@ def run_experiment(cfg: DictConfig) -> dict:
         protocol.test_images.loader(data.test, protocol.test_batch_size)
 
     data, method, generator = prepare_distillation(cfg, check_test)
-    protocol.prepare(data, cfg.seed, build(cfg.trainer))  # soft labels: teacher loaded + checked now
+    trainer_factory = rank_trainer(build(cfg.trainer), current_shard())
+    # soft labels: teacher loaded + checked now (trained on rank 0 first when missing)
+    main_first("teacher", lambda: protocol.prepare(data, cfg.seed, trainer_factory))
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
     metrics = run_metrics(cfg, method, data, distilled, generator)
@@ -289,6 +366,11 @@ def run_experiment(cfg: DictConfig) -> dict:
 
 
 def distill_only(cfg: DictConfig) -> dict:
+    with job(cfg):
+        return _distill_only(cfg)
+
+
+def _distill_only(cfg: DictConfig) -> dict:
     data, method, generator = prepare_distillation(cfg)
     logger = make_logger(cfg)
     distilled, _ = distill(cfg, data, method, generator)
@@ -318,6 +400,11 @@ def check_test_split(data) -> None:
 
 def evaluate_only(cfg: DictConfig) -> dict:
     """Evaluate an existing distilled folder (``eval.distilled_dir=<folder>``)."""
+    with job(cfg):
+        return _evaluate_only(cfg)
+
+
+def _evaluate_only(cfg: DictConfig) -> dict:
     folder = cfg.eval.get("distilled_dir")
     if not folder:
         raise UserError("task=evaluate needs eval.distilled_dir=<folder of class folders>")

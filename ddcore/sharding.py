@@ -8,13 +8,10 @@ A rerun in the same folder skips the classes whose markers exist (``ddcore.class
 Once every class is on disk, rank 0 writes ``manifest.json``.
 
 The rank comes from an initialized ``torch.distributed`` group, or from the launcher's
-environment: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun, torchelastic), or
-``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` inside a submitit job. All ranks must write
-to the same folder, so pass an explicit ``hydra.run.dir`` (the default one is time-stamped).
-
-The wait for the other ranks polls their class markers on the shared disk, not a collective:
-after a resume one rank may have hours more work than another, which would outlast
-``dist.barrier``'s timeout.
+environment (``ddcore.distributed``); all ranks write to one run folder (the time-stamped default
+is stamped with rank 0's clock). The wait for the other ranks polls their class markers on the
+shared disk, not a collective, and inside a task it is bounded: a rank silent for
+``cluster.timeout_s`` stops the others with one line naming its missing classes.
 """
 
 from __future__ import annotations
@@ -22,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,54 +36,10 @@ from ddcore.class_writer import (
 )
 from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_complete
+from ddcore.distributed import Shard, bind_device, current_shard, wait_for  # noqa: F401  (re-exported)
 from ddcore.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-# -- who does what ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Shard:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    def __post_init__(self):
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def owns(self, label: int) -> bool:
-        return label % self.world_size == self.rank
-
-
-def current_shard() -> Shard:
-    """This process's place among the distilling processes (see the module docstring)."""
-    import torch.distributed as dist
-
-    env = os.environ
-    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
-    if dist.is_available() and dist.is_initialized():
-        return Shard(dist.get_rank(), dist.get_world_size(), local)
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]), local)
-    # SLURM_NTASKS is also set in a plain sbatch script that starts one process; only
-    # submitit's srun step starts one process per task.
-    if env.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_PROCID" in env:
-        return Shard(int(env["SLURM_PROCID"]), int(env.get("SLURM_NTASKS", 1)), local)
-    return Shard()
-
-
-def bind_device(device: torch.device, shard: Shard | None = None) -> torch.device:
-    """The GPU of this process (``cuda:<local rank>``) when ``device`` is CUDA; else ``device``."""
-    if device.type != "cuda":
-        return device
-    index = (shard or current_shard()).local_rank % max(1, torch.cuda.device_count())
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
 
 
 # -- precision --------------------------------------------------------------------------------
@@ -297,23 +248,28 @@ def wait_for_classes(
     poll_s: float = 5.0,
     report_s: float = 300.0,
 ) -> None:
-    """Block until every class is complete on disk (the other ranks' share included).
+    """Block until every class is complete on disk (the other ranks' share included); bounded
+    inside a task (``ddcore.distributed.wait_for``).
 
     Each poll reads only the markers still missing, so it stays cheap for 1000 classes.
     """
     pending = missing_classes(out_dir, data, stamp)
     if pending and shard.world_size == 1:
         raise RuntimeError(f"{out_dir}: classes {pending[:5]} were not written")
-    last_report = time.perf_counter()
-    while pending:
-        time.sleep(poll_s)
-        pending = [c for c in pending if not is_complete(out_dir, data.class_ids[c], stamp)]
-        if pending and time.perf_counter() - last_report > report_s:
-            last_report = time.perf_counter()
-            log.info(
-                f"rank {shard.rank}/{shard.world_size}: waiting for {len(pending)} classes "
-                f"of other ranks in {out_dir} (e.g. {data.class_ids[pending[0]]})"
-            )
+
+    def still_missing() -> list[int]:
+        pending[:] = [c for c in pending if not is_complete(out_dir, data.class_ids[c], stamp)]
+        return pending
+
+    wait_for(
+        still_missing,
+        owner=lambda label: label % shard.world_size,
+        what="classes",
+        name=lambda label: data.class_ids[label],
+        poll_s=poll_s,
+        report_s=report_s,
+        log=log,
+    )
 
 
 def is_complete(out_dir: Path, class_id: str, stamp: dict) -> bool:

@@ -2,18 +2,21 @@
 on several GPUs when there are), testing on the real test split, summarising, reference points.
 
 A protocol subclass says how to build the Lightning module of one repeat (``make_module``), how
-long to train (``epochs_for``) and in which batches (``batch_size_for``).
+long to train (``epochs_for``) and in which batches (``batch_size_for``). Each finished repeat is
+recorded, an unfinished one checkpointed, and repeats are dealt over the ranks of a
+multi-process job (``eval.records``, attached by the application as ``protocol.records``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -24,22 +27,16 @@ from ddcore.distilled import DistilledSet
 from ddcore.errors import UserError
 from ddcore.seeding import derive_seed
 from eval.batches import TestImages, TrainSet
+from eval.records import NOT_MINE, Run, StudentRecords, tensor_digest
 from eval.student_module import StudentModule, fit
 from eval.students import arch_name, with_normalization
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Run:
-    """One student: final and best test accuracy, and every (epoch, accuracy) it was tested at."""
-
-    final: float
-    best: float
-    history: list[tuple[int, float]]
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
+    if any(math.isnan(v) for v in values):  # a rank that reports nothing (eval.records.NOT_MINE)
+        return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -88,11 +85,11 @@ def _init_worker(queue) -> None:
     _WORKER_DEVICE = queue.get()
 
 
-def _run_repeat(protocol, train, data, epochs, seed, trainer_factory, prefix) -> Run:
+def _run_repeat(protocol, train, data, epochs, seed, trainer_factory, prefix, checkpoint) -> Run:
     """One repeat in a worker process, on the GPU that worker was given."""
     if _WORKER_DEVICE is not None:
         trainer_factory = functools.partial(trainer_factory, devices=[_WORKER_DEVICE])
-    return protocol.train_one(train, data, epochs, seed, trainer_factory, None, prefix)
+    return protocol.train_one(train, data, epochs, seed, trainer_factory, None, prefix, checkpoint)
 
 
 class Protocol:
@@ -116,6 +113,7 @@ class Protocol:
         max_bank_gb: float = 16.0,
         reference: dict | None = None,
         distilled_dir: str | None = None,
+        checkpoint_every: int = 0,
     ):
         from eval.reference import ReferencePoints
 
@@ -128,6 +126,13 @@ class Protocol:
         self.reference = ReferencePoints(**dict(reference or {"enabled": False}))
         self.distilled_dir = distilled_dir
         self.test_images = TestImages(max_bank_gb, num_workers)
+        self.checkpoint_every = int(checkpoint_every or 0)
+        self.records = StudentRecords()  # nothing recorded until the application attaches a run folder
+
+    def record_in(self, folder: Path, shard, together: bool = False) -> None:
+        """Record finished students in ``folder`` (and checkpoint unfinished ones), dealing them
+        over the ranks of ``shard``'s job unless ``together`` (one DDP student at a time)."""
+        self.records = StudentRecords(Path(folder), shard, together, self.checkpoint_every)
 
     # -- what subclasses provide ---------------------------------------------------------------
     def epochs_for(self, ipc: int) -> int:
@@ -194,37 +199,88 @@ class Protocol:
         prefix: str = "student",
         epochs: int | None = None,
         repeats: int | None = None,
+        train_key: dict | None = None,
     ) -> dict:
+        """``repeats`` students on ``train`` (``train_key``: its identity for the records, by
+        default a digest of its images)."""
         epochs = epochs or self.epochs_for(ipc)
         repeats = repeats or self.repeats
         start = time.perf_counter()
         seeds = [derive_seed(seed, "student", r) for r in range(repeats)]
-        devices = parallel_devices(trainer_factory, self.parallel, repeats)
+        records = self.records
+        keys = self.run_keys(train, train_key, epochs, seeds, prefix)
+        runs: list[Run | None] = [records.read(prefix, r, keys[r]) for r in range(repeats)]
+        todo = [r for r in range(repeats) if runs[r] is None and records.mine(prefix, r)]
+        devices = (
+            []
+            if records.shard.world_size > 1
+            else parallel_devices(trainer_factory, self.parallel, len(todo))
+        )
         if devices:
-            runs = self._parallel(devices, train, data, epochs, seeds, trainer_factory, prefix)
+            done = self._parallel(
+                devices, train, data, epochs, [(r, seeds[r]) for r in todo], trainer_factory, prefix
+            )
+            for r, run in zip(todo, done):
+                runs[r] = run
+                records.write(prefix, r, keys[r], run, (time.perf_counter() - start) / len(todo))
         else:
-            runs = [
-                self.train_one(train, data, epochs, s, trainer_factory, logger, f"{prefix}/rep{r}")
-                for r, s in enumerate(seeds)
-            ]
+            for r in todo:
+                runs[r] = self.train_recorded(
+                    train, data, epochs, seeds[r], trainer_factory, logger, prefix, r, keys[r]
+                )
+        runs = records.gather(prefix, runs, keys)
         for r, run in enumerate(runs):
-            log.info(f"{prefix} {r + 1}/{repeats}: final {run.final:.4f}, best {run.best:.4f}")
+            if run is not NOT_MINE:
+                log.info(f"{prefix} {r + 1}/{repeats}: final {run.final:.4f}, best {run.best:.4f}")
         return self.summarize(
             runs, epochs, self.batch_size_for(ipc, data, len(train)), time.perf_counter() - start
         )
 
-    def _parallel(self, devices, train, data, epochs, seeds, trainer_factory, prefix) -> list[Run]:
+    def run_keys(self, train: TrainSet, train_key, epochs: int, seeds: list[int], prefix: str) -> list:
+        """What a student's record must match to stand for it (None when nothing is recorded)."""
+        if self.records.folder is None:
+            return [None] * len(seeds)
+        settings = {k: v for k, v in self.describe().items() if k != "repeats"}
+        digest = train_key if train_key is not None else tensor_digest(train.images, train.labels)
+        return [
+            {"protocol": settings, "epochs": epochs, "seed": s, "prefix": prefix, "train": digest}
+            for s in seeds
+        ]
+
+    def train_recorded(self, train, data, epochs, seed, trainer_factory, logger, prefix, r, key) -> Run:
+        """Repeat ``r``: trained (resumed from its checkpoint if there is one), then recorded."""
+        tic, shard = time.perf_counter(), self.records.shard
+        checkpoint = self.records.checkpoint(prefix, r)
+        run = self.train_one(
+            train, data, epochs, seed, trainer_factory, logger, f"{prefix}/rep{r}", checkpoint
+        )
+        seconds = time.perf_counter() - tic
+        self.records.write(prefix, r, key, run, seconds)
+        log.info(f"trained {prefix}/rep{r} on rank {shard.rank}/{shard.world_size} in {seconds:.1f}s")
+        return run
+
+    def _parallel(self, devices, train, data, epochs, todo, trainer_factory, prefix) -> list[Run]:
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         for device in devices:
             queue.put(device)
-        log.info(f"{len(seeds)} repeats on GPUs {devices} side by side")
+        log.info(f"{len(todo)} repeats on GPUs {devices} side by side")
         with ProcessPoolExecutor(
             len(devices), mp_context=context, initializer=_init_worker, initargs=(queue,)
         ) as pool:
             futures = [
-                pool.submit(_run_repeat, self, train, data, epochs, s, trainer_factory, f"{prefix}/rep{r}")
-                for r, s in enumerate(seeds)
+                pool.submit(
+                    _run_repeat,
+                    self,
+                    train,
+                    data,
+                    epochs,
+                    s,
+                    trainer_factory,
+                    f"{prefix}/rep{r}",
+                    self.records.checkpoint(prefix, r),
+                )
+                for r, s in todo
             ]
             return [f.result() for f in futures]
 
@@ -243,8 +299,9 @@ class Protocol:
         trainer_factory,
         logger,
         prefix: str,
+        checkpoint: Path | None = None,
     ) -> Run:
-        module = self.train_module(train, data, epochs, seed, trainer_factory, logger, prefix)
+        module = self.train_module(train, data, epochs, seed, trainer_factory, logger, prefix, checkpoint)
         return Run(module.final_acc, module.best_acc, list(module.history))
 
     def train_module(
@@ -256,15 +313,28 @@ class Protocol:
         trainer_factory,
         logger=None,
         prefix: str = "student",
+        checkpoint: Path | None = None,
     ) -> StudentModule:
-        """One student trained on ``train`` and tested on the real test split."""
+        """One student trained on ``train`` and tested on the real test split (resumed from
+        ``checkpoint`` and saved there every ``checkpoint_every`` epochs, when given)."""
         pl.seed_everything(seed % (2**31), verbose=False)
         module = self.make_module(self.build_student(data), data, train, epochs, seed, prefix)
         loader = train.loader(
             self.batch_size_for(self.ipc_of(train, data), data, len(train)), seed, self.num_workers
         )
         test = self.test_images.loader(data.test, self.test_batch_size)
-        return fit(module, loader, test, epochs, self.evals, trainer_factory, logger, prefix)
+        return fit(
+            module,
+            loader,
+            test,
+            epochs,
+            self.evals,
+            trainer_factory,
+            logger,
+            prefix,
+            checkpoint=checkpoint,
+            checkpoint_every=self.checkpoint_every,
+        )
 
     @staticmethod
     def ipc_of(train: TrainSet, data: ImageClassificationData) -> int:
@@ -299,9 +369,19 @@ class Protocol:
         prefix: str = "full",
     ) -> dict:
         """Students trained on the full real train split under this protocol."""
+        from eval.reference import data_key
+
         train = TrainSet.from_source(data.train, self.max_bank_gb, self.num_workers)
         self.prepare(data, seed, trainer_factory)
         ipc = self.ipc_of(train, data)
         return self.evaluate_set(
-            train, data, ipc, seed, trainer_factory, prefix=prefix, epochs=epochs, repeats=repeats
+            train,
+            data,
+            ipc,
+            seed,
+            trainer_factory,
+            prefix=prefix,
+            epochs=epochs,
+            repeats=repeats,
+            train_key=data_key(data) if self.records.folder is not None else None,
         )

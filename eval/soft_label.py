@@ -191,8 +191,10 @@ class SoftLabelProtocol(Protocol):
                 num_workers=self.num_workers,
                 parallel=self.parallel,
                 max_bank_gb=self.max_bank_gb,
+                checkpoint_every=self.checkpoint_every,
             )
             self._hard.test_images = self.test_images
+        self._hard.records = self.records  # its students are recorded with this protocol's
         return self._hard
 
     def prepare(self, data: ImageClassificationData, seed: int, trainer_factory) -> None:

@@ -4,20 +4,36 @@ The train set is a buffer of the module (uint8, moved to the device with it); th
 DataLoader yields only shuffled indices, so an epoch costs one gather, whole-batch tensor
 augmentation and CutMix, and the forward/backward. Test accuracy is a torchmetrics Accuracy,
 the best of the run a torchmetrics MaxMetric.
+
+``fit(..., checkpoint=path, checkpoint_every=N)`` saves the student every N epochs with every
+random state the rest of its training draws from; a fit that finds the file resumes from it and
+ends exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+from pathlib import Path
 from typing import Callable
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
 
+from ddcore.files import temp_name
 from ddcore.progress import ProgressLog
 from eval.augment import BatchAugment, make_cutmix
 from eval.batches import TrainSet, as_float
+
+log = logging.getLogger(__name__)
+
+
+def never() -> bool:
+    return False
 
 
 class StudentModule(pl.LightningModule):
@@ -53,6 +69,21 @@ class StudentModule(pl.LightningModule):
 
     def forward(self, x):
         return self.student(x)
+
+    def setup(self, stage: str) -> None:
+        # test accuracy is gathered over the processes of one DDP student only: the ranks of a
+        # job that train students of their own must not mix them
+        together = self.trainer.world_size > 1
+        for metric in (self.test_acc, self.best_test_acc):
+            metric.distributed_available_fn = torch.distributed.is_initialized if together else never
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["test_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = [tuple(h) for h in checkpoint.get("test_history", [])]
+        for _, acc in self.history:  # the best so far is the best of the history
+            self.best_test_acc.update(acc)
 
     def train_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images in [0, 1], augmented, and their labels."""
@@ -101,6 +132,48 @@ class StudentModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
+class ResumableCheckpoint(pl.Callback):
+    """Every ``every`` epochs (not after the last): the trainer's checkpoint (weights, optimizer,
+    schedule, epoch, test history) with the global random states and those of ``generators``
+    (the augmentation's, the shuffling's), written atomically to ``path``."""
+
+    def __init__(self, path: Path, every: int, generators: dict[str, torch.Generator]):
+        self.path, self.every, self.generators = Path(path), int(every), generators
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        done = trainer.current_epoch + 1
+        if done % self.every or done >= trainer.max_epochs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(self.path)
+        trainer.save_checkpoint(tmp)  # every rank calls it (DDP); global rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def state_dict(self) -> dict:
+        """Plain types and tensors only (checkpoints are read with ``weights_only=True``)."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "python": random.getstate(),
+            "generators": {name: g.get_state() for name, g in self.generators.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"]:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(
+            tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:])
+        )
+        for name, g in self.generators.items():
+            g.set_state(state["generators"][name])
+
+
 def fit(
     module: StudentModule,
     train_loader,
@@ -110,23 +183,40 @@ def fit(
     trainer_factory: Callable[..., pl.Trainer],
     logger=None,
     prefix: str = "student",
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
     **trainer_kwargs,
 ) -> StudentModule:
-    """Train for ``epochs``, testing every ``epochs // evals`` epochs and after the last one."""
+    """Train for ``epochs``, testing every ``epochs // evals`` epochs and after the last one;
+    with ``checkpoint``, resume from it if it exists and save it every ``checkpoint_every``."""
     every = max(1, epochs // max(1, evals))
+    callbacks = [ProgressLog(prefix, every_s=15)]
+    resume = None
+    if checkpoint is not None and checkpoint_every > 0:
+        generators = {"shuffle": train_loader.generator}
+        if getattr(module.augment, "rng", None) is not None:
+            generators["augment"] = module.augment.rng
+        callbacks.append(ResumableCheckpoint(checkpoint, checkpoint_every, generators))
+        resume = str(checkpoint) if Path(checkpoint).is_file() else None
+        if resume:
+            log.info(f"{prefix}: resuming from {resume}")
     trainer = trainer_factory(
         max_epochs=epochs,
         logger=logger or False,
         check_val_every_n_epoch=every,
         num_sanity_val_steps=0,
-        callbacks=[ProgressLog(prefix, every_s=15)],
+        callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
         **trainer_kwargs,
     )
-    trainer.fit(module, train_loader, test_loader)
+    if trainer.world_size > 1:
+        log.info(
+            f"{prefix}: one student over {trainer.world_size} processes ({type(trainer.strategy).__name__})"
+        )
+    trainer.fit(module, train_loader, test_loader, ckpt_path=resume)
     if epochs % every:
         trainer.validate(module, test_loader, verbose=False)
     return module
