@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ddcore.data.base import ImageClassificationData
 from ddcore.files import short_hash, write_json
+from eval.records import tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,10 @@ class ReferencePoints:
         }
 
     def full_accuracy(self, hard, data, seed, trainer_factory) -> float:
-        settings = {k: v for k, v in hard.describe().items() if k != "repeats"}  # full_repeats counts
         epochs = self.full_epochs or hard.epochs  # None: by the IPC of the full data
+        # full_repeats counts, not repeats; with full_epochs set the set's epochs do not matter
+        ignore = ("repeats", "epochs") if self.full_epochs else ("repeats",)
+        settings = {k: v for k, v in hard.describe().items() if k not in ignore}
         key = {
             "kind": "full",
             **data_key(data),
@@ -174,8 +177,6 @@ class ReferencePoints:
         share it (None for a set streamed from files, which is not hashed)."""
         if train.images is None:
             return None
-        digest = hashlib.sha256(train.images.contiguous().numpy().tobytes())
-        digest.update(train.labels.numpy().astype("int64").tobytes())
         return {
             "kind": "set",
             **data_key(data),
@@ -183,7 +184,7 @@ class ReferencePoints:
             "ipc": ipc,
             "seed": seed,
             "acc": self.acc,
-            "set": digest.hexdigest()[:16],
+            "set": tensor_digest(train.images, train.labels),
         }
 
     def path_of(self, key: dict | None) -> Path | None:

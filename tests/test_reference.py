@@ -124,3 +124,15 @@ def test_soft_label_hlr_reuses_the_hard_label_evaluation_of_the_same_set(tmp_pat
     monkeypatch.setattr(HardLabelProtocol, "evaluate_set", fail_recompute)
     metrics = soft.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
     assert metrics["reference/distilled_hard_acc"] == hard_metrics["student/best_acc_mean"]
+
+
+def test_one_full_data_reference_for_every_ipc_schedule(tmp_path):
+    """With full_epochs set, the set's own epochs (a schedule by IPC) do not split the cache."""
+    data = digits()
+    reference = {"cache_dir": str(tmp_path), "full_epochs": 1, "acc": "final"}
+    for ipc, epochs in ((1, 3), (2, 2)):
+        protocol = HardLabelProtocol(
+            partial(ConvNet, width=8), epochs=epochs, evals=1, repeats=1, reference=reference
+        )
+        protocol.evaluate(random_real_subset(data, ipc, 1), data, ipc=ipc, seed=0, trainer_factory=CPU)
+    assert len(list(tmp_path.glob("digits/full-*.json"))) == 1
