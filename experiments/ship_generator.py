@@ -3,9 +3,10 @@
     python run.py task=train_generator dataset=digits generator=unet_tiny    # prints the folder
     python experiments/ship_generator.py .cache/generators/digits-unet_tiny-<key>
 
-Copies ``denoiser/`` (config + safetensors), ``scheduler/`` and ``meta.json`` (not the Lightning
-checkpoint with its optimizer state) to ``ddcore/generators/weights/<folder name>/`` and writes
-the weights' sha256 into ``SHA256SUMS``, which the loader checks. The folder name is the cache
+Copies ``denoiser/`` (config + safetensors), ``scheduler/``, a latent generator's ``vae/`` and
+``meta.json`` (not the Lightning checkpoint with its optimizer state) to
+``ddcore/generators/weights/<folder name>/`` and writes the weights' sha256 (denoiser, VAE) into
+``SHA256SUMS``, which the loader checks. The folder name is the cache
 key, so a run whose dataset + config match finds the shipped copy instead of training.
 """
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from ddcore.generators.self_trained import (  # noqa: E402
     SHIPPED_DIR,
+    VAE_WEIGHTS_FILE,
     WEIGHTS_FILE,
     file_sha256,
     shipped_hashes,
@@ -31,11 +33,14 @@ from ddcore.generators.self_trained import (  # noqa: E402
 def ship(folder: Path, root: Path = SHIPPED_DIR) -> str:
     target = root / folder.name
     shutil.rmtree(target, ignore_errors=True)
-    for part in ("denoiser", "scheduler"):
+    parts = ("denoiser", "scheduler", "vae") if (folder / "vae").is_dir() else ("denoiser", "scheduler")
+    for part in parts:
         shutil.copytree(folder / part, target / part, copy_function=shutil.copyfile)
     shutil.copyfile(folder / "meta.json", target / "meta.json")
     hashes = shipped_hashes(root)
     hashes[f"{folder.name}/{WEIGHTS_FILE}"] = digest = file_sha256(target / WEIGHTS_FILE)
+    if "vae" in parts:  # a latent generator: its VAE is hash-checked too
+        hashes[f"{folder.name}/{VAE_WEIGHTS_FILE}"] = file_sha256(target / VAE_WEIGHTS_FILE)
     (root / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in sorted(hashes.items())))
     return digest
 

@@ -22,6 +22,7 @@ from ddcore.generators.probe import (
 )
 from ddcore.generators.self_trained import (
     SHIPPED_DIR,
+    VAE_WEIGHTS_FILE,
     WEIGHTS_FILE,
     cache_key,
     file_sha256,
@@ -151,6 +152,9 @@ def test_every_shipped_folder_matches_sha256sums_and_the_model_card(folder):
     assert shipped_folder(folder.name) == folder and file_sha256(folder / WEIGHTS_FILE) == digest
     card = (SHIPPED_DIR / "MODEL_CARD.md").read_text()
     assert digest in card and f"## {folder.name}" in card
+    if (folder / "vae").is_dir():  # a latent generator ships its VAE, hash-checked as well
+        vae_digest = shipped_hashes()[f"{folder.name}/{VAE_WEIGHTS_FILE}"]
+        assert file_sha256(folder / VAE_WEIGHTS_FILE) == vae_digest and vae_digest in card
 
 
 @pytest.mark.parametrize("folder", shipped_digits_folders(), ids=lambda p: p.name)

@@ -47,6 +47,7 @@ LOSS_WEIGHTINGS = ("none", "min_snr")
 LR_SCHEDULES = ("constant", "cosine")
 SHIPPED_DIR = Path(__file__).parent / "weights"
 WEIGHTS_FILE = "denoiser/diffusion_pytorch_model.safetensors"
+VAE_WEIGHTS_FILE = "vae/diffusion_pytorch_model.safetensors"  # a latent generator's VAE
 
 
 def _plain(obj) -> dict:
@@ -312,19 +313,22 @@ def shipped_hashes(root: Path | None = None) -> dict[str, str]:
 
 
 def shipped_folder(folder_name: str, root: Path | None = None) -> Path | None:
-    """The shipped weights for this cache folder name, hash-checked; None when none ship."""
+    """The shipped weights for this cache folder name, hash-checked (the denoiser's, and a
+    latent generator's VAE's); None when none ship."""
     root = Path(root or SHIPPED_DIR)
     folder = root / folder_name
     if not (folder / "meta.json").is_file():
         return None
-    expected = shipped_hashes(root).get(f"{folder_name}/{WEIGHTS_FILE}")
-    actual = file_sha256(folder / WEIGHTS_FILE)
-    if expected != actual:
-        raise UserError(
-            f"shipped generator weights {folder / WEIGHTS_FILE} have sha256 {actual}, "
-            f"expected {expected} ({root / 'SHA256SUMS'}); reinstall the package or "
-            "train your own with generator.retrain=true"
-        )
+    hashes = shipped_hashes(root)
+    files = [WEIGHTS_FILE] + ([VAE_WEIGHTS_FILE] if (folder / "vae").is_dir() else [])
+    for name in files:
+        expected, actual = hashes.get(f"{folder_name}/{name}"), file_sha256(folder / name)
+        if expected != actual:
+            raise UserError(
+                f"shipped generator weights {folder / name} have sha256 {actual}, "
+                f"expected {expected} ({root / 'SHA256SUMS'}); reinstall the package or "
+                "train your own with generator.retrain=true"
+            )
     return folder
 
 
