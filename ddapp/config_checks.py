@@ -180,6 +180,7 @@ RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
     "method.steps": integer(1),
     "method.cfg_scale": number(0, null=True),
     "method.batch_size": integer(1, null=True),
+    "method.class_batch": integer(1),
     "method.lam": number(0),
     "method.t_sg": integer(0),
     "method.strength": number(0, 1, above=True),

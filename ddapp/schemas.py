@@ -19,7 +19,8 @@ class SamplingSchema:
     steps: int = 50  # denoising steps
     sampler: str = "ddpm"  # ddpm | ddim (eta = 0)
     cfg_scale: Optional[float] = None  # None: the generator's default
-    batch_size: Optional[int] = None  # None: all IPC samples of a class in one batch
+    batch_size: Optional[int] = None  # None: all samples of the classes sampled together
+    class_batch: int = 1  # classes per denoiser batch (same images; > 1 fills a GPU at small IPC)
     timestep_spacing: str = "auto"  # auto (the generator's official grid) | linspace | leading | trailing
     x0_from: str = "cfg"  # x0_hat for guidance from: cfg (official) | cond
 

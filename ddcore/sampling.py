@@ -7,7 +7,7 @@ is running. All randomness comes from the ``torch.Generator`` the caller passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -43,11 +43,51 @@ class StepContext:
     x: torch.Tensor | None = None
     alpha_bar_prev: torch.Tensor | None = None
 
+    def rows(self, start: int, n: int) -> "StepContext":
+        """The context of rows start..start+n: the per-row fields sliced (``sigma`` is per row
+        when the model predicts its variance, a scalar otherwise)."""
+        return replace(
+            self,
+            x0_hat=self.x0_hat[start : start + n],
+            x=None if self.x is None else self.x[start : start + n],
+            sigma=self.sigma[start : start + n] if self.sigma.ndim else self.sigma,
+        )
+
 
 class Guidance(Protocol):
     def adjust_eps(self, eps: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
 
     def adjust_prev(self, x_prev: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
+
+
+class StackedGuidance:
+    """The hooks of a batch made of consecutive row blocks (a cross-class batch: one block per
+    class, ``method.class_batch``). Each hook sees its own rows only, as it would in a batch of
+    its own; a block without a hook is left as it is."""
+
+    def __init__(self, blocks: list[tuple[int, Guidance | None]]):
+        self.blocks = blocks
+
+    @classmethod
+    def of(cls, blocks: list[tuple[int, Guidance | None]]) -> Guidance | None:
+        """One hook for the batch: None if no block has one, the hook itself for one block."""
+        if all(hook is None for _, hook in blocks):
+            return None
+        return blocks[0][1] if len(blocks) == 1 else cls(blocks)
+
+    def _each(self, name: str, value: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        parts, start = [], 0
+        for n, hook in self.blocks:
+            part = value[start : start + n]
+            parts.append(part if hook is None else getattr(hook, name)(part, ctx.rows(start, n)))
+            start += n
+        return torch.cat(parts)
+
+    def adjust_eps(self, eps: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self._each("adjust_eps", eps, ctx)
+
+    def adjust_prev(self, x_prev: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self._each("adjust_prev", x_prev, ctx)
 
 
 def timestep_grid(generator: DiffusionGenerator, sampler: str, spacing: str) -> str | None:
@@ -245,7 +285,7 @@ def sample_latents(
     """Denoise from x_T (or from ``init`` noised to ``strength``) to clean latents.
 
     Args:
-        labels: dataset labels, one per sample.
+        labels: dataset labels, one per sample (several classes may share a batch).
         rng: a ``torch.Generator`` for the batch, or one per sample (x_T and every step's
             noise of sample j then come from ``rng[j]`` alone, whatever the batch).
         cfg_scale: None uses the generator's default; 1.0 skips the null pass.

@@ -3,7 +3,9 @@
 Process ``rank`` of ``world_size`` distils the classes with ``label % world_size == rank``.
 Every class draws from its own seeded generator (``ddcore.seeding.rng_for(seed, ..., label)``),
 so the images do not depend on how many processes share the work, or in what order they run.
-Each class is one call of the method's ``distill_class`` (the interface in ``ddcore/method.py``).
+Each class is one call of the method's ``distill_class`` (the interface in ``ddcore/method.py``),
+or, with ``method.class_batch`` N > 1, N classes share one ``distill_classes`` call; each class is
+still written and marked on its own, so a run killed inside a group resumes class by class.
 A rerun in the same folder skips the classes whose markers exist (``ddcore.class_writer``).
 Once every class is on disk, rank 0 writes ``manifest.json``.
 
@@ -38,6 +40,7 @@ from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_complete
 from ddcore.distributed import Shard, bind_device, current_shard, wait_for  # noqa: F401  (re-exported)
 from ddcore.errors import UserError
+from ddcore.method import class_groups, distill_group
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,13 @@ def model_device(generator) -> torch.device:
     return params.device if params is not None else torch.device("cpu")
 
 
-# Settings that say where things are kept, not what the images are: a resume that changes only
-# these continues the folder (the generator's weights are compared by digest, not by path).
+# Settings that say where things are kept or how work is grouped, not what the images are: a
+# resume that changes only these continues the folder (the generator's weights are compared by
+# digest, not by path). class_batch (classes per denoiser batch) gives the same images
+# (tests/test_sharding.py), so a run may resume with another.
 NOT_SHAPING = frozenset(
     {
+        "class_batch",
         "cache_dir",
         "latent_cache",
         "latent_cache_dir",
@@ -151,27 +157,26 @@ def _distill_locked(
         )
     mine = [label for label in todo if shard.owns(label)]
     device = model_device(generator)
-    for n, label in enumerate(mine, 1):
+    done = 0
+    for group in class_groups(method, mine):  # method.class_batch classes per call (default 1)
         tic = time.perf_counter()
         with autocast(device, precision):
-            images, info = method.distill_class(data, label, ipc, seed, generator)
-        seconds = time.perf_counter() - tic
-        info = dict(info)
-        modes = info.pop("modes", None)
-        if modes is not None:  # before the marker: a complete class has its modes
-            write_modes(out_dir, data, label, modes)
-        write_class(
-            out_dir,
-            data,
-            label,
-            images.float().cpu(),
-            info,
-            {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank},
-        )
-        log.info(
-            f"{method.name}: class {data.class_ids[label]} "
-            f"({n}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s"
-        )
+            results = distill_group(method, data, group, ipc, seed, generator)
+        seconds = (time.perf_counter() - tic) / len(group)  # a shared call's time, split evenly
+        for label, (images, info) in zip(group, results):  # each class written and marked alone
+            write_result(
+                out_dir,
+                data,
+                label,
+                images,
+                info,
+                {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank},
+            )
+            done += 1
+            log.info(
+                f"{method.name}: class {data.class_ids[label]} "
+                f"({done}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s"
+            )
     wait_for_classes(out_dir, data, stamp, shard, poll_s)
     if shard.is_main and (todo or not (out_dir / MANIFEST).is_file()):  # a finished folder stays
         write_manifest(out_dir, data, manifest_base)
@@ -183,6 +188,17 @@ def _distill_locked(
         "resumed_classes": data.num_classes - len(todo),
     }
     return distilled
+
+
+def write_result(
+    out_dir: Path, data: ImageClassificationData, label: int, images: torch.Tensor, info: dict, marker: dict
+) -> None:
+    """One class's images, manifest info and modes, then its marker (``ddcore.class_writer``)."""
+    info = dict(info)
+    modes = info.pop("modes", None)
+    if modes is not None:  # before the marker: a complete class has its modes
+        write_modes(out_dir, data, label, modes)
+    write_class(out_dir, data, label, images.float().cpu(), info, marker)
 
 
 # What is only known once the generator is loaded (its name is in generator_config too)

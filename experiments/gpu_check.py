@@ -4,7 +4,9 @@
     python experiments/gpu_check.py --tiny    # the same code path with tiny shapes, on the CPU
 
 Rows: DiT-XL/2 sampling (50 DDPM steps, CFG batch) in bf16 and fp32 at batch 1, one class's IPC
-and a cross-class batch, with images/s and the share of the measured bf16/fp32 matmul peak;
+and a cross-class batch (``method.class_batch``; its note gives the largest latent difference
+from the same classes sampled one at a time), with images/s and the share of the measured
+bf16/fp32 matmul peak;
 SD v1.5-shaped sampling at 512 px; faiss-gpu k-means on ImageNet-class-sized latents; one DDP
 student step on all visible GPUs. No weights are downloaded: models are built from their
 configs. FLOPs per DiT forward are counted by torch's FlopCounterMode.
@@ -82,7 +84,10 @@ def forward_flops(gen, batch: int) -> float:
 
 
 def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tuple]:
-    from ddcore.sampling import sample_latents
+    """Through the sampling methods' own path (``UnguidedSampling.class_latents``: per-sample
+    noise generators): one sample, one class's IPC, and ``classes`` classes in one batch
+    (``method.class_batch``), the last compared with the same classes sampled one at a time."""
+    from mgd3.distiller import UnguidedSampling
 
     arch, latent = (DIT_TINY, 8) if tiny else (DIT_XL2, 32)
     rows = []
@@ -90,26 +95,38 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
         peak = matmul_peak(device, dtype, 256 if tiny else 8192)
         gen = dit_generator(device, dtype, arch, latent)
         name = f"{'tiny DiT' if tiny else 'DiT-XL/2'} {str(dtype).split('.')[-1]}"
-        for label, n in (
-            ("batch 1", 1),
-            (f"IPC {ipc}", ipc),
-            (f"{classes} classes x IPC {ipc}", ipc * classes),
+        for label, per_class, labels in (
+            ("batch 1", 1, [0]),
+            (f"IPC {ipc}", ipc, [0]),
+            (f"{classes} classes x IPC {ipc} (class_batch {classes})", ipc, list(range(classes))),
         ):
-            labels = torch.arange(n) % classes
+            method = UnguidedSampling(steps=steps, class_batch=len(labels))
+            n = per_class * len(labels)
 
-            def sample(labels=labels, gen=gen):
-                sample_latents(gen, labels, rng=torch.Generator().manual_seed(0), steps=steps)
+            def sample(method=method, labels=labels, per_class=per_class, gen=gen):
+                return method.class_latents(gen, labels, per_class, seed=0)
 
             seconds = timed(sample, device)
             flops = forward_flops(gen, 2 * n) * steps  # CFG: conditional + null rows
-            rows.append(
-                (
-                    f"{name} {label}",
-                    f"{n / seconds:.2f} img/s",
-                    f"{100 * flops / seconds / peak:.1f}% of matmul peak",
-                )
-            )
+            note = f"{100 * flops / seconds / peak:.1f}% of matmul peak"
+            if len(labels) > 1:
+                diff = same_either_way(method, gen, labels, ipc)
+                note += f"; max |latent diff| vs one class per batch {diff:.1e}"
+            rows.append((f"{name} {label}", f"{n / seconds:.2f} img/s", note))
     return rows
+
+
+def same_either_way(method, gen, labels: list[int], ipc: int) -> float:
+    """Largest difference between the cross-class latents and those of each class on its own
+    (0 where the denoiser's rows do not depend on the batch; float rounding otherwise)."""
+    from mgd3.distiller import UnguidedSampling
+
+    together = method.class_latents(gen, labels, ipc, seed=0)
+    alone = UnguidedSampling(steps=method.steps)
+    return max(
+        float((part - alone.class_latents(gen, [label], ipc, seed=0)[0]).abs().max())
+        for label, part in zip(labels, together)
+    )
 
 
 def sd_row(device, tiny: bool, steps: int) -> tuple:

@@ -92,15 +92,14 @@ class ManifoldGD(MGD3):
                 schedule=radius_schedule,
             )
         )
-        self.cloud_seed = 0
 
-    def sample_class(
-        self, generator, data, label: int, ipc: int, seed: int, modes: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        # the clouds' seed: per run seed and class, apart from the sampler's own generator, so
-        # they do not depend on chunking or on the order in which classes are sampled
-        self.cloud_seed = derive_seed(seed, "manifold", label)
-        return super().sample_class(generator, data, label, ipc, seed, modes)
-
-    def guidance(self, modes: torch.Tensor) -> ManifoldGuidance:
-        return ManifoldGuidance(super().guidance(modes), modes, self.settings, self.steps, self.cloud_seed)
+    def guidance(self, modes: torch.Tensor, label: int, seed: int) -> ManifoldGuidance:
+        # the clouds' seed: per run seed and class, apart from the sampler's own generators, so
+        # they depend neither on chunking nor on which classes share a batch
+        return ManifoldGuidance(
+            super().guidance(modes, label, seed),
+            modes,
+            self.settings,
+            self.steps,
+            derive_seed(seed, "manifold", label),
+        )

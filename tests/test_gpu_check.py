@@ -1,9 +1,11 @@
 """`make gpu-check`: one line and exit 0 without CUDA; the same code path runs at tiny shapes."""
 
+import re
+
 import pytest
 import torch
 
-from experiments.gpu_check import main
+from experiments.gpu_check import dit_rows, main
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the check would run")
@@ -17,3 +19,16 @@ def test_tiny_shapes_print_one_table(capsys):
     assert main(["--tiny"]) == 0
     out = capsys.readouterr().out
     assert out.count("| tiny DiT") == 6 and "k-means" in out and "DDP student step" in out
+
+
+def test_dit_rows_time_the_method_path_and_compare_cross_class_latents():
+    rows = dit_rows(torch.device("cpu"), tiny=True, steps=2, ipc=2, classes=3)
+    assert [r[0] for r in rows[:3]] == [
+        "tiny DiT bfloat16 batch 1",
+        "tiny DiT bfloat16 IPC 2",
+        "tiny DiT bfloat16 3 classes x IPC 2 (class_batch 3)",
+    ]
+    assert len(rows) == 6 and all(r[1].endswith(" img/s") for r in rows)
+    for _, _, note in (rows[2], rows[5]):  # bf16 and fp32 cross-class rows
+        diff = float(re.search(r"vs one class per batch (\S+)$", note).group(1))
+        assert diff <= 1e-5  # the same samples as one class per batch, up to float rounding
