@@ -34,6 +34,26 @@ def warm_imports() -> None:
     import mgd3.distiller  # noqa: F401
 
 
+def run_and_exit(argv: list[str], cwd: str | None = None) -> None:
+    """In a forked child: ``run.py <argv>`` as ``python run.py`` would run it, then exit with its
+    status (also used by tests/run_ranks.py)."""
+    os.chdir(cwd or os.getcwd())
+    sys.argv = [str(ROOT / "run.py"), *argv]
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001  (reported like the interpreter would)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_case(case: dict) -> dict:
     start = time.perf_counter()
     read_end, write_end = os.pipe()
@@ -45,20 +65,7 @@ def run_case(case: dict) -> dict:
         os.environ.update(case.get("env") or {})
         for key in case.get("unset") or []:
             os.environ.pop(key, None)
-        os.chdir(case.get("cwd") or os.getcwd())
-        sys.argv = [str(ROOT / "run.py"), *case["argv"]]
-        code = 0
-        try:
-            runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # noqa: BLE001  (reported like the interpreter would)
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        sys.stderr.flush()
-        os._exit(code)
+        run_and_exit(case["argv"], case.get("cwd"))
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         stderr = pipe.read().decode(errors="replace")

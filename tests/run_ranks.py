@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_many import ROOT, warm_imports  # noqa: E402
+from run_many import run_and_exit, warm_imports  # noqa: E402
 
 
 def free_port() -> int:
@@ -33,7 +33,6 @@ def free_port() -> int:
 
 def start_rank(job: dict, rank: int, port: int) -> tuple[int, int]:
     """Fork one rank running ``run.py <argv>``; returns (pid, read end of its output)."""
-    import runpy
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -54,21 +53,7 @@ def start_rank(job: dict, rank: int, port: int) -> tuple[int, int]:
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
         )
-    os.chdir(job.get("cwd") or os.getcwd())
-    sys.argv = [str(ROOT / "run.py"), *job["argv"]]
-    code = 0
-    try:
-        runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001  (reported like the interpreter would)
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    run_and_exit(job["argv"], job.get("cwd"))
 
 
 def run_job(job: dict) -> list[dict]:

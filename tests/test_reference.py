@@ -76,21 +76,26 @@ def test_a_random_set_is_its_own_random_reference(tmp_path, monkeypatch):
     assert [k.get("prefix") for k in trained] == [None, "full"]  # no "random" students
 
 
-def test_soft_label_reference_uses_the_hard_label_protocol_for_hlr(tmp_path):
-    data = digits()
-    distilled = random_real_subset(data, ipc=2, seed=1)
+def tiny_soft_label(tmp_path, reference: dict) -> SoftLabelProtocol:
+    """Width-8 ConvNets, 2 epochs, 1 repeat; its hard-label protocol has the same settings."""
     teacher = Teacher(
         partial(ConvNet, width=8), cache_dir=str(tmp_path / "teachers"), train={"epochs": 1, "evals": 1}
     )
-    protocol = SoftLabelProtocol(
+    return SoftLabelProtocol(
         partial(ConvNet, width=8),
         teacher,
         epochs=2,
         evals=1,
         repeats=1,
-        hard_label={"epochs": 2, "evals": 1},
-        reference={"cache_dir": str(tmp_path / "ref"), "full_epochs": 1},
+        hard_label={"epochs": 2, "evals": 1, "repeats": 1},
+        reference=reference,
     )
+
+
+def test_soft_label_reference_uses_the_hard_label_protocol_for_hlr(tmp_path):
+    data = digits()
+    distilled = random_real_subset(data, ipc=2, seed=1)
+    protocol = tiny_soft_label(tmp_path, {"cache_dir": str(tmp_path / "ref"), "full_epochs": 1})
     metrics = protocol.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
     assert metrics["reference/acc"] == "best"
     syn, syn_hard = metrics["student/best_acc_mean"], metrics["reference/distilled_hard_acc"]
@@ -108,18 +113,7 @@ def test_soft_label_hlr_reuses_the_hard_label_evaluation_of_the_same_set(tmp_pat
     reference = {"cache_dir": str(tmp_path / "ref"), "full_epochs": 1}
     hard = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=1, reference=reference)
     hard_metrics = hard.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
-    teacher = Teacher(
-        partial(ConvNet, width=8), cache_dir=str(tmp_path / "teachers"), train={"epochs": 1, "evals": 1}
-    )
-    soft = SoftLabelProtocol(
-        partial(ConvNet, width=8),
-        teacher,
-        epochs=2,
-        evals=1,
-        repeats=1,
-        hard_label={"epochs": 2, "evals": 1, "repeats": 1},
-        reference=reference,
-    )
+    soft = tiny_soft_label(tmp_path, reference)
     assert soft.hard_label_protocol().describe() == hard.describe()
     monkeypatch.setattr(HardLabelProtocol, "evaluate_set", fail_recompute)
     metrics = soft.evaluate(distilled, data, ipc=2, seed=0, trainer_factory=CPU)
