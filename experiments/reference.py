@@ -117,13 +117,12 @@ class Job:
         return runs / self.name
 
     def finished(self, runs: Path) -> bool:
+        """Done with these overrides: its metrics are written, or it stopped with a one-line
+        error (a setting this dataset cannot take, such as more patches than images)."""
         folder = self.folder(runs)
-        try:
-            return (folder / "metrics.json").is_file() and json.loads((folder / "job.json").read_text())[
-                "overrides"
-            ] == self.overrides
-        except (OSError, ValueError, KeyError):
-            return False
+        record = read_json(folder / "job.json")
+        done = (folder / "metrics.json").is_file() or "error" in record
+        return done and record.get("overrides") == self.overrides
 
 
 def slug(label: str) -> str:
@@ -268,6 +267,7 @@ def run_job(job: Job, runs: Path) -> dict:
     """What ``python run.py <overrides>`` does, in this process."""
     from ddapp.config_checks import check_config
     from ddapp.tasks import build, close_loggers, quiet_lightning
+    from ddcore.errors import UserError
 
     folder = job.folder(runs)
     folder.mkdir(parents=True, exist_ok=True)
@@ -275,11 +275,15 @@ def run_job(job: Job, runs: Path) -> dict:
     check_config(cfg)
     quiet_lightning()
     start = time.perf_counter()
+    record = {"overrides": job.overrides}
     try:
         metrics = build(cfg.task)(cfg)
+    except UserError as exc:  # the dataset cannot take this setting: say so in the report, go on
+        print(f"  not applicable: {exc}", flush=True)
+        record["error"], metrics = str(exc), {}
     finally:
         close_loggers()
-    record = {"overrides": job.overrides, "seconds": round(time.perf_counter() - start, 1)}
+    record["seconds"] = round(time.perf_counter() - start, 1)
     (folder / "job.json").write_text(json.dumps(record, indent=1))
     return metrics
 

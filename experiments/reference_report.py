@@ -44,12 +44,13 @@ def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
     for record in runs.rglob("job.json"):
         folder = record.parent
         metrics_file = folder / "metrics.json"
-        if metrics_file.is_file():
-            job = json.loads(record.read_text())
+        job = json.loads(record.read_text())
+        if metrics_file.is_file() or "error" in job:
             jobs[str(folder.relative_to(runs))] = {
-                "metrics": json.loads(metrics_file.read_text()),
+                "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
                 "seconds": job.get("seconds", 0.0),
                 "overrides": job.get("overrides", []),
+                "error": job.get("error"),
                 "folder": folder,
             }
     for alias, name in (aliases or {}).items():
@@ -68,6 +69,11 @@ def stat(job: dict | None, key: str = "final") -> tuple[float, float] | None:
 
 def fmt(s: tuple[float, float] | None) -> str:
     return "-" if s is None else f"{s[0]:.1f} ± {s[1]:.1f}"
+
+
+def cell(job: dict | None, key: str = "final") -> str:
+    """A table cell: mean ± std, "n/a" for a setting the dataset cannot take, "-" when not run."""
+    return "n/a" if job and job.get("error") else fmt(stat(job, key))
 
 
 def verdict(a: tuple | None, b: tuple | None) -> str:
@@ -89,7 +95,7 @@ def method_table(jobs: dict, dataset: str, protocol: str, ipcs, labels) -> list[
         cells = []
         for ipc in ipcs:
             job = jobs.get(f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}")
-            cells += [fmt(stat(job)), fmt(stat(job, "best"))]
+            cells += [cell(job), cell(job, "best")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -252,6 +258,8 @@ def commands(jobs: dict, planned: list[str]) -> list[str]:
             lines.append(f"- `{name}`: not run")
         elif job.get("same_as"):
             lines.append(f"- `{name}`: same as `{job['same_as']}`")
+        elif job.get("error"):
+            lines.append(f"- `{name}`: n/a, {job['error']} (`{' '.join(job['overrides'])}`)")
         else:
             lines.append(f"- `{name}` ({job['seconds']:.0f} s): `{' '.join(job['overrides'])}`")
     return lines + ["\n</details>", ""]

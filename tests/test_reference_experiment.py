@@ -1,6 +1,8 @@
 """`make reference-smoke`: the reference experiment's code path on a tiny subset produces the
 report, and a rerun redoes no finished job."""
 
+import json
+
 from experiments.reference import main
 
 
@@ -17,3 +19,19 @@ def test_smoke_writes_the_report_and_a_rerun_skips_finished_jobs(tmp_path, cache
     assert first.count("done in") == 7
     assert main(args) == 0
     assert "done in" not in capsys.readouterr().out  # finished jobs are not redone
+
+
+def test_a_setting_the_dataset_cannot_take_is_recorded_once_and_reported_as_na(tmp_path):
+    """A job that stops with a one-line error (say more 2x2-tile patches than a digits class has
+    images) is finished for a rerun and shows as n/a in the tables, with the reason."""
+    from experiments.reference import Job
+    from experiments.reference_report import load, method_table
+
+    job = Job("digits/hard_label/ipc50/patch_selection__2x2_tiles", ["method=patchsel", "ipc=50"])
+    folder = job.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"overrides": job.overrides, "error": "ipc=50 needs 200"}))
+    assert job.finished(tmp_path)
+    assert not Job(job.name, ["method=patchsel", "ipc=10"]).finished(tmp_path)  # other overrides
+    table = method_table(load(tmp_path), "digits", "hard_label", [50], ["patch selection (2x2 tiles)"])
+    assert table[-1] == "| patch selection (2x2 tiles) | n/a | n/a |"
