@@ -8,7 +8,9 @@ Every job is one ``run.py`` configuration: ``experiment=reference`` (the shared 
 schedule, chosen before any method was compared) plus the job's own overrides. Jobs run in this
 process through Hydra's compose API, one after another, so the framework is imported once.
 A job is finished when its folder holds ``metrics.json`` and a ``job.json`` with the same
-overrides; a rerun skips finished jobs and resumes a half-distilled one class by class.
+overrides; a rerun skips finished jobs and resumes a half-distilled one class by class. The full
+run's folder, ``results/reference_runs/``, is committed with each job's records and set grid
+(not the sets), so a fresh clone rebuilds the report and resumes where the last run stopped.
 
 Phases: the shared generator and teacher per dataset (cached), the t_SG and lam sweeps at
 IPC 10, then the method tables (MGD^3 "best" takes the sweep's best (t_sg, lam) by final top-1,
@@ -112,6 +114,7 @@ class Job:
     overrides: list[str]
     group: str = "table"  # table | tsg | lam | components | patchsel
     same_as: str | None = None  # another job's name: the same configuration, run once
+    source: str | None = None  # the job whose distilled/ this one evaluates (set by resolve_jobs)
 
     def folder(self, runs: Path) -> Path:
         return runs / self.name
@@ -122,7 +125,15 @@ class Job:
         folder = self.folder(runs)
         record = read_json(folder / "job.json")
         done = (folder / "metrics.json").is_file() or "error" in record
-        return done and record.get("overrides") == self.overrides
+        recorded = record.get("overrides", [])
+        same = without_set(recorded) == without_set(self.overrides)
+        if self.source:  # the set's folder may have moved with the runs folder (a fresh clone)
+            same = same and any(o.endswith(f"/{self.source}/distilled") for o in recorded)
+        return done and same
+
+
+def without_set(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("eval.distilled_dir=")]
 
 
 def slug(label: str) -> str:
@@ -211,6 +222,8 @@ def resolve_jobs(jobs: list[Job], runs: Path, aliases: dict[str, str], seen: dic
     maps the configurations planned so far to their jobs."""
     unique = []
     for job in jobs:
+        sources = [o.split(SET_OF, 1)[1] for o in job.overrides if SET_OF in o]
+        job.source = aliases.get(sources[0], sources[0]) if sources else None
         job.overrides = [set_folder(o, runs, aliases) for o in job.overrides]
         key = job.same_as and aliases.get(job.same_as, job.same_as)
         key = key or seen.get(config_key(job.overrides))
@@ -288,14 +301,19 @@ def run_job(job: Job, runs: Path) -> dict:
     return metrics
 
 
-def run_all(jobs: list[Job], runs: Path, done_before: int, total: int) -> None:
-    """Run the unfinished jobs, printing progress with the rate and ETA of this phase."""
+def run_all(jobs: list[Job], runs: Path, done_before: int, total: int, by_name: dict[str, Job]) -> None:
+    """Run the unfinished jobs, printing progress with the rate and ETA of this phase. A job that
+    evaluates another's set whose ``distilled/`` is gone (the committed runs folder keeps only
+    records) first re-runs that job: distillation is deterministic, its numbers do not change."""
     todo = [j for j in jobs if not j.finished(runs)]
     started = time.perf_counter()
     for i, job in enumerate(todo):
         position = done_before + (len(jobs) - len(todo)) + i + 1
         print(f"[{position}/{total}] {job.name}", flush=True)
         t0 = time.perf_counter()
+        if job.source and not (runs / job.source / "distilled" / "manifest.json").is_file():
+            print(f"  distilling {job.source} again for it", flush=True)
+            run_job(by_name[job.source], runs)
         run_job(job, runs)
         rate = (i + 1) / (time.perf_counter() - started)
         print(
@@ -361,36 +379,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny subset (CI)")
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
-    parser.add_argument("--runs", type=Path, default=None, help="job folders (logs/reference)")
+    parser.add_argument("--runs", type=Path, default=None, help="job folders (results/reference_runs)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (results)")
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=None, help="run only these datasets' jobs"
     )
     args = parser.parse_args(argv)
     p = plan(args.smoke)
-    runs = (args.runs or ROOT / "logs" / ("reference-smoke" if args.smoke else "reference")).resolve()
+    # the full run's folder is committed (records and grids only: .gitignore keeps the sets out)
+    runs = (
+        args.runs or ROOT / ("logs/reference-smoke" if args.smoke else "results/reference_runs")
+    ).resolve()
     out = args.out or (runs / "results" if args.smoke else ROOT / "results")
     import ddcore  # noqa: F401  (torchvision import fix)
     from ddapp.schemas import register
 
     register()
     aliases_file = runs / "aliases.json"
-    aliases, planned, seen = read_json(aliases_file), [], {}
+    aliases, planned, seen, by_name = read_json(aliases_file), [], {}, {}
     for dataset in p["datasets"]:
         run = not args.report and dataset in (args.datasets or p["datasets"])
         sweeps = sweep_jobs(dataset, p)
         planned += [j.name for j in sweeps]
         sweeps = resolve_jobs(sweeps, runs, aliases, seen)
+        by_name.update((j.name, j) for j in sweeps)
         if run:
-            run_all(sweeps, runs, 0, len(sweeps))
+            run_all(sweeps, runs, 0, len(sweeps), by_name)
         best = best_setting(runs, dataset, p["t_sg"], p["lams"], aliases)
         rest = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
         planned += [j.name for j in rest]
         rest = resolve_jobs(rest, runs, aliases, seen)
+        by_name.update((j.name, j) for j in rest)
         runs.mkdir(parents=True, exist_ok=True)
         aliases_file.write_text(json.dumps(aliases, indent=1, sort_keys=True))
         if run:
-            run_all(rest, runs, len(sweeps), len(sweeps) + len(rest))
+            run_all(rest, runs, len(sweeps), len(sweeps) + len(rest), by_name)
     from experiments.reference_report import write_report
 
     path = write_report(runs, out, p, aliases, planned)

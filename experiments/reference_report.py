@@ -326,7 +326,10 @@ def write_report(runs: Path, out: Path, plan: dict, aliases: dict[str, str], pla
         labels += [m + LATENT_SUFFIX for m in GENERATED]
     hours = sum(j["seconds"] for j in jobs.values()) / 3600
     finished = sum(name in jobs for name in planned)
-    lines = [HEADER.format(runs=runs, finished=finished, planned=len(planned), hours=hours)]
+    from experiments.reference import ROOT
+
+    shown = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
+    lines = [HEADER.format(runs=shown, finished=finished, planned=len(planned), hours=hours)]
     lines += schedule_check(jobs, plan)
     figures = out / "figures"
     for dataset in plan["datasets"]:

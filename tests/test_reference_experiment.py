@@ -35,3 +35,31 @@ def test_a_setting_the_dataset_cannot_take_is_recorded_once_and_reported_as_na(t
     assert not Job(job.name, ["method=patchsel", "ipc=10"]).finished(tmp_path)  # other overrides
     table = method_table(load(tmp_path), "digits", "hard_label", [50], ["patch selection (2x2 tiles)"])
     assert table[-1] == "| patch selection (2x2 tiles) | n/a | n/a |"
+
+
+def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_set(
+    tmp_path, cache_dir, monkeypatch, capsys
+):
+    """The committed runs folder holds records, not sets: a rerun in another folder (a fresh
+    clone) finds every job finished, and a soft-label job whose hard-label set is gone gets
+    that set distilled again first, with the same numbers."""
+    import shutil
+
+    monkeypatch.setenv("DD_CACHE_DIR", str(cache_dir))
+    first, moved = tmp_path / "a" / "runs", tmp_path / "b" / "runs"
+    assert main(["--smoke", "--runs", str(first), "--out", str(tmp_path / "out")]) == 0
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)
+    capsys.readouterr()
+    assert main(["--smoke", "--runs", str(moved), "--out", str(tmp_path / "out")]) == 0
+    assert "done in" not in capsys.readouterr().out  # found finished although the folder moved
+    soft = moved / "digits" / "soft_label" / "ipc2" / "unguided"
+    before = json.loads((soft / "metrics.json").read_text())
+    for folder in moved.rglob("distilled"):
+        shutil.rmtree(folder)
+    (soft / "metrics.json").unlink()
+    assert main(["--smoke", "--runs", str(moved), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "distilling digits/hard_label/ipc2/unguided again" in out and out.count("done in") == 1
+    after = json.loads((soft / "metrics.json").read_text())
+    assert after["student/final_acc_runs"] == before["student/final_acc_runs"]
