@@ -225,12 +225,14 @@ def resolve_jobs(jobs: list[Job], runs: Path, aliases: dict[str, str], seen: dic
         sources = [o.split(SET_OF, 1)[1] for o in job.overrides if SET_OF in o]
         job.source = aliases.get(sources[0], sources[0]) if sources else None
         job.overrides = [set_folder(o, runs, aliases) for o in job.overrides]
-        key = job.same_as and aliases.get(job.same_as, job.same_as)
-        key = key or seen.get(config_key(job.overrides))
-        if key:
-            aliases[job.name] = key
+        if job.same_as:
+            aliases[job.name] = aliases.get(job.same_as, job.same_as)
             continue
-        seen[config_key(job.overrides)] = job.name
+        digest = config_key(job.overrides)  # one compose per job
+        if digest in seen:
+            aliases[job.name] = seen[digest]
+            continue
+        seen[digest] = job.name
         unique.append(job)
     return unique
 
