@@ -303,26 +303,125 @@ def run_job(job: Job, runs: Path) -> dict:
     return metrics
 
 
-def run_all(jobs: list[Job], runs: Path, done_before: int, total: int, by_name: dict[str, Job]) -> None:
-    """Run the unfinished jobs, printing progress with the rate and ETA of this phase. A job that
-    evaluates another's set whose ``distilled/`` is gone (the committed runs folder keeps only
-    records) first re-runs that job: distillation is deterministic, its numbers do not change."""
+def run_with_source(job: Job, runs: Path, source: Job | None) -> None:
+    """Run ``job``; a job that evaluates another's set whose ``distilled/`` is gone (the committed
+    runs folder keeps only records) first re-runs that job: distillation is deterministic, its
+    numbers do not change."""
+    if source is not None and not (runs / source.name / "distilled" / "manifest.json").is_file():
+        print(f"  distilling {source.name} again for it", flush=True)
+        run_job(source, runs)
+    run_job(job, runs)
+
+
+def progress(i: int, todo: int, started: float, seconds: float) -> str:
+    rate = (i + 1) / (time.perf_counter() - started)
+    return (
+        f"done in {seconds:.0f} s; {rate * 3600:.0f} jobs/h, "
+        f"ETA for this phase {(todo - i - 1) / rate / 60:.1f} min"
+    )
+
+
+def run_all(
+    jobs: list[Job], runs: Path, done_before: int, total: int, by_name: dict[str, Job], workers: int = 1
+) -> bool:
+    """Run the unfinished jobs, printing progress with the rate and ETA of this phase; with
+    ``workers`` > 1 in that many processes at once (``run_parallel``). False if a job failed."""
     todo = [j for j in jobs if not j.finished(runs)]
+    first = done_before + len(jobs) - len(todo) + 1
+    if workers > 1:
+        return run_parallel(todo, runs, first, total, by_name, workers)
     started = time.perf_counter()
     for i, job in enumerate(todo):
-        position = done_before + (len(jobs) - len(todo)) + i + 1
-        print(f"[{position}/{total}] {job.name}", flush=True)
+        print(f"[{first + i}/{total}] {job.name}", flush=True)
         t0 = time.perf_counter()
-        if job.source and not (runs / job.source / "distilled" / "manifest.json").is_file():
-            print(f"  distilling {job.source} again for it", flush=True)
-            run_job(by_name[job.source], runs)
-        run_job(job, runs)
-        rate = (i + 1) / (time.perf_counter() - started)
-        print(
-            f"  done in {time.perf_counter() - t0:.0f} s; {rate * 3600:.0f} jobs/h, "
-            f"ETA for this phase {(len(todo) - i - 1) / rate / 60:.1f} min",
-            flush=True,
-        )
+        run_with_source(job, runs, by_name.get(job.source) if job.source else None)
+        print(f"  {progress(i, len(todo), started, time.perf_counter() - t0)}", flush=True)
+    return True
+
+
+def cache_group(job: Job) -> tuple[str, ...]:
+    """The shared things a job builds on first use: the full-data reference per dataset and
+    protocol, the teacher for soft labels, the latent generator's caches."""
+    keys = ("dataset=", "eval=", "generator=")
+    return tuple(o for o in job.overrides if o.startswith(keys))
+
+
+def run_parallel(
+    todo: list[Job], runs: Path, first: int, total: int, by_name: dict[str, Job], workers: int
+) -> bool:
+    """Run ``todo`` in ``workers`` processes of ``cpu_count // workers`` threads each (1 on the
+    2-core machine, as the committed runs). A job starts once the job whose set it evaluates has
+    finished, and the first job of each ``cache_group`` runs alone in its group, so the teacher
+    and the full-data references are built once. Each job's output goes to its ``job.log``. A
+    failed job stops new starts; the running ones finish, and the rerun resumes."""
+    import subprocess
+
+    env = dict(os.environ)
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env.setdefault("OMP_NUM_THREADS", threads)
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    pending, running, warm = list(todo), {}, set()  # running: name -> (process, job, start, log)
+    started, finished, failed, launched = time.perf_counter(), 0, [], 0
+
+    def ready(job: Job) -> bool:
+        if job.source and any(job.source == j.name for j in pending + [r[1] for r in running.values()]):
+            return False
+        group = cache_group(job)
+        return group in warm or all(cache_group(r[1]) != group for r in running.values())
+
+    while running or (pending and not failed):
+        while not failed and len(running) < workers:
+            job = next((j for j in pending if ready(j)), None)
+            if job is None:
+                break
+            pending.remove(job)
+            folder = job.folder(runs)
+            folder.mkdir(parents=True, exist_ok=True)
+            spec = {"job": job.__dict__, "source": by_name[job.source].__dict__ if job.source else None}
+            log = (folder / "job.log").open("w")
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--one",
+                json.dumps(spec),
+                "--runs",
+                str(runs),
+            ]
+            running[job.name] = (
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                job,
+                time.perf_counter(),
+                log,
+            )
+            print(f"[{first + launched}/{total}] {job.name} (started)", flush=True)
+            launched += 1
+        time.sleep(1)
+        for name, (process, job, t0, log) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[name]
+            log.close()
+            if process.returncode:
+                failed.append(name)
+                print(f"  {name} failed (exit {process.returncode}); its output: {log.name}", flush=True)
+                continue
+            warm.add(cache_group(job))
+            print(f"  {name} {progress(finished, len(todo), started, time.perf_counter() - t0)}", flush=True)
+            finished += 1
+    if failed:
+        print(f"{len(failed)} job(s) failed: {', '.join(failed)}; a rerun resumes the rest", flush=True)
+    return not failed
+
+
+def run_one(spec: str, runs: Path) -> int:
+    """One job of ``run_parallel``, in its own process."""
+    import ddcore  # noqa: F401  (torchvision import fix)
+    from ddapp.schemas import register
+
+    register()
+    spec = json.loads(spec)
+    run_with_source(Job(**spec["job"]), runs, Job(**spec["source"]) if spec["source"] else None)
+    return 0
 
 
 def best_setting(runs: Path, dataset: str, t_sgs, lams, aliases: dict[str, str]) -> list[str]:
@@ -386,7 +485,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=None, help="run only these datasets' jobs"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="jobs run at once, each in its own process (default 1)"
+    )
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a worker's job (run_parallel)
     args = parser.parse_args(argv)
+    if args.one:
+        return run_one(args.one, args.runs)
+    if args.workers < 1:
+        print(f"--workers {args.workers}: give 1 or more jobs to run at once", file=sys.stderr)
+        return 2
     p = plan(args.smoke)
     # the full run's folder is committed (records and grids only: .gitignore keeps the sets out)
     runs = (
@@ -398,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
     register()
     aliases_file = runs / "aliases.json"
-    aliases, planned, seen, by_name = read_json(aliases_file), [], {}, {}
+    aliases, planned, seen, by_name, ok = read_json(aliases_file), [], {}, {}, True
     for dataset in p["datasets"]:
         run = not args.report and dataset in (args.datasets or p["datasets"])
         sweeps = sweep_jobs(dataset, p)
@@ -406,21 +514,22 @@ def main(argv: list[str] | None = None) -> int:
         sweeps = resolve_jobs(sweeps, runs, aliases, seen)
         by_name.update((j.name, j) for j in sweeps)
         if run:
-            run_all(sweeps, runs, 0, len(sweeps), by_name)
+            ok = run_all(sweeps, runs, 0, len(sweeps), by_name, args.workers) and ok
         best = best_setting(runs, dataset, p["t_sg"], p["lams"], aliases)
         rest = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
         planned += [j.name for j in rest]
+        rest.sort(key=lambda j: LATENT[dataset][0] in j.overrides)  # the latent rows last
         rest = resolve_jobs(rest, runs, aliases, seen)
         by_name.update((j.name, j) for j in rest)
         runs.mkdir(parents=True, exist_ok=True)
         aliases_file.write_text(json.dumps(aliases, indent=1, sort_keys=True))
-        if run:
-            run_all(rest, runs, len(sweeps), len(sweeps) + len(rest), by_name)
+        if run and ok:
+            ok = run_all(rest, runs, len(sweeps), len(sweeps) + len(rest), by_name, args.workers)
     from experiments.reference_report import write_report
 
     path = write_report(runs, out, p, aliases, planned)
     print(f"report: {path}")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
