@@ -9,14 +9,18 @@ from experiments.reference import main
 def test_smoke_writes_the_report_and_a_rerun_skips_finished_jobs(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("DD_CACHE_DIR", str(cache_dir))  # the session's tiny generator
     args = ["--smoke", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
-    assert main(args) == 0
+    assert main([*args, "--workers", "2"]) == 0  # two jobs at a time, each in its own process
     first = capsys.readouterr().out
     report = (tmp_path / "out" / "reference.md").read_text()
     assert "| random real |" in report and "### Claims" in report and "t_SG = 50" in report
     assert "Jobs: 8 of 8 finished" in report
     assert (tmp_path / "out" / "figures" / "digits_tsg.png").is_file()
     # MGD^3 at the sweep's best (t_SG, lam) under hard labels is that sweep job: run once
-    assert first.count("done in") == 7
+    assert first.count("done in") == 7 and "failed" not in first
+    # a soft-label job starts after the hard-label job whose set it evaluates has finished
+    order = first.splitlines()
+    start = order.index("[7/7] digits/soft_label/ipc2/unguided (started)")
+    assert any(line.startswith("  digits/hard_label/ipc2/unguided done in") for line in order[:start])
     assert main(args) == 0
     assert "done in" not in capsys.readouterr().out  # finished jobs are not redone
 
@@ -58,8 +62,12 @@ def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_s
     for folder in moved.rglob("distilled"):
         shutil.rmtree(folder)
     (soft / "metrics.json").unlink()
-    assert main(["--smoke", "--runs", str(moved), "--out", str(tmp_path / "out")]) == 0
+    import torch  # the worker process gets this process's thread count: the same numbers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    assert main(["--smoke", "--runs", str(moved), "--out", str(tmp_path / "out"), "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "distilling digits/hard_label/ipc2/unguided again" in out and out.count("done in") == 1
+    assert out.count("done in") == 1 and "failed" not in out
+    assert "distilling digits/hard_label/ipc2/unguided again" in (soft / "job.log").read_text()
     after = json.loads((soft / "metrics.json").read_text())
     assert after["student/final_acc_runs"] == before["student/final_acc_runs"]
