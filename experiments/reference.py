@@ -414,11 +414,16 @@ def run_parallel(
 
 
 def run_one(spec: str, runs: Path) -> int:
-    """One job of ``run_parallel``, in its own process."""
+    """One job of ``run_parallel``, in its own process; its log (progress with rate and ETA)
+    goes to stdout, the job's ``job.log``, formatted as ``run.py``'s."""
+    import logging
+
     import ddcore  # noqa: F401  (torchvision import fix)
     from ddapp.schemas import register
 
     register()
+    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stdout, force=True)
     spec = json.loads(spec)
     run_with_source(Job(**spec["job"]), runs, Job(**spec["source"]) if spec["source"] else None)
     return 0
