@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 FAISS ?= faiss-cpu
 STAMP := $(VENV)/.installed-$(FAISS)
 QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
+# reference experiment jobs run at once, each with cpu_count / N threads (2 x 1 on 2 cores)
+REFERENCE_WORKERS ?= 2
 
 .PHONY: help install lint run test test-full bench data format clean reference reference-smoke gpu-check
 
@@ -50,7 +52,7 @@ gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible 
 	$(BIN)/python experiments/gpu_check.py
 
 reference: install ## the reference experiment (digits + Fashion-MNIST; resumes) -> results/reference.md
-	$(BIN)/python experiments/reference.py
+	$(BIN)/python experiments/reference.py --workers $(REFERENCE_WORKERS)
 
 reference-smoke: install ## a tiny subset of the reference experiment, same code path (CI)
 	$(BIN)/python experiments/reference.py --smoke

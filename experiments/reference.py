@@ -299,6 +299,7 @@ def run_job(job: Job, runs: Path) -> dict:
     finally:
         close_loggers()
     record["seconds"] = round(time.perf_counter() - start, 1)
+    record["ended"] = round(time.time(), 1)  # with seconds: the wall time of parallel runs
     (folder / "job.json").write_text(json.dumps(record, indent=1))
     return metrics
 

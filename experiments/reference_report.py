@@ -19,7 +19,7 @@ Produced by `make reference` (`python experiments/reference.py`); every number b
 a job folder's `metrics.json` under `{runs}`. Mean +- std over the job's 3 student repeats;
 "final" is the last evaluation, "best" the best of the 5 test evaluations during training (it
 peeks at the test set).
-Jobs: {finished} of {planned} finished; total job time {hours:.2f} h on this machine.
+Jobs: {finished} of {planned} finished; total job time {hours:.2f} h on this machine, {wall}.
 
 **Student schedule, chosen before any method was compared** (`conf/experiment/reference.yaml` and
 `EPOCHS` in `experiments/reference.py`): one ConvNet-32 (depth 2 at 16 px, 3 at 28 px) for every
@@ -49,6 +49,7 @@ def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
             jobs[str(folder.relative_to(runs))] = {
                 "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
                 "seconds": job.get("seconds", 0.0),
+                "ended": job.get("ended"),
                 "overrides": job.get("overrides", []),
                 "error": job.get("error"),
                 "folder": folder,
@@ -57,6 +58,20 @@ def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
         if name in jobs:
             jobs[alias] = {**jobs[name], "seconds": 0.0, "same_as": name}
     return jobs
+
+
+def wall_time(jobs: dict[str, dict]) -> str:
+    """The elapsed time of the runs: the union of the jobs' [end - seconds, end] intervals
+    (``--workers`` overlaps them); jobs recorded before end times were kept ran one at a time,
+    so each counts its own seconds."""
+    own = [j for j in jobs.values() if "same_as" not in j]
+    timed = sorted((j["ended"] - j["seconds"], j["ended"]) for j in own if j.get("ended"))
+    untimed = sum(j["seconds"] for j in own if not j.get("ended"))
+    elapsed, end = 0.0, -math.inf
+    for a, b in timed:
+        elapsed += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return f"wall time {(elapsed + untimed) / 3600:.2f} h ({len(timed)} jobs with end times, run 2 at a time)"
 
 
 def stat(job: dict | None, key: str = "final") -> tuple[float, float] | None:
@@ -329,7 +344,8 @@ def write_report(runs: Path, out: Path, plan: dict, aliases: dict[str, str], pla
     from experiments.reference import ROOT
 
     shown = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
-    lines = [HEADER.format(runs=shown, finished=finished, planned=len(planned), hours=hours)]
+    wall = wall_time(jobs)
+    lines = [HEADER.format(runs=shown, finished=finished, planned=len(planned), hours=hours, wall=wall)]
     lines += schedule_check(jobs, plan)
     figures = out / "figures"
     for dataset in plan["datasets"]:

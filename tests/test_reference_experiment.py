@@ -71,3 +71,17 @@ def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_s
     assert "distilling digits/hard_label/ipc2/unguided again" in (soft / "job.log").read_text()
     after = json.loads((soft / "metrics.json").read_text())
     assert after["student/final_acc_runs"] == before["student/final_acc_runs"]
+
+
+def test_wall_time_counts_overlapping_jobs_once():
+    """Jobs run by two workers overlap; jobs recorded without end times ran one at a time."""
+    from experiments.reference_report import wall_time
+
+    jobs = {
+        "a": {"seconds": 3600.0, "ended": 10000.0},  # 6400 .. 10000
+        "b": {"seconds": 1800.0, "ended": 9000.0},  # inside a
+        "c": {"seconds": 1800.0, "ended": 13600.0},  # 11800 .. 13600, after a gap
+        "d": {"seconds": 360.0, "ended": None},  # an earlier sequential run
+        "e": {"seconds": 0.0, "ended": 9000.0, "same_as": "b"},
+    }
+    assert wall_time(jobs).startswith("wall time 1.60 h (3 jobs")
