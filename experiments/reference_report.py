@@ -15,8 +15,9 @@ from ddapp.figures import save_figure
 
 HEADER = """# Reference experiment
 
-Produced by `make reference` (`python experiments/reference.py`); every number below is read from
-a job folder's `metrics.json` under `{runs}`. Mean +- std over the job's 3 student repeats;
+Produced by `make reference` (`python experiments/reference.py --workers 2`: two jobs at a time,
+one thread each, on this 2-core machine); every number below is read from a job folder's
+`metrics.json` under `{runs}`. Mean +- std over the job's 3 student repeats;
 "final" is the last evaluation, "best" the best of the 5 test evaluations during training (it
 peeks at the test set).
 Jobs: {finished} of {planned} finished; total job time {hours:.2f} h on this machine, {wall}.
