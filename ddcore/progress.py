@@ -10,6 +10,11 @@ import lightning.pytorch as pl
 log = logging.getLogger(__name__)
 
 
+def format_rate(rate: float, unit: str) -> str:
+    """``41.3 steps/s``, or ``78 s/epoch`` under a tenth of a unit per second (slow epochs)."""
+    return f"{rate:.1f} {unit}s/s" if rate >= 0.1 or rate <= 0 else f"{1 / rate:.0f} s/{unit}"
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return (
@@ -44,7 +49,7 @@ class ProgressLog(pl.Callback):
             f"{k}={float(v):.4g}" for k, v in trainer.callback_metrics.items() if v.numel() == 1
         )
         log.info(
-            f"{self.what}: {unit} {done}/{total} ({rate:.1f} {unit}s/s, "
+            f"{self.what}: {unit} {done}/{total} ({format_rate(rate, unit)}, "
             f"ETA {format_seconds(eta)}) {metrics}".rstrip()
         )
 
