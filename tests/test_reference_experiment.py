@@ -2,6 +2,7 @@
 report, and a rerun redoes no finished job."""
 
 import json
+from pathlib import Path
 
 from experiments.reference import main
 
@@ -85,3 +86,17 @@ def test_wall_time_counts_overlapping_jobs_once():
         "e": {"seconds": 0.0, "ended": 9000.0, "same_as": "b"},
     }
     assert wall_time(jobs).startswith("wall time 1.60 h (3 jobs")
+
+
+def test_hlr_students_of_a_soft_label_job_are_the_hard_label_jobs_students():
+    """DD-Ranking's HLR trains hard-label students on the set: in the plan they use the hard-label
+    table's protocol exactly (same cache key), so they are read back, not trained again."""
+    from hydra.utils import instantiate
+
+    from experiments.reference import compose, plan, table_jobs
+
+    jobs = {j.name: j for j in table_jobs("fashion_mnist", plan(False), ["method.t_sg=25"])}
+    hard = jobs["fashion_mnist/hard_label/ipc10/unguided"].overrides
+    soft = [o for o in jobs["fashion_mnist/soft_label/ipc10/unguided"].overrides if "@set:" not in o]
+    described = [instantiate(compose(o, Path("/job")).eval) for o in (hard, soft)]
+    assert described[1].hard_label_protocol().describe() == described[0].describe()
