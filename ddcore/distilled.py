@@ -90,11 +90,13 @@ def load_complete(out_dir: Path, data: ImageClassificationData) -> DistilledSet:
 
 
 def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
-    """Read any class-per-folder image set; folder names must be the dataset's class ids."""
+    """Read any class-per-folder image set; folder names must be the dataset's class ids. Classes
+    come in the dataset's label order and files by name, as the run that wrote the set read it
+    back (``load_complete``): ``task=evaluate`` on a run's folder trains on the same tensor."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"distilled folder not found: {folder} (give eval.distilled_dir=<folder>)")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
     unknown = [p.name for p in class_dirs if p.name not in data.class_ids]
     if unknown:
         raise UserError(
@@ -102,7 +104,7 @@ def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
             f"(expected names like {data.class_ids[:3]})"
         )
     images, labels = [], []
-    for class_dir in class_dirs:
+    for class_dir in sorted(class_dirs, key=lambda p: data.class_ids.index(p.name)):
         label = data.class_ids.index(class_dir.name)
         for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             images.append(load_image_file(path, data.resolution, data.channels))

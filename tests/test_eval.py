@@ -74,6 +74,21 @@ def test_external_folder_is_evaluated_with_labels_from_folder_names(tmp_path):
     assert 0.0 <= metrics["student/final_acc_mean"] <= 1.0
 
 
+def test_a_written_set_reads_back_as_the_same_tensor_in_label_order(tmp_path):
+    """``task=evaluate`` on a run's folder trains on the tensor the run trained on, also when the
+    class names do not sort as the labels (Fashion-MNIST: 'ankle_boot' is label 9)."""
+    import dataclasses
+
+    from ddcore.distilled import load_complete, load_distilled, save_distilled
+    from eval.records import tensor_digest
+
+    data = dataclasses.replace(digits(), class_ids=[f"{name}_{i}" for i, name in enumerate("jihgfedcba")])
+    folder = save_distilled(random_real_subset(data, ipc=2, seed=0), data, tmp_path / "set", {})
+    run, evaluate = load_complete(folder, data), load_distilled(folder, data)
+    assert evaluate.labels.tolist() == [label for label in range(10) for _ in range(2)]
+    assert tensor_digest(evaluate.images, evaluate.labels) == tensor_digest(run.images, run.labels)
+
+
 def test_external_folder_bad_input_is_named(tmp_path):
     from ddcore.distilled import load_distilled
     from ddcore.errors import UserError
