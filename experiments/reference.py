@@ -538,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = run_all(rest, runs, len(sweeps), len(sweeps) + len(rest), by_name, args.workers)
     from experiments.reference_report import write_report
 
-    path = write_report(runs, out, p, aliases, planned)
+    stale = [n for n, j in by_name.items() if read_metrics(j.folder(runs)) and not j.finished(runs)]
+    path = write_report(runs, out, p, aliases, planned, stale)
     print(f"report: {path}")
     return 0 if ok else 1
 

@@ -268,12 +268,13 @@ def pixel_vs_latent(jobs: dict, dataset: str, ipc: int) -> list[str]:
     return lines + [""]
 
 
-def commands(jobs: dict, planned: list[str]) -> list[str]:
+def commands(jobs: dict, planned: list[str], stale=()) -> list[str]:
     """How each job ran: its ``run.py`` overrides (``experiments/reference.py`` runs them in-process)."""
     lines = [
         "## Commands\n",
         "Each job is `python run.py logger=csv <overrides> hydra.run.dir=<runs>/<job>`; the driver",
-        'runs them in one process through Hydra\'s compose API. A job marked "same as" has the',
+        "runs them in one process through Hydra's compose API (with `--workers N`, each in a",
+        'process of its own). A job marked "same as" has the',
         "configuration of another and reads its results.\n",
         "<details><summary>every job's overrides</summary>\n",
     ]
@@ -285,6 +286,8 @@ def commands(jobs: dict, planned: list[str]) -> list[str]:
             lines.append(f"- `{name}`: same as `{job['same_as']}`")
         elif job.get("error"):
             lines.append(f"- `{name}`: n/a, {job['error']} (`{' '.join(job['overrides'])}`)")
+        elif name in stale:
+            lines.append(f"- `{name}` ({job['seconds']:.0f} s, stale): `{' '.join(job['overrides'])}`")
         else:
             lines.append(f"- `{name}` ({job['seconds']:.0f} s): `{' '.join(job['overrides'])}`")
     return lines + ["\n</details>", ""]
@@ -333,7 +336,11 @@ def claims(jobs: dict, dataset: str, ipcs, t_sgs) -> list[str]:
     return out
 
 
-def write_report(runs: Path, out: Path, plan: dict, aliases: dict[str, str], planned: list[str]) -> Path:
+def write_report(
+    runs: Path, out: Path, plan: dict, aliases: dict[str, str], planned: list[str], stale: list[str] = ()
+) -> Path:
+    """``stale``: finished jobs whose recorded overrides are not the plan's now (the plan changed
+    after they ran); their rows stay, the header names them, and ``make reference`` reruns them."""
     from experiments.reference import COMPONENTS, GENERATED, LATENT_SUFFIX, METHODS, PATCHSEL_ABLATIONS, slug
 
     jobs = load(runs, aliases)
@@ -347,6 +354,14 @@ def write_report(runs: Path, out: Path, plan: dict, aliases: dict[str, str], pla
     shown = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
     wall = wall_time(jobs)
     lines = [HEADER.format(runs=shown, finished=finished, planned=len(planned), hours=hours, wall=wall)]
+    if stale:
+        lines.append(
+            f"**{len(stale)} finished jobs ran with other overrides than the plan now gives**; their rows "
+            "are shown, `make reference` reruns them: "
+            + ", ".join(f"`{n}`" for n in stale[:8])
+            + (f" and {len(stale) - 8} more (marked stale under Commands)" if len(stale) > 8 else "")
+            + ".\n"
+        )
     lines += schedule_check(jobs, plan)
     figures = out / "figures"
     for dataset in plan["datasets"]:
@@ -406,7 +421,7 @@ def write_report(runs: Path, out: Path, plan: dict, aliases: dict[str, str], pla
         if plan["latent"]:
             lines += pixel_vs_latent(jobs, dataset, ipc)
         lines += ["### Claims\n", *claims(jobs, dataset, plan["ipcs"], plan["t_sg"]), ""]
-    lines += commands(jobs, planned)
+    lines += commands(jobs, planned, stale)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "reference.md"
     path.write_text("\n".join(lines))

@@ -100,3 +100,19 @@ def test_hlr_students_of_a_soft_label_job_are_the_hard_label_jobs_students():
     soft = [o for o in jobs["fashion_mnist/soft_label/ipc10/unguided"].overrides if "@set:" not in o]
     described = [instantiate(compose(o, Path("/job")).eval) for o in (hard, soft)]
     assert described[1].hard_label_protocol().describe() == described[0].describe()
+
+
+def test_a_record_from_an_earlier_plan_is_named_stale_in_the_report(tmp_path, cache_dir, monkeypatch):
+    """After the plan changes, a finished job whose recorded overrides differ keeps its row, the
+    report's header names it, and the next run redoes it."""
+    monkeypatch.setenv("DD_CACHE_DIR", str(cache_dir))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    folder = runs / "digits" / "sweep" / "tsg0"
+    folder.mkdir(parents=True)
+    metrics = {"student/final_acc_mean": 0.5, "student/final_acc_std": 0.0}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "job.json").write_text(json.dumps({"overrides": ["dataset=digits", "an=older_plan"]}))
+    assert main(["--smoke", "--report", "--runs", str(runs), "--out", str(out)]) == 0
+    report = (out / "reference.md").read_text()
+    assert "**1 finished jobs ran with other overrides than the plan now gives**" in report
+    assert "`digits/sweep/tsg0` (0 s, stale)" in report
