@@ -104,8 +104,7 @@ def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
             f"(expected names like {data.class_ids[:3]})"
         )
     images, labels = [], []
-    for class_dir in sorted(class_dirs, key=lambda p: data.class_ids.index(p.name)):
-        label = data.class_ids.index(class_dir.name)
+    for label, class_dir in sorted((data.class_ids.index(p.name), p) for p in class_dirs):
         for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             images.append(load_image_file(path, data.resolution, data.channels))
             labels.append(label)

@@ -72,7 +72,8 @@ def wall_time(jobs: dict[str, dict]) -> str:
     for a, b in timed:
         elapsed += max(0.0, b - max(a, end))
         end = max(end, b)
-    return f"wall time {(elapsed + untimed) / 3600:.2f} h ({len(timed)} jobs with end times, run 2 at a time)"
+    hours = (elapsed + untimed) / 3600
+    return f"wall time {hours:.2f} h ({len(timed)} jobs with end times, overlaps counted once)"
 
 
 def stat(job: dict | None, key: str = "final") -> tuple[float, float] | None:
