@@ -281,8 +281,9 @@ def compose(overrides: list[str], folder: Path):
     return cfg
 
 
-def run_job(job: Job, runs: Path) -> dict:
-    """What ``python run.py <overrides>`` does, in this process."""
+def run_job(job: Job, runs: Path, source_seconds: float = 0.0) -> dict:
+    """What ``python run.py <overrides>`` does, in this process (``source_seconds``: the time
+    spent distilling its source set again first, kept in its record)."""
     from ddapp.config_checks import check_config
     from ddapp.tasks import build, close_loggers, quiet_lightning
     from ddcore.errors import UserError
@@ -302,6 +303,8 @@ def run_job(job: Job, runs: Path) -> dict:
     finally:
         close_loggers()
     record["seconds"] = round(time.perf_counter() - start, 1)
+    if source_seconds:
+        record["source_seconds"] = round(source_seconds, 1)
     record["ended"] = round(time.time(), 1)  # with seconds: the wall time of parallel runs
     (folder / "job.json").write_text(json.dumps(record, indent=1))
     return metrics
@@ -309,12 +312,29 @@ def run_job(job: Job, runs: Path) -> dict:
 
 def run_with_source(job: Job, runs: Path, source: Job | None) -> None:
     """Run ``job``; a job that evaluates another's set whose ``distilled/`` is gone (the committed
-    runs folder keeps only records) first re-runs that job: distillation is deterministic, its
-    numbers do not change."""
+    runs folder keeps only records) first re-runs that job: distillation is deterministic, so
+    its students come out as recorded, and its record is kept as it was (its time is the
+    original run's; the re-run's is this job's ``source_seconds``). A re-run whose students
+    differ replaces the record, and says so."""
+    extra = 0.0
     if source is not None and not (runs / source.name / "distilled" / "manifest.json").is_file():
         print(f"  distilling {source.name} again for it", flush=True)
+        folder = source.folder(runs)
+        kept = {n: (folder / n).read_text() for n in RECORDS if (folder / n).is_file()}
+        tic = time.perf_counter()
         run_job(source, runs)
-    run_job(job, runs)
+        extra = time.perf_counter() - tic
+        before = json.loads(kept.get("metrics.json", "{}"))
+        if all(before.get(k) == read_json(folder / "metrics.json").get(k) for k in STUDENTS):
+            for name, text in kept.items():
+                (folder / name).write_text(text)
+        else:
+            print(f"  {source.name}: the re-run's students differ from its record; recorded anew", flush=True)
+    run_job(job, runs, source_seconds=extra)
+
+
+RECORDS = ("job.json", "metrics.json")
+STUDENTS = ("student/final_acc_runs", "student/best_acc_runs")  # what a re-run must reproduce
 
 
 def progress(i: int, todo: int, started: float, seconds: float) -> str:
@@ -343,11 +363,24 @@ def run_all(
     return True
 
 
-def cache_group(job: Job) -> tuple[str, ...]:
+def cache_groups(job: Job) -> list[tuple[str, ...]]:
     """The shared things a job builds on first use: the full-data reference per dataset and
-    protocol, the teacher for soft labels, the latent generator's caches."""
-    keys = ("dataset=", "eval=", "generator=")
-    return tuple(o for o in job.overrides if o.startswith(keys))
+    protocol, the teacher for soft labels, the latent generator's caches; and for patch
+    selection the score cache per dataset and generator (both protocols read it: its first job
+    scores every train image, and a second one started beside it would score them all again)."""
+    group = tuple(o for o in job.overrides if o.startswith(("dataset=", "eval=", "generator=")))
+    if "method=patchsel" not in job.overrides:
+        return [group]
+    return [group, ("method=patchsel", *(o for o in group if not o.startswith("eval=")))]
+
+
+def can_start(job: Job, pending: list[Job], running: list[Job], warm: set) -> bool:
+    """Whether ``job`` may start now: the job whose set it evaluates is done, and none of its
+    cache groups is being built by a running job (a group is ``warm`` once a job of it finished)."""
+    if job.source and any(job.source == j.name for j in pending + running):
+        return False
+    busy = {g for r in running for g in cache_groups(r)}
+    return all(g in warm or g not in busy for g in cache_groups(job))
 
 
 def run_parallel(
@@ -355,9 +388,10 @@ def run_parallel(
 ) -> bool:
     """Run ``todo`` in ``workers`` processes of ``cpu_count // workers`` threads each (1 on the
     2-core machine, as the committed runs). A job starts once the job whose set it evaluates has
-    finished, and the first job of each ``cache_group`` runs alone in its group, so the teacher
-    and the full-data references are built once. Each job's output goes to its ``job.log``. A
-    failed job stops new starts; the running ones finish, and the rerun resumes."""
+    finished, and the first job of each of its ``cache_groups`` runs alone in that group, so the
+    teacher, the full-data references and the patch scores are built once. Each job's output
+    goes to its ``job.log``. A failed job stops new starts; the running ones finish, and the
+    rerun resumes."""
     import subprocess
 
     env = dict(os.environ)
@@ -368,10 +402,7 @@ def run_parallel(
     started, finished, failed, launched = time.perf_counter(), 0, [], 0
 
     def ready(job: Job) -> bool:
-        if job.source and any(job.source == j.name for j in pending + [r[1] for r in running.values()]):
-            return False
-        group = cache_group(job)
-        return group in warm or all(cache_group(r[1]) != group for r in running.values())
+        return can_start(job, pending, [r[1] for r in running.values()], warm)
 
     while running or (pending and not failed):
         while not failed and len(running) < workers:
@@ -409,7 +440,7 @@ def run_parallel(
                 failed.append(name)
                 print(f"  {name} failed (exit {process.returncode}); its output: {log.name}", flush=True)
                 continue
-            warm.add(cache_group(job))
+            warm.update(cache_groups(job))
             print(f"  {name} {progress(finished, len(todo), started, time.perf_counter() - t0)}", flush=True)
             finished += 1
     if failed:

@@ -49,7 +49,8 @@ def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
         if metrics_file.is_file() or "error" in job:
             jobs[str(folder.relative_to(runs))] = {
                 "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
-                "seconds": job.get("seconds", 0.0),
+                # with the time spent distilling its source set again (a resumed fresh clone)
+                "seconds": job.get("seconds", 0.0) + job.get("source_seconds", 0.0),
                 "ended": job.get("ended"),
                 "overrides": job.get("overrides", []),
                 "error": job.get("error"),

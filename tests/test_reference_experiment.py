@@ -47,7 +47,8 @@ def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_s
 ):
     """The committed runs folder holds records, not sets: a rerun in another folder (a fresh
     clone) finds every job finished, and a soft-label job whose hard-label set is gone gets
-    that set distilled again first, with the same numbers."""
+    that set distilled again first, with the same numbers: the hard-label job's record stays as
+    it was, and the re-run's time is the soft-label job's ``source_seconds``."""
     import shutil
 
     monkeypatch.setenv("DD_CACHE_DIR", str(cache_dir))
@@ -63,6 +64,8 @@ def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_s
     for folder in moved.rglob("distilled"):
         shutil.rmtree(folder)
     (soft / "metrics.json").unlink()
+    hard = moved / "digits" / "hard_label" / "ipc2" / "unguided"
+    records = {n: (hard / n).read_bytes() for n in ("job.json", "metrics.json")}
     import torch  # the worker process gets this process's thread count: the same numbers
 
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
@@ -72,6 +75,8 @@ def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_s
     assert "distilling digits/hard_label/ipc2/unguided again" in (soft / "job.log").read_text()
     after = json.loads((soft / "metrics.json").read_text())
     assert after["student/final_acc_runs"] == before["student/final_acc_runs"]
+    assert {n: (hard / n).read_bytes() for n in records} == records
+    assert json.loads((soft / "job.json").read_text())["source_seconds"] > 0
 
 
 def test_wall_time_counts_overlapping_jobs_once():
@@ -116,3 +121,35 @@ def test_a_record_from_an_earlier_plan_is_named_stale_in_the_report(tmp_path, ca
     report = (out / "reference.md").read_text()
     assert "**1 finished jobs ran with other overrides than the plan now gives**" in report
     assert "`digits/sweep/tsg0` (0 s, stale)" in report
+
+
+def test_one_patch_selection_job_per_generator_scores_while_the_others_wait():
+    """Every patch-selection job of a generator reads one score cache: a second one started
+    beside the first would score every train image again, so it waits until the first is done;
+    the other generator's job (its own cache) and the other jobs of a warm group may run."""
+    from experiments.reference import ablation_jobs, can_start, plan, table_jobs
+
+    p = plan(False)
+    jobs = {
+        j.name: j
+        for j in table_jobs("fashion_mnist", p, ["method.t_sg=25"]) + ablation_jobs("fashion_mnist", p)
+    }
+    single = jobs["fashion_mnist/hard_label/ipc10/patch_selection__single"]
+    tiles = jobs["fashion_mnist/hard_label/ipc1/patch_selection__2x2_tiles"]
+    ablation = jobs["fashion_mnist/patchsel/no_clustering__all_images"]  # soft labels, same scores
+    latent = jobs["fashion_mnist/hard_label/ipc10/patch_selection__single___latent"]
+    unguided = jobs["fashion_mnist/hard_label/ipc10/unguided"]
+    warm = {g for j in (unguided, jobs["fashion_mnist/soft_label/ipc10/unguided"]) for g in _groups(j)}
+    assert not can_start(tiles, [], [single], warm)
+    assert not can_start(ablation, [], [single], warm)
+    assert can_start(
+        latent, [], [single], warm | set(_groups(jobs["fashion_mnist/hard_label/ipc1/unguided__latent"]))
+    )
+    assert can_start(jobs["fashion_mnist/hard_label/ipc1/d4m"], [], [single], warm)
+    assert can_start(tiles, [], [], warm) and can_start(tiles, [], [single], warm | set(_groups(single)))
+
+
+def _groups(job):
+    from experiments.reference import cache_groups
+
+    return cache_groups(job)
