@@ -245,6 +245,31 @@ def schedule_check(jobs: dict, plan: dict) -> list[str]:
     return lines + [""]
 
 
+def teacher_check(jobs: dict, datasets) -> list[str]:
+    """One teacher per dataset: soft-label jobs whose teacher (told apart by its recorded test
+    accuracy; the cache key is the same for a build trained again elsewhere) is not the one
+    most of the dataset's jobs used are named, so a table never silently mixes two teachers."""
+    lines = []
+    for dataset in datasets:
+        builds: dict[float, list[str]] = {}
+        for name, job in sorted(jobs.items()):
+            acc = job["metrics"].get("teacher/test_acc")
+            if name.startswith(f"{dataset}/") and acc is not None and "same_as" not in job:
+                builds.setdefault(round(acc, 6), []).append(name)
+        if len(builds) > 1:
+            ranked = sorted(builds.items(), key=lambda b: -len(b[1]))
+            others = [n for _, names in ranked[1:] for n in names]
+            counts = ", ".join(f"{100 * acc:.2f}% in {len(names)}" for acc, names in ranked)
+            lines.append(
+                f"**{dataset}'s soft-label jobs used {len(builds)} teacher builds** (test accuracy "
+                f"{counts} jobs; a teacher trained again with another thread count differs): "
+                + ", ".join(f"`{n}`" for n in others[:8])
+                + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+                + " used another teacher than the rest; delete their folders and rerun `make reference`.\n"
+            )
+    return lines
+
+
 def pixel_vs_latent(jobs: dict, dataset: str, ipc: int) -> list[str]:
     """Issue 17's side-by-side: the pixel and the latent generator under hard labels."""
     from experiments.reference import LATENT_SUFFIX, slug
@@ -364,6 +389,7 @@ def write_report(
             + (f" and {len(stale) - 8} more (marked stale under Commands)" if len(stale) > 8 else "")
             + ".\n"
         )
+    lines += teacher_check(jobs, plan["datasets"])
     lines += schedule_check(jobs, plan)
     figures = out / "figures"
     for dataset in plan["datasets"]:

@@ -153,3 +153,25 @@ def _groups(job):
     from experiments.reference import cache_groups
 
     return cache_groups(job)
+
+
+def test_soft_label_jobs_evaluated_with_another_teacher_build_are_named():
+    """A cache rebuilt on another machine trains the teacher again under the same key; rows of
+    one dataset evaluated with different builds are named in the report, the fewer ones first."""
+    from experiments.reference_report import teacher_check
+
+    def job(acc):
+        return {"metrics": {"teacher/test_acc": acc}}
+
+    jobs = {
+        "digits/soft_label/ipc1/a": job(0.98),
+        "fashion_mnist/soft_label/ipc1/a": job(0.8941),
+        "fashion_mnist/soft_label/ipc1/b": job(0.8941),
+        "fashion_mnist/soft_label/ipc1/c": job(0.8966),
+        "fashion_mnist/hard_label/ipc1/c": {"metrics": {}},
+        "fashion_mnist/sweep/x": {**job(0.8966), "same_as": "fashion_mnist/soft_label/ipc1/c"},
+    }
+    assert teacher_check(jobs, ["digits"]) == []
+    (line,) = teacher_check(jobs, ["digits", "fashion_mnist"])
+    assert "2 teacher builds" in line and "89.41% in 2, 89.66% in 1" in line
+    assert "`fashion_mnist/soft_label/ipc1/c` used another teacher" in line
