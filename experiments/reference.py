@@ -365,13 +365,22 @@ def run_all(
 
 def cache_groups(job: Job) -> list[tuple[str, ...]]:
     """The shared things a job builds on first use: the full-data reference per dataset and
-    protocol, the teacher for soft labels, the latent generator's caches; and for patch
-    selection the score cache per dataset and generator (both protocols read it: its first job
-    scores every train image, and a second one started beside it would score them all again)."""
-    group = tuple(o for o in job.overrides if o.startswith(("dataset=", "eval=", "generator=")))
-    if "method=patchsel" not in job.overrides:
-        return [group]
-    return [group, ("method=patchsel", *(o for o in group if not o.startswith("eval=")))]
+    protocol (a soft-label job reads the hard-label one too, for HLR and for a source set it
+    distils again), the teacher for soft labels, the generator's caches (the latent one's real
+    latents); and for patch selection the score cache per dataset and generator (both protocols
+    read it: its first job scores every train image, and a second one started beside it would
+    score them all again). The full-data reference does not depend on the generator: the pixel
+    and the latent rows' first jobs would each train it."""
+
+    def pick(*keys: str) -> tuple[str, ...]:
+        return tuple(o for o in job.overrides if o.startswith(keys))
+
+    groups = [pick("dataset=", "eval="), pick("dataset=", "generator=")]
+    if "eval=soft_label" in job.overrides:
+        groups.append((*pick("dataset="), "eval=hard_label"))
+    if "method=patchsel" in job.overrides:
+        groups.append(("method=patchsel", *pick("dataset=", "generator=")))
+    return groups
 
 
 def can_start(job: Job, pending: list[Job], running: list[Job], warm: set) -> bool:

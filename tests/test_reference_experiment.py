@@ -175,3 +175,20 @@ def test_soft_label_jobs_evaluated_with_another_teacher_build_are_named():
     (line,) = teacher_check(jobs, ["digits", "fashion_mnist"])
     assert "2 teacher builds" in line and "89.41% in 2, 89.66% in 1" in line
     assert "`fashion_mnist/soft_label/ipc1/c` used another teacher" in line
+
+
+def test_the_pixel_and_latent_rows_first_jobs_do_not_both_train_the_full_data_reference():
+    """The full-data reference depends on the dataset and protocol, not the generator: with a
+    cold cache the first latent job waits for the first pixel job of its protocol, a soft-label
+    job waits for the hard-label reference it reads (HLR), and once warm they run side by side."""
+    from experiments.reference import can_start, plan, table_jobs
+
+    jobs = {j.name: j for j in table_jobs("fashion_mnist", plan(False), ["method.t_sg=25"])}
+    pixel = jobs["fashion_mnist/hard_label/ipc10/unguided"]
+    latent = jobs["fashion_mnist/hard_label/ipc10/unguided__latent"]
+    soft = jobs["fashion_mnist/soft_label/ipc1/d4m__latent"]
+    assert not can_start(latent, [], [pixel], set())
+    assert not can_start(soft, [], [pixel], set())
+    warm = set(_groups(pixel))
+    assert not can_start(latent, [], [pixel], warm - {_groups(latent)[0]})
+    assert can_start(latent, [], [pixel], warm | {_groups(latent)[1]})
