@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -317,23 +318,33 @@ def run_with_source(job: Job, runs: Path, source: Job | None) -> None:
     original run's; the re-run's is this job's ``source_seconds``). A re-run whose students
     differ replaces the record, and says so."""
     extra = 0.0
-    if source is not None and not (runs / source.name / "distilled" / "manifest.json").is_file():
+    folder = source.folder(runs) if source is not None else None
+    marker = folder / REDISTILLING if folder is not None else None
+    if folder is not None and (marker.is_file() or not (folder / "distilled" / "manifest.json").is_file()):
+        # a re-run stopped part-way left a set (and student checkpoints) its record did not measure
         print(f"  distilling {source.name} again for it", flush=True)
-        folder = source.folder(runs)
-        kept = {n: (folder / n).read_text() for n in RECORDS if (folder / n).is_file()}
+        if not marker.is_file():  # else a stopped re-run's: the records before it
+            marker.write_text(
+                json.dumps({n: (folder / n).read_text() for n in RECORDS if (folder / n).is_file()})
+            )
+        for part in ("distilled", "checkpoints", "students"):
+            shutil.rmtree(folder / part, ignore_errors=True)
         tic = time.perf_counter()
         run_job(source, runs)
         extra = time.perf_counter() - tic
+        kept = json.loads(marker.read_text())  # the record as it was before any stopped re-run
         before = json.loads(kept.get("metrics.json", "{}"))
         if all(before.get(k) == read_json(folder / "metrics.json").get(k) for k in STUDENTS):
             for name, text in kept.items():
                 (folder / name).write_text(text)
         else:
             print(f"  {source.name}: the re-run's students differ from its record; recorded anew", flush=True)
+        marker.unlink()
     run_job(job, runs, source_seconds=extra)
 
 
 RECORDS = ("job.json", "metrics.json")
+REDISTILLING = "redistilling.json"  # a source re-run in progress: the records it must keep
 STUDENTS = ("student/final_acc_runs", "student/best_acc_runs")  # what a re-run must reproduce
 
 
@@ -392,6 +403,14 @@ def can_start(job: Job, pending: list[Job], running: list[Job], warm: set) -> bo
     return all(g in warm or g not in busy for g in cache_groups(job))
 
 
+def first_to_start(ready: list[Job], warm: set) -> Job | None:
+    """Of the jobs that may start, the first that builds a shared cache (patch scores of all
+    train images, a latent generator's real latents, a full-data reference): those are the
+    long jobs, and others wait for them, so they start as early as possible."""
+    builds = [j for j in ready if any(g not in warm for g in cache_groups(j))]
+    return (builds or ready or [None])[0]
+
+
 def run_parallel(
     todo: list[Job], runs: Path, first: int, total: int, by_name: dict[str, Job], workers: int
 ) -> bool:
@@ -415,7 +434,7 @@ def run_parallel(
 
     while running or (pending and not failed):
         while not failed and len(running) < workers:
-            job = next((j for j in pending if ready(j)), None)
+            job = first_to_start([j for j in pending if ready(j)], warm)
             if job is None:
                 break
             pending.remove(job)

@@ -192,3 +192,44 @@ def test_the_pixel_and_latent_rows_first_jobs_do_not_both_train_the_full_data_re
     warm = set(_groups(pixel))
     assert not can_start(latent, [], [pixel], warm - {_groups(latent)[0]})
     assert can_start(latent, [], [pixel], warm | {_groups(latent)[1]})
+
+
+def test_a_job_that_builds_a_shared_cache_starts_before_the_ones_that_only_read():
+    """Patch selection's first job scores every train image; started last, the whole run waits
+    for it at the end. Of the jobs ready to start, one with a cold cache group goes first."""
+    from experiments.reference import first_to_start, plan, table_jobs
+
+    jobs = {j.name: j for j in table_jobs("fashion_mnist", plan(False), ["method.t_sg=25"])}
+    d4m = jobs["fashion_mnist/soft_label/ipc50/d4m"]
+    patchsel = jobs["fashion_mnist/soft_label/ipc1/patch_selection__single"]
+    warm = set(_groups(d4m))
+    assert first_to_start([d4m, patchsel], warm) is patchsel
+    assert first_to_start([d4m, patchsel], warm | set(_groups(patchsel))) is d4m
+    assert first_to_start([], warm) is None
+
+
+def test_a_source_rerun_stopped_part_way_is_done_again_and_keeps_the_first_record(
+    tmp_path, cache_dir, monkeypatch, capsys
+):
+    """A re-distillation killed after its set was written leaves a set its record did not
+    measure (and maybe a record of its own): the marker it left makes the next run distil again,
+    and the record kept is the one from before the stopped re-run."""
+    import torch
+
+    monkeypatch.setenv("DD_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    runs = tmp_path / "runs"
+    args = ["--smoke", "--runs", str(runs), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    hard = runs / "digits" / "hard_label" / "ipc2" / "unguided"
+    soft = runs / "digits" / "soft_label" / "ipc2" / "unguided"
+    records = {n: (hard / n).read_text() for n in ("job.json", "metrics.json")}
+    (hard / "redistilling.json").write_text(json.dumps(records))  # the stopped re-run's marker
+    (hard / "metrics.json").write_text(json.dumps({"student/final_acc_runs": [0.0]}))  # its own
+    (soft / "metrics.json").unlink()
+    assert (hard / "distilled" / "manifest.json").is_file()
+    capsys.readouterr()
+    assert main([*args, "--workers", "2"]) == 0
+    assert "distilling digits/hard_label/ipc2/unguided again" in (soft / "job.log").read_text()
+    assert {n: (hard / n).read_text() for n in records} == records
+    assert not (hard / "redistilling.json").exists()
