@@ -262,7 +262,7 @@ def teacher_check(jobs: dict, datasets) -> list[str]:
             counts = ", ".join(f"{100 * acc:.2f}% in {len(names)}" for acc, names in ranked)
             lines.append(
                 f"**{dataset}'s soft-label jobs used {len(builds)} teacher builds** (test accuracy "
-                f"{counts} jobs; a teacher trained again with another thread count differs): "
+                f"{counts} jobs; one cache key, but a teacher trained again elsewhere can differ): "
                 + ", ".join(f"`{n}`" for n in others[:8])
                 + (f" and {len(others) - 8} more" if len(others) > 8 else "")
                 + " used another teacher than the rest; delete their folders and rerun `make reference`.\n"
