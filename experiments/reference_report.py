@@ -245,6 +245,12 @@ def schedule_check(jobs: dict, plan: dict) -> list[str]:
     return lines + [""]
 
 
+def named(names: list[str], more: str = "", shown: int = 8) -> str:
+    """The first ``shown`` job names in backticks, then how many more (for a header line)."""
+    rest = len(names) - shown
+    return ", ".join(f"`{n}`" for n in names[:shown]) + (f" and {rest} more{more}" if rest > 0 else "")
+
+
 def teacher_check(jobs: dict, datasets) -> list[str]:
     """One teacher per dataset: soft-label jobs whose teacher (told apart by its recorded test
     accuracy; the cache key is the same for a build trained again elsewhere) is not the one
@@ -263,8 +269,7 @@ def teacher_check(jobs: dict, datasets) -> list[str]:
             lines.append(
                 f"**{dataset}'s soft-label jobs used {len(builds)} teacher builds** (test accuracy "
                 f"{counts} jobs; one cache key, but a teacher trained again elsewhere can differ): "
-                + ", ".join(f"`{n}`" for n in others[:8])
-                + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+                + named(others)
                 + " used another teacher than the rest; delete their folders and rerun `make reference`.\n"
             )
     return lines
@@ -385,8 +390,7 @@ def write_report(
         lines.append(
             f"**{len(stale)} finished jobs ran with other overrides than the plan now gives**; their rows "
             "are shown, `make reference` reruns them: "
-            + ", ".join(f"`{n}`" for n in stale[:8])
-            + (f" and {len(stale) - 8} more (marked stale under Commands)" if len(stale) > 8 else "")
+            + named(stale, " (marked stale under Commands)")
             + ".\n"
         )
     lines += teacher_check(jobs, plan["datasets"])
