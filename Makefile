@@ -10,7 +10,7 @@ QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 # reference experiment jobs run at once, each with cpu_count / N threads (2 x 1 on 2 cores)
 REFERENCE_WORKERS ?= 2
 
-.PHONY: help install lint run test test-full bench data format clean reference reference-smoke gpu-check
+.PHONY: help install lint run test test-full bench data format clean reference reference-extended reference-smoke gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible 
 
 reference: install ## the reference experiment (digits + Fashion-MNIST; resumes) -> results/reference.md
 	$(BIN)/python experiments/reference.py --workers $(REFERENCE_WORKERS)
+
+reference-extended: install ## the reference experiment plus the [latent] rows at IPC 1 and 50 (~2 h more)
+	$(BIN)/python experiments/reference.py --workers $(REFERENCE_WORKERS) --extended
 
 reference-smoke: install ## a tiny subset of the reference experiment, same code path (CI)
 	$(BIN)/python experiments/reference.py --smoke

@@ -6,6 +6,7 @@ guidance hook), k-means, outputs (distilled folders, manifests, figures) and the
 that ``run.py`` calls.
 """
 
-from ddcore.compat import declare_missing_torchvision_ops
+from ddcore.compat import declare_missing_torchvision_ops, keep_freed_memory
 
 declare_missing_torchvision_ops()
+keep_freed_memory()  # CPU passes page-faulted every batch's activations in afresh

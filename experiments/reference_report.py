@@ -379,13 +379,20 @@ def write_report(
     labels = list(plan["methods"]) + ["MGD^3 (best t_SG, lam)"]
     if plan["latent"]:
         labels += [m + LATENT_SUFFIX for m in GENERATED]
-    hours = sum(j["seconds"] for j in jobs.values()) / 3600
-    finished = sum(name in jobs for name in planned)
+    mine = {name: jobs[name] for name in planned if name in jobs}
+    hours = sum(j["seconds"] for j in mine.values()) / 3600
     from experiments.reference import ROOT
 
     shown = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
-    wall = wall_time(jobs)
-    lines = [HEADER.format(runs=shown, finished=finished, planned=len(planned), hours=hours, wall=wall)]
+    wall = wall_time(mine)
+    lines = [HEADER.format(runs=shown, finished=len(mine), planned=len(planned), hours=hours, wall=wall)]
+    others = [j for name, j in jobs.items() if name not in mine and "same_as" not in j]
+    if others:
+        lines.append(
+            f"Also shown: {len(others)} finished jobs outside this plan (`make reference-extended` adds "
+            "the `[latent]` rows at IPC 1 and 50), "
+            f"{sum(j['seconds'] for j in others) / 3600:.2f} h of job time.\n"
+        )
     if stale:
         lines.append(
             f"**{len(stale)} finished jobs ran with other overrides than the plan now gives**; their rows "

@@ -143,7 +143,7 @@ def test_one_patch_selection_job_per_generator_scores_while_the_others_wait():
     assert not can_start(tiles, [], [single], warm)
     assert not can_start(ablation, [], [single], warm)
     assert can_start(
-        latent, [], [single], warm | set(_groups(jobs["fashion_mnist/hard_label/ipc1/unguided__latent"]))
+        latent, [], [single], warm | set(_groups(jobs["fashion_mnist/hard_label/ipc10/unguided__latent"]))
     )
     assert can_start(jobs["fashion_mnist/hard_label/ipc1/d4m"], [], [single], warm)
     assert can_start(tiles, [], [], warm) and can_start(tiles, [], [single], warm | set(_groups(single)))
@@ -186,7 +186,7 @@ def test_the_pixel_and_latent_rows_first_jobs_do_not_both_train_the_full_data_re
     jobs = {j.name: j for j in table_jobs("fashion_mnist", plan(False), ["method.t_sg=25"])}
     pixel = jobs["fashion_mnist/hard_label/ipc10/unguided"]
     latent = jobs["fashion_mnist/hard_label/ipc10/unguided__latent"]
-    soft = jobs["fashion_mnist/soft_label/ipc1/d4m__latent"]
+    soft = jobs["fashion_mnist/soft_label/ipc10/d4m__latent"]
     assert not can_start(latent, [], [pixel], set())
     assert not can_start(soft, [], [pixel], set())
     warm = set(_groups(pixel))
@@ -233,3 +233,16 @@ def test_a_source_rerun_stopped_part_way_is_done_again_and_keeps_the_first_recor
     assert "distilling digits/hard_label/ipc2/unguided again" in (soft / "job.log").read_text()
     assert {n: (hard / n).read_text() for n in records} == records
     assert not (hard / "redistilling.json").exists()
+
+
+def test_latent_rows_run_at_ipc_10_unless_extended():
+    """The 2-hour plan keeps the latent generator's rows at IPC 10 (the pixel-vs-latent
+    comparison); ``--extended`` adds them at IPC 1 and 50."""
+    from experiments.reference import plan, table_jobs
+
+    def latent_ipcs(p):
+        return sorted({j.name.split("/")[2] for j in table_jobs("digits", p, None) if "latent" in j.name})
+
+    assert latent_ipcs(plan(False)) == ["ipc10"]
+    assert latent_ipcs(plan(False, extended=True)) == ["ipc1", "ipc10", "ipc50"]
+    assert latent_ipcs(plan(True)) == []
