@@ -47,6 +47,8 @@ bench: install ## speed benchmarks (numbers go into the README)
 	$(BIN)/python experiments/bench_patchsel.py
 	$(BIN)/python experiments/bench_manifoldgd.py
 	$(BIN)/python experiments/bench_decode.py
+	$(BIN)/python experiments/bench_allocator.py
+	$(BIN)/python experiments/bench_pool.py
 
 gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible GPUs (skips without CUDA)
 	$(BIN)/python experiments/gpu_check.py

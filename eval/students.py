@@ -35,6 +35,42 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r} (instance, batch, group<k> or none)")
 
 
+# -- 2x2 average pooling -------------------------------------------------------------------------
+class _AvgPool2Cpu(torch.autograd.Function):
+    """F.avg_pool2d(x, 2) on even sides, bit for bit, from strided slices: on CPU the library
+    kernel costs as much as the conv before it (``experiments/bench_pool.py``)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        # the library's summation order, so that results are identical
+        return (((x[..., 0::2, 0::2] + x[..., 0::2, 1::2]) + x[..., 1::2, 0::2]) + x[..., 1::2, 1::2]) / 4
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device)
+        quarter = grad / 4
+        for i in (0, 1):
+            for j in (0, 1):
+                out[..., i::2, j::2].copy_(quarter)
+        return out
+
+
+class AvgPool2(nn.Module):
+    """``nn.AvgPool2d(2)`` with the same results and a faster CPU path for float32 maps of even
+    sides (no parameters, so saved students and teachers load either way)."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4 or h % 2 or w % 2:
+            return F.avg_pool2d(x, 2)
+        return _AvgPool2Cpu.apply(x)
+
+
+def avg_pool(size: int) -> nn.Module:
+    return AvgPool2() if size == 2 else nn.AvgPool2d(size)
+
+
 # -- ConvNet-D ----------------------------------------------------------------------------------
 def convnet_depth(resolution: int) -> int:
     """Depth so the last feature map is about 4x4: 16px -> 2, 28/32px -> 3, 64px -> 4, 224px -> 6."""
@@ -61,7 +97,7 @@ class ConvNet(nn.Module):
                 nn.Conv2d(channels, width, 3, padding=1),
                 make_norm(norm, width),
                 nn.ReLU(inplace=True),
-                nn.AvgPool2d(2),
+                AvgPool2(),
             ]
             channels, size = width, size // 2
         self.features = nn.Sequential(*layers)
@@ -81,14 +117,14 @@ class APBlock(nn.Module):
         bias = norm == "none"
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
         self.bn1 = make_norm(norm, out_ch)
-        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.pool = avg_pool(stride) if stride > 1 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=bias)
         self.bn2 = make_norm(norm, out_ch)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, bias=bias),
-                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                avg_pool(stride) if stride > 1 else nn.Identity(),
                 make_norm(norm, out_ch),
             )
 
@@ -124,7 +160,7 @@ class ResNetAP(nn.Module):
             nn.Conv2d(in_channels, width, kernel, padding=kernel // 2, bias=norm == "none"),
             make_norm(norm, width),
             nn.ReLU(inplace=True),
-            nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
+            avg_pool(pool) if pool > 1 else nn.Identity(),
         )
         stages, channels = [], width
         for i, blocks in enumerate(self.LAYERS[depth]):

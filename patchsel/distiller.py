@@ -12,7 +12,8 @@ Choices where the paper is silent (each a setting):
   scoring, so that images batch; the window slides over that square;
 - ``draws`` = 4 noise/timestep draws per image; timesteps are integers of the training schedule;
 - low-resolution sets (resolution <= ``low_res_max`` = 64: CIFAR, TinyImageNet, digits) use the
-  whole image as the patch (``crop=auto``);
+  whole image as the patch (``crop=auto``), scored at the generator's own resolution (the patch
+  keeps the data's pixels); cropped sets are scored at ``image_size``;
 - scores use their own seed (``score_seed``), so runs with different seeds share one cache; the
   run seed drives k-means only;
 - with IPC <= 10 and N = 10 clusters, IPC 1 asks 4 // 10 = 0 patches of each cluster: all 4
@@ -60,7 +61,8 @@ class PatchSelection(MethodBase):
         batched_null: conditional and null terms in one forward (False: two passes).
         batch_size: denoiser rows per forward pass.
         crop: ``auto`` (crop unless resolution <= low_res_max), ``true`` or ``false``.
-        image_size, patch_size: scoring image side and patch window side, in pixels.
+        image_size, patch_size: scoring image side and patch window side, in pixels (when
+            cropping; whole low-res images are scored at the generator's resolution).
         features: ``dift`` or ``clip`` (needs ``clip_model``, a local folder).
         dift_layer, dift_t: denoiser module whose output is the DIFT feature, and its timestep.
         clustering: False ranks patches by relevance alone (ablation).
@@ -152,10 +154,16 @@ class PatchSelection(MethodBase):
             return self.image_size, self.patch_size
         return data.resolution, data.resolution
 
-    def settings(self, data: ImageClassificationData) -> dict:
+    def score_size(self, generator, data: ImageClassificationData) -> int:
+        """Side the denoiser sees when scoring: the (cropped) image size, or, for whole low-res
+        images, the generator's own resolution (a 16 px model is not run on 28 px inputs)."""
+        return self.image_size if self.crops(data) else int(generator.resolution)
+
+    def settings(self, data: ImageClassificationData, generator) -> dict:
         """What scores depend on (with the generator): the key of the score cache."""
         image_size, patch_size = self.sizes(data)
         return {
+            "score_size": self.score_size(generator, data),
             "draws": self.draws,
             "t_range": list(self.t_range),
             "image_size": image_size,
@@ -196,9 +204,9 @@ class PatchSelection(MethodBase):
         self.feature_fn(generator, data)  # a bad DIFT layer or CLIP folder fails here
 
     # -- per class --------------------------------------------------------------------------------
-    def cache(self, data: ImageClassificationData) -> ScoreCache:
+    def cache(self, data: ImageClassificationData, generator) -> ScoreCache:
         if self._cache is None:
-            self._cache = ScoreCache(self.score_cache_dir, self.settings(data))
+            self._cache = ScoreCache(self.score_cache_dir, self.settings(data, generator))
         return self._cache
 
     def feature_fn(self, generator, data: ImageClassificationData):
@@ -210,7 +218,7 @@ class PatchSelection(MethodBase):
                     generator,
                     self.dift_layer,
                     self.dift_t,
-                    resolution=self.sizes(data)[0],
+                    resolution=self.score_size(generator, data),
                     seed=self.score_seed,
                     batch_size=self.batch_size,
                 )
@@ -248,6 +256,7 @@ class PatchSelection(MethodBase):
     ) -> tuple[torch.Tensor, ...]:
         """(corners, window relevance, features) of the best patch of each image at ``positions``."""
         image_size, patch_size = self.sizes(data)
+        score_size = self.score_size(generator, data)
         indices = data.class_indices(label)[positions].tolist()
         class_id = data.class_ids[label]
         abar = alphas_cumprod(generator)
@@ -257,7 +266,7 @@ class PatchSelection(MethodBase):
         for start in range(0, len(indices), chunk):
             keys = [f"{class_id}/{int(p)}" for p in positions[start : start + chunk]]
             images = load_images(data, indices[start : start + chunk], image_size)
-            latents = generator.encode(images, batch_size=self.batch_size, resolution=image_size)
+            latents = generator.encode(images, batch_size=self.batch_size, resolution=score_size)
             maps = relevance_maps(
                 generator,
                 latents,
@@ -286,7 +295,7 @@ class PatchSelection(MethodBase):
     ) -> tuple[torch.Tensor, dict]:
         positions = self.class_positions(data, label)
         cond, null, condition = self.conditions(generator, data, label)
-        cache = self.cache(data)
+        cache = self.cache(data, generator)
         scores = cache.load(generator, data, label, condition)
         missing = scores.missing(positions)
         if len(missing):

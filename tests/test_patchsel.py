@@ -30,10 +30,11 @@ from patchsel.selection import choose_patches
 ARCH = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=2)
 
 
-def tiny_dit(data, seed=0):
+def tiny_dit(data, seed=0, resolution=None):
     """An untrained pixel-space DiT: enough for shapes, determinism and call counts."""
     torch.manual_seed(seed)
-    denoiser = build_denoiser("dit", data.channels, data.resolution, data.num_classes, ARCH)
+    resolution = resolution or data.resolution
+    denoiser = build_denoiser("dit", data.channels, resolution, data.num_classes, ARCH)
     return class_conditional(
         denoiser,
         LatentCodec(),
@@ -41,7 +42,7 @@ def tiny_dit(data, seed=0):
         model_classes=data.num_classes,
         null_label=null_label_of(denoiser),
         class_map=None,
-        resolution=data.resolution,
+        resolution=resolution,
         image_channels=data.channels,
         cfg_scale=3.0,
         cfg_channels=None,
@@ -196,6 +197,19 @@ def test_tiled_and_single_patch_images(data, generator, tmp_path):
     # the whole digit is the patch (low-res): images are the real images themselves
     real = data.train.load(info["source_index"])
     assert torch.allclose(single, real, atol=1 / 255)
+
+
+def test_whole_images_are_scored_at_the_generators_resolution(data):
+    generator = tiny_dit(data, resolution=8)  # an 8 px model on the 16 px digits
+    sides = []
+    original = generator.denoise
+    generator.denoise = lambda x, *a, **k: sides.append(x.shape[-1]) or original(x, *a, **k)
+    sel = method(tile_max_ipc=0)
+    images, info = sel.distill_class(data, 4, 3, 0, generator)
+    assert sides and set(sides) == {8} and sel.settings(data, generator)["score_size"] == 8
+    # the chosen images keep the data's pixels
+    assert images.shape == (3, 1, 16, 16)
+    assert torch.allclose(images, data.train.load(info["source_index"]), atol=1 / 255)
 
 
 def test_crop_mode_cuts_the_best_window(data, generator):

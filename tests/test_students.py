@@ -8,6 +8,7 @@ from torch import nn
 
 from eval.students import (
     RESOLUTIONS,
+    AvgPool2,
     ConvNet,
     ResNet18,
     ResNetAP,
@@ -50,11 +51,38 @@ def test_convnet_uses_instance_norm_and_one_pool_per_layer():
     assert all(m.num_groups == m.num_channels == 128 for m in norms)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 28, 28), (4, 3, 7, 7), (2, 5, 6, 8), (2, 5, 6, 9), (3, 2, 3, 4)])
+def test_avg_pool2_is_bitwise_the_library_kernel(shape):
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 1e3).requires_grad_()
+    ref = nn.functional.avg_pool2d(x, 2)
+    ours = AvgPool2()(x)
+    grad = torch.randn_like(ref)
+    assert ours.shape == ref.shape and torch.equal(ours, ref)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+
+
+def test_convnet_trains_identically_with_the_library_pool():
+    nets = [ConvNet(1, 10, 28, width=8) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for i, m in enumerate(nets[1].features):
+        if isinstance(m, AvgPool2):
+            nets[1].features[i] = nn.AvgPool2d(2)
+    x = torch.rand(6, 1, 28, 28)
+    for net in nets:
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            net(x).logsumexp(1).sum().backward()
+            opt.step()
+    ours, library = (net.state_dict().values() for net in nets)
+    assert all(torch.equal(a, b) for a, b in zip(ours, library))
+
+
 @pytest.mark.parametrize("res, pools_in_intro, kernel", [(32, 0, 3), (64, 0, 3), (128, 1, 3), (224, 1, 7)])
 def test_resnet_ap10_intro_block_by_resolution(res, pools_in_intro, kernel):
     net = ResNetAP(3, 10, res)
     assert net.layer0[0].kernel_size == (kernel, kernel) and net.layer0[0].stride == (1, 1)
-    assert sum(isinstance(m, nn.AvgPool2d) for m in net.layer0) == pools_in_intro
+    assert sum(isinstance(m, (nn.AvgPool2d, AvgPool2)) for m in net.layer0) == pools_in_intro
     if res == 224:
         assert net.layer0[3].kernel_size == 4
     blocks = [m for m in net.modules() if m.__class__.__name__ == "APBlock"]
