@@ -597,8 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         best = best_setting(runs, dataset, p["t_sg"], p["lams"], aliases)
         rest = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
         planned += [j.name for j in rest]
-        # patch selection last (it scores every train image once: 2.3 h for Fashion-MNIST on one
-        # thread), the latent rows after the pixel ones
+        # patch selection last (its first job scores every train image: about 23 min for
+        # Fashion-MNIST on one thread), the latent rows after the pixel ones
         rest.sort(key=lambda j: ("method=patchsel" in j.overrides, LATENT[dataset][0] in j.overrides))
         rest = resolve_jobs(rest, runs, aliases, seen)
         by_name.update((j.name, j) for j in rest)
