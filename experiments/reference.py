@@ -5,16 +5,19 @@
     python experiments/reference.py --report   # rebuild results/reference.md from finished jobs
 
 Every job is one ``run.py`` configuration: ``experiment=reference`` (the shared student
-schedule, chosen before any method was compared) plus the job's own overrides. Jobs run in this
-process through Hydra's compose API, one after another, so the framework is imported once.
+schedule, chosen before any method was compared) plus the job's own overrides, composed through
+Hydra's compose API. With ``--workers 1`` the jobs run in this process one after another; with
+more, each in a process of its own, forked from a worker that imported the framework once.
 A job is finished when its folder holds ``metrics.json`` and a ``job.json`` with the same
 overrides; a rerun skips finished jobs and resumes a half-distilled one class by class. The full
 run's folder, ``results/reference_runs/``, is committed with each job's records and set grid
 (not the sets), so a fresh clone rebuilds the report and resumes where the last run stopped.
 
-Phases: the shared generator and teacher per dataset (cached), the t_SG and lam sweeps at
-IPC 10, then the method tables (MGD^3 "best" takes the sweep's best (t_sg, lam) by final top-1,
-a choice made on test accuracy, which the report says), then the ablations.
+Phases: every dataset's t_SG and lam sweeps at IPC 10 (the first job of each dataset also
+builds its shared generator cache and full-data reference), then all the other jobs: the method
+tables (MGD^3 "best" takes the sweep's best (t_sg, lam) by final top-1, a choice made on test
+accuracy, which the report says) and the ablations. In each phase the datasets' jobs run side
+by side.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 # -- the plan ------------------------------------------------------------------------------
 DATASETS = ("digits", "fashion_mnist")
+RUN_FIRST = ("fashion_mnist",)  # its jobs start first: the long ones (every train image scored,
+# the full-data references) early, the other dataset's short ones beside them
 IPCS = (1, 10, 50)
 GENERATORS = {  # one shared generator per dataset: the shipped self-trained weights
     "digits": ["generator=dit_tiny"],
@@ -356,14 +361,20 @@ def progress(i: int, todo: int, started: float, seconds: float) -> str:
 
 
 def run_all(
-    jobs: list[Job], runs: Path, done_before: int, total: int, by_name: dict[str, Job], workers: int = 1
+    jobs: list[Job],
+    runs: Path,
+    done_before: int,
+    total: int,
+    by_name: dict[str, Job],
+    workers: int = 1,
+    warm: set | None = None,
 ) -> bool:
     """Run the unfinished jobs, printing progress with the rate and ETA of this phase; with
     ``workers`` > 1 in that many processes at once (``run_parallel``). False if a job failed."""
     todo = [j for j in jobs if not j.finished(runs)]
     first = done_before + len(jobs) - len(todo) + 1
     if workers > 1:
-        return run_parallel(todo, runs, first, total, by_name, workers)
+        return run_parallel(todo, runs, first, total, by_name, workers, set() if warm is None else warm)
     started = time.perf_counter()
     for i, job in enumerate(todo):
         print(f"[{first + i}/{total}] {job.name}", flush=True)
@@ -405,74 +416,130 @@ def can_start(job: Job, pending: list[Job], running: list[Job], warm: set) -> bo
 def first_to_start(ready: list[Job], warm: set) -> Job | None:
     """Of the jobs that may start, the first that builds a shared cache (patch scores of all
     train images, a latent generator's real latents, a full-data reference): those are the
-    long jobs, and others wait for them, so they start as early as possible."""
-    builds = [j for j in ready if any(g not in warm for g in cache_groups(j))]
-    return (builds or ready or [None])[0]
+    long jobs, and others wait for them, so they start as early as possible; patch scoring
+    first of them (every train image: the longest job of a dataset)."""
+
+    def cold(job: Job) -> bool:
+        return any(g not in warm for g in cache_groups(job))
+
+    def order(job: Job) -> tuple[bool, bool]:
+        return not (cold(job) and "method=patchsel" in job.overrides), not cold(job)
+
+    return min(ready, key=order, default=None)
 
 
 def run_parallel(
-    todo: list[Job], runs: Path, first: int, total: int, by_name: dict[str, Job], workers: int
+    todo: list[Job], runs: Path, first: int, total: int, by_name: dict[str, Job], workers: int, warm: set
 ) -> bool:
     """Run ``todo`` in ``workers`` processes of ``cpu_count // workers`` threads each (1 on the
     2-core machine, as the committed runs). A job starts once the job whose set it evaluates has
     finished, and the first job of each of its ``cache_groups`` runs alone in that group, so the
-    teacher, the full-data references and the patch scores are built once. Each job's output
-    goes to its ``job.log``. A failed job stops new starts; the running ones finish, and the
-    rerun resumes."""
+    teacher, the full-data references and the patch scores are built once (``warm``: the groups
+    built so far, kept from one call to the next). Each worker imports the framework once and
+    forks a fresh process per job (``serve``); each job's output goes to its ``job.log``. A
+    failed job stops new starts; the running ones finish, and the rerun resumes."""
     import subprocess
+    from multiprocessing.connection import wait
 
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env.setdefault("OMP_NUM_THREADS", threads)
     env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-    pending, running, warm = list(todo), {}, set()  # running: name -> (process, job, start, log)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--runs", str(runs)]
+    pool = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(min(workers, len(todo)))
+    ]
+    pending, running = list(todo), {}  # running: worker -> (job, start)
     started, finished, failed, launched = time.perf_counter(), 0, [], 0
 
     def ready(job: Job) -> bool:
-        return can_start(job, pending, [r[1] for r in running.values()], warm)
+        return can_start(job, pending, [r[0] for r in running.values()], warm)
 
-    while running or (pending and not failed):
-        while not failed and len(running) < workers:
-            job = first_to_start([j for j in pending if ready(j)], warm)
-            if job is None:
+    try:
+        while running or (pending and not failed):
+            for worker in [w for w in pool if w not in running]:
+                job = None if failed else first_to_start([j for j in pending if ready(j)], warm)
+                if job is None:
+                    break
+                pending.remove(job)
+                spec = {"job": job.__dict__, "source": by_name[job.source].__dict__ if job.source else None}
+                worker.stdin.write(json.dumps(spec) + "\n")
+                worker.stdin.flush()
+                running[worker] = (job, time.perf_counter())
+                print(f"[{first + launched}/{total}] {job.name} (started)", flush=True)
+                launched += 1
+            if not running:
                 break
-            pending.remove(job)
-            folder = job.folder(runs)
-            folder.mkdir(parents=True, exist_ok=True)
-            spec = {"job": job.__dict__, "source": by_name[job.source].__dict__ if job.source else None}
-            log = (folder / "job.log").open("w")
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--one",
-                json.dumps(spec),
-                "--runs",
-                str(runs),
-            ]
-            running[job.name] = (
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                job,
-                time.perf_counter(),
-                log,
-            )
-            print(f"[{first + launched}/{total}] {job.name} (started)", flush=True)
-            launched += 1
-        time.sleep(1)
-        for name, (process, job, t0, log) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[name]
-            log.close()
-            if process.returncode:
-                failed.append(name)
-                print(f"  {name} failed (exit {process.returncode}); its output: {log.name}", flush=True)
-                continue
-            warm.update(cache_groups(job))
-            print(f"  {name} {progress(finished, len(todo), started, time.perf_counter() - t0)}", flush=True)
-            finished += 1
+            for out in wait([w.stdout for w in running]):
+                worker = next(w for w in running if w.stdout is out)
+                job, t0 = running.pop(worker)
+                answer = out.readline().strip()
+                code = int(answer) if answer.lstrip("-").isdigit() else -1  # "": the worker died
+                if code:
+                    failed.append(job.name)
+                    log = job.folder(runs) / "job.log"
+                    print(f"  {job.name} failed (exit {code}); its output: {log}", flush=True)
+                    if not answer:
+                        pool.remove(worker)
+                    continue
+                warm.update(cache_groups(job))
+                seconds = time.perf_counter() - t0
+                print(f"  {job.name} {progress(finished, len(todo), started, seconds)}", flush=True)
+                finished += 1
+    finally:
+        for worker in pool:
+            worker.stdin.close()
+            worker.wait()
     if failed:
         print(f"{len(failed)} job(s) failed: {', '.join(failed)}; a rerun resumes the rest", flush=True)
     return not failed
+
+
+# what every job imports: a worker imports them once, the processes it forks start with them
+PRELOAD = (
+    *("torch", "torchvision", "lightning", "diffusers", "faiss", "matplotlib"),
+    *("sklearn.cluster", "sklearn.datasets", "sklearn.model_selection", "ddapp.tasks", "ddapp.config_checks"),
+)
+
+
+def serve(runs: Path) -> int:
+    """A worker of ``run_parallel``: imports the framework once (about 5 s a process), then for
+    each job read from stdin forks a process that runs it (``run_one``, its output to the job's
+    ``job.log``) and answers its exit status on stdout. A forked process starts with the
+    imported modules and nothing computed, as a fresh one would."""
+    import importlib
+
+    import ddcore  # noqa: F401  (torchvision import fix, before torchvision)
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for line in sys.stdin:
+        spec = json.loads(line)
+        folder = runs / spec["job"]["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the job's process
+            code = 1
+            try:
+                log = os.open(folder / "job.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                code = run_one(line, runs)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+    return 0
 
 
 def run_one(spec: str, runs: Path) -> int:
@@ -567,10 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the latent generator's rows at IPC 1 and 50 (make reference-extended; ~2 h more)",
     )
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a worker's job (run_parallel)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a worker (run_parallel)
     args = parser.parse_args(argv)
-    if args.one:
-        return run_one(args.one, args.runs)
+    if args.serve:
+        return serve(args.runs)
     if args.workers < 1:
         print(f"--workers {args.workers}: give 1 or more jobs to run at once", file=sys.stderr)
         return 2
@@ -585,27 +652,31 @@ def main(argv: list[str] | None = None) -> int:
 
     register()
     aliases_file = runs / "aliases.json"
-    aliases, planned, seen, by_name, ok = read_json(aliases_file), [], {}, {}, True
+    aliases, seen, by_name, warm = read_json(aliases_file), {}, {}, set()
+    chosen = [] if args.report else [d for d in p["datasets"] if d in (args.datasets or p["datasets"])]
+    chosen.sort(key=lambda d: d not in RUN_FIRST)
+    # first every dataset's sweeps (MGD^3 "best" needs them), then every other job
+    sweeps = {d: resolve_jobs(sweep_jobs(d, p), runs, aliases, seen) for d in p["datasets"]}
+    by_name.update((j.name, j) for d in sweeps for j in sweeps[d])
+    todo = [j for d in chosen for j in sweeps[d]]
+    ok = run_all(todo, runs, 0, len(todo), by_name, args.workers, warm) if todo else True
+    planned, rest = [], {}
     for dataset in p["datasets"]:
-        run = not args.report and dataset in (args.datasets or p["datasets"])
-        sweeps = sweep_jobs(dataset, p)
-        planned += [j.name for j in sweeps]
-        sweeps = resolve_jobs(sweeps, runs, aliases, seen)
-        by_name.update((j.name, j) for j in sweeps)
-        if run:
-            ok = run_all(sweeps, runs, 0, len(sweeps), by_name, args.workers) and ok
+        planned += [j.name for j in sweep_jobs(dataset, p)]
         best = best_setting(runs, dataset, p["t_sg"], p["lams"], aliases)
-        rest = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
-        planned += [j.name for j in rest]
+        jobs = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
+        planned += [j.name for j in jobs]
         # patch selection last (its first job scores every train image: about 23 min for
-        # Fashion-MNIST on one thread), the latent rows after the pixel ones
-        rest.sort(key=lambda j: ("method=patchsel" in j.overrides, LATENT[dataset][0] in j.overrides))
-        rest = resolve_jobs(rest, runs, aliases, seen)
-        by_name.update((j.name, j) for j in rest)
-        runs.mkdir(parents=True, exist_ok=True)
-        aliases_file.write_text(json.dumps(aliases, indent=1, sort_keys=True))
-        if run and ok:
-            ok = run_all(rest, runs, len(sweeps), len(sweeps) + len(rest), by_name, args.workers)
+        # Fashion-MNIST on one thread, started first by run_parallel), latent after pixel rows
+        jobs.sort(key=lambda j: ("method=patchsel" in j.overrides, LATENT[dataset][0] in j.overrides))
+        rest[dataset] = resolve_jobs(jobs, runs, aliases, seen)
+        by_name.update((j.name, j) for j in rest[dataset])
+    runs.mkdir(parents=True, exist_ok=True)
+    aliases_file.write_text(json.dumps(aliases, indent=1, sort_keys=True))
+    todo = [j for d in chosen for j in rest[d]]
+    if todo and ok:
+        done = sum(len(sweeps[d]) for d in chosen)
+        ok = run_all(todo, runs, done, done + len(todo), by_name, args.workers, warm)
     from experiments.reference_report import write_report
 
     stale = [n for n, j in by_name.items() if read_metrics(j.folder(runs)) and not j.finished(runs)]

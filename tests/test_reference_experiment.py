@@ -206,6 +206,24 @@ def test_a_job_that_builds_a_shared_cache_starts_before_the_ones_that_only_read(
     assert first_to_start([d4m, patchsel], warm) is patchsel
     assert first_to_start([d4m, patchsel], warm | set(_groups(patchsel))) is d4m
     assert first_to_start([], warm) is None
+    # of two jobs that build caches, the one that scores every train image goes first
+    teacher = jobs["fashion_mnist/soft_label/ipc1/random_real"]
+    assert first_to_start([teacher, patchsel], set()) is patchsel
+    assert first_to_start([teacher, d4m], set(_groups(d4m))) is teacher
+
+
+def test_a_job_that_fails_in_a_worker_is_reported_and_a_rerun_resumes_it(tmp_path, capsys):
+    """A worker forks a process per job: a job that raises gets its traceback in its job.log and
+    a non-zero exit; the driver says which failed and starts no new job; no record is written,
+    so a rerun does it again."""
+    from experiments.reference import Job, run_parallel
+
+    bad = Job("digits/hard_label/ipc1/broken", ["dataset=digits", "no_such_key=1"])
+    assert not run_parallel([bad], tmp_path, 1, 1, {bad.name: bad}, 2, set())
+    out = capsys.readouterr().out
+    assert f"{bad.name} failed (exit 1)" in out and "1 job(s) failed" in out
+    assert "no_such_key" in (bad.folder(tmp_path) / "job.log").read_text()
+    assert not bad.finished(tmp_path)
 
 
 def test_a_source_rerun_stopped_part_way_is_done_again_and_keeps_the_first_record(
