@@ -129,7 +129,7 @@ def test_one_patch_selection_job_per_generator_scores_while_the_others_wait():
     the other generator's job (its own cache) and the other jobs of a warm group may run."""
     from experiments.reference import ablation_jobs, can_start, plan, table_jobs
 
-    p = plan(False)
+    p = plan(False, extended=True)
     jobs = {
         j.name: j
         for j in table_jobs("fashion_mnist", p, ["method.t_sg=25"]) + ablation_jobs("fashion_mnist", p)
@@ -183,7 +183,7 @@ def test_the_pixel_and_latent_rows_first_jobs_do_not_both_train_the_full_data_re
     job waits for the hard-label reference it reads (HLR), and once warm they run side by side."""
     from experiments.reference import can_start, plan, table_jobs
 
-    jobs = {j.name: j for j in table_jobs("fashion_mnist", plan(False), ["method.t_sg=25"])}
+    jobs = {j.name: j for j in table_jobs("fashion_mnist", plan(False, extended=True), ["method.t_sg=25"])}
     pixel = jobs["fashion_mnist/hard_label/ipc10/unguided"]
     latent = jobs["fashion_mnist/hard_label/ipc10/unguided__latent"]
     soft = jobs["fashion_mnist/soft_label/ipc10/d4m__latent"]
@@ -253,14 +253,29 @@ def test_a_source_rerun_stopped_part_way_is_done_again_and_keeps_the_first_recor
     assert not (hard / "redistilling.json").exists()
 
 
-def test_latent_rows_run_at_ipc_10_unless_extended():
-    """The 2-hour plan keeps the latent generator's rows at IPC 10 (the pixel-vs-latent
-    comparison); ``--extended`` adds them at IPC 1 and 50."""
+def test_latent_rows_run_only_extended():
+    """The 2-hour plan has one generator per dataset; ``--extended`` adds the latent generator's
+    rows at IPC 1, 10 and 50 (the pixel-vs-latent comparison)."""
     from experiments.reference import plan, table_jobs
 
     def latent_ipcs(p):
         return sorted({j.name.split("/")[2] for j in table_jobs("digits", p, None) if "latent" in j.name})
 
-    assert latent_ipcs(plan(False)) == ["ipc10"]
+    assert latent_ipcs(plan(False)) == []
     assert latent_ipcs(plan(False, extended=True)) == ["ipc1", "ipc10", "ipc50"]
     assert latent_ipcs(plan(True)) == []
+
+
+def test_the_schedule_replay_runs_a_groups_first_job_alone_then_the_rest_side_by_side(tmp_path):
+    """experiments/replay_schedule.py replays the driver's scheduling on recorded job times: the
+    first sweep job builds the dataset's caches alone, the next two then share the two workers."""
+    from experiments.replay_schedule import replayed_seconds
+
+    for name, seconds in (("tsg0", 100.0), ("tsg5", 50.0), ("tsg10", 40.0)):
+        folder = tmp_path / "digits" / "sweep" / name
+        folder.mkdir(parents=True)
+        overrides = ["dataset=digits", "eval=hard_label", "generator=dit_tiny"]
+        record = {"overrides": overrides, "seconds": seconds}
+        (folder / "job.json").write_text(json.dumps(record))
+    seconds, missing = replayed_seconds(tmp_path, None, 2, 2.0, False)
+    assert seconds == 102.0 + 52.0 and missing > 0
