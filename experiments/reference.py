@@ -582,13 +582,24 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-# The latent generator's rows (issue 17's pixel-vs-latent comparison, both protocols) run only
-# with --extended: at IPC 10 alone they are 0.46 h of job time, and with them the plan's job
-# time (3.97 h measured) cannot fit 2 hours on two workers.
+def run_order(datasets: list[str]) -> list[str]:
+    """The datasets in the order their jobs are offered to the workers (``RUN_FIRST`` first)."""
+    return sorted(datasets, key=lambda d: d not in RUN_FIRST)
+
+
+def other_jobs(dataset: str, plan: dict, best: list[str]) -> list[Job]:
+    """The jobs after the sweeps: the tables, then the ablations; patch selection last (its
+    first job scores every train image, about 23 min for Fashion-MNIST on one thread, and
+    ``first_to_start`` starts it first anyway), the latent rows after the pixel ones."""
+    jobs = table_jobs(dataset, plan, best) + (ablation_jobs(dataset, plan) if plan["ablations"] else [])
+    jobs.sort(key=lambda j: ("method=patchsel" in j.overrides, LATENT[dataset][0] in j.overrides))
+    return jobs
 
 
 def plan(smoke: bool, extended: bool = False) -> dict:
-    """The jobs' settings: ``latent`` is the IPCs that get the latent generator's rows."""
+    """The jobs' settings: ``latent`` is the IPCs that get the latent generator's rows (issue
+    17's pixel-vs-latent comparison), only with ``extended``: at IPC 10 alone they are 0.46 h of
+    job time, and with them the plan's job time (3.97 h measured) cannot fit 2 h on two workers."""
     if smoke:
         return {
             "datasets": SMOKE["datasets"],
@@ -652,8 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     register()
     aliases_file = runs / "aliases.json"
     aliases, seen, by_name, warm = read_json(aliases_file), {}, {}, set()
-    chosen = [] if args.report else [d for d in p["datasets"] if d in (args.datasets or p["datasets"])]
-    chosen.sort(key=lambda d: d not in RUN_FIRST)
+    chosen = (
+        [] if args.report else run_order([d for d in p["datasets"] if d in (args.datasets or p["datasets"])])
+    )
     # first every dataset's sweeps (MGD^3 "best" needs them), then every other job
     sweeps = {d: resolve_jobs(sweep_jobs(d, p), runs, aliases, seen) for d in p["datasets"]}
     by_name.update((j.name, j) for d in sweeps for j in sweeps[d])
@@ -662,12 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     planned, rest = [], {}
     for dataset in p["datasets"]:
         planned += [j.name for j in sweep_jobs(dataset, p)]
-        best = best_setting(runs, dataset, p["t_sg"], p["lams"], aliases)
-        jobs = table_jobs(dataset, p, best) + (ablation_jobs(dataset, p) if p["ablations"] else [])
+        jobs = other_jobs(dataset, p, best_setting(runs, dataset, p["t_sg"], p["lams"], aliases))
         planned += [j.name for j in jobs]
-        # patch selection last (its first job scores every train image: about 23 min for
-        # Fashion-MNIST on one thread, started first by run_parallel), latent after pixel rows
-        jobs.sort(key=lambda j: ("method=patchsel" in j.overrides, LATENT[dataset][0] in j.overrides))
         rest[dataset] = resolve_jobs(jobs, runs, aliases, seen)
         by_name.update((j.name, j) for j in rest[dataset])
     runs.mkdir(parents=True, exist_ok=True)

@@ -59,13 +59,9 @@ def replayed_seconds(runs: Path, fallback: Path | None, workers: int, startup: f
     folders = [runs] + ([fallback] if fallback else [])
     aliases = R.read_json(runs / "aliases.json")
     p = R.plan(False, extended)
-    order = sorted(p["datasets"], key=lambda d: d not in R.RUN_FIRST)
+    order = R.run_order(list(p["datasets"]))
     sweeps = [j.name for d in order for j in R.sweep_jobs(d, p)]
-    rest = []
-    for d in order:
-        jobs = R.table_jobs(d, p, ["method.t_sg=25"]) + R.ablation_jobs(d, p)
-        jobs.sort(key=lambda j: ("method=patchsel" in j.overrides, R.LATENT[d][0] in j.overrides))
-        rest += [j.name for j in jobs]
+    rest = [j.name for d in order for j in R.other_jobs(d, p, ["method.t_sg=25"])]
     warm, missing, now = set(), 0, 0.0
     for names in (sweeps, rest):
         jobs, lost = timed_jobs(names, folders, aliases, startup)
