@@ -65,7 +65,7 @@ PROTOCOLS = {  # both protocols train the same ConvNet student; the teacher is a
         "eval.teacher.train.epochs=10",
         # HLR's hard-label students: the hard-label table's protocol (eval=hard_label defaults test
         # 100 times), so they are that table's students, read from the accuracy cache
-        "+eval.hard_label.evals=5",
+        "+eval.hard_label.evals=2",
     ],
 }
 METHODS = {  # label -> overrides
@@ -124,13 +124,16 @@ class Job:
     group: str = "table"  # table | tsg | lam | components | patchsel
     same_as: str | None = None  # another job's name: the same configuration, run once
     source: str | None = None  # the job whose distilled/ this one evaluates (set by resolve_jobs)
+    config: str | None = None  # digest of its composed configuration (set by resolve_jobs)
 
     def folder(self, runs: Path) -> Path:
         return runs / self.name
 
     def finished(self, runs: Path) -> bool:
-        """Done with these overrides: its metrics are written, or it stopped with a one-line
-        error (a setting this dataset cannot take, such as more patches than images)."""
+        """Done with these overrides and, once ``resolve_jobs`` has composed it, this composed
+        configuration (a schedule changed in ``conf/experiment/reference.yaml`` leaves the
+        overrides as they were): its metrics are written, or it stopped with a one-line error (a
+        setting this dataset cannot take, such as more patches than images)."""
         folder = self.folder(runs)
         record = read_json(folder / "job.json")
         done = (folder / "metrics.json").is_file() or "error" in record
@@ -138,6 +141,8 @@ class Job:
         same = without_set(recorded) == without_set(self.overrides)
         if self.source:  # the set's folder may have moved with the runs folder (a fresh clone)
             same = same and any(o.endswith(f"/{self.source}/distilled") for o in recorded)
+        if self.config:
+            same = same and record.get("config") == self.config
         return done and same
 
 
@@ -236,7 +241,7 @@ def resolve_jobs(jobs: list[Job], runs: Path, aliases: dict[str, str], seen: dic
         if job.same_as:
             aliases[job.name] = aliases.get(job.same_as, job.same_as)
             continue
-        digest = config_key(job.overrides)  # one compose per job
+        digest = job.config = config_key(job.overrides, job.source)  # one compose per job
         if digest in seen:
             aliases[job.name] = seen[digest]
             continue
@@ -253,14 +258,18 @@ def set_folder(override: str, runs: Path, aliases: dict[str, str]) -> str:
     return f"{key}={runs / aliases.get(name, name) / 'distilled'}"
 
 
-def config_key(overrides: list[str]) -> str:
-    """A digest of the composed configuration (without the run's own folder)."""
+def config_key(overrides: list[str], source: str | None = None) -> str:
+    """A digest of the composed configuration that does not depend on where the checkout lies:
+    interpolations unresolved, without ``paths``, and the evaluated set named by its job
+    (``source``) instead of its folder; equal configurations resolve equally."""
     from omegaconf import OmegaConf
 
     from ddcore.files import short_hash
 
-    cfg = OmegaConf.to_container(compose(overrides, Path("/job")), resolve=True)
-    cfg["paths"].pop("output_dir", None)
+    cfg = OmegaConf.to_container(compose(overrides, Path("/job")), resolve=False)
+    cfg.pop("paths", None)
+    if source:
+        cfg["eval"]["distilled_dir"] = SET_OF + source
     return short_hash(cfg)
 
 
@@ -299,7 +308,7 @@ def run_job(job: Job, runs: Path, source_seconds: float = 0.0) -> dict:
     check_config(cfg)
     quiet_lightning()
     start = time.perf_counter()
-    record = {"overrides": job.overrides}
+    record = {"overrides": job.overrides, "config": job.config}
     try:
         metrics = build(cfg.task)(cfg)
     except UserError as exc:  # the dataset cannot take this setting: say so in the report, go on

@@ -42,6 +42,28 @@ def test_a_setting_the_dataset_cannot_take_is_recorded_once_and_reported_as_na(t
     assert table[-1] == "| patch selection (2x2 tiles) | n/a | n/a |"
 
 
+def test_a_record_made_with_another_composed_config_is_not_finished(tmp_path):
+    """A schedule changed in conf/experiment/reference.yaml keeps every job's overrides: the
+    record's config digest tells the old result from the new plan's, wherever the clone lies."""
+    from experiments.reference import Job, config_key, resolve_jobs
+
+    overrides = ["dataset=digits", "experiment=reference", "method=random", "ipc=2"]
+    job = resolve_jobs([Job("digits/hard_label/ipc2/random_real", overrides)], tmp_path, {}, {})[0]
+    assert job.config == config_key(overrides)  # the same digest from any folder
+    folder = job.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    record = {"overrides": overrides, "config": job.config}
+    (folder / "job.json").write_text(json.dumps(record))
+    assert job.finished(tmp_path)
+    other = config_key([*overrides, "eval.evals=3"])  # as if reference.yaml had changed
+    assert other != job.config
+    (folder / "job.json").write_text(json.dumps({**record, "config": other}))
+    assert not job.finished(tmp_path)
+    (folder / "job.json").write_text(json.dumps({"overrides": overrides}))  # recorded before digests
+    assert not job.finished(tmp_path)
+
+
 def test_a_fresh_clone_resumes_from_the_records_and_redistils_a_missing_source_set(
     tmp_path, cache_dir, monkeypatch, capsys
 ):
@@ -119,7 +141,7 @@ def test_a_record_from_an_earlier_plan_is_named_stale_in_the_report(tmp_path, ca
     (folder / "job.json").write_text(json.dumps({"overrides": ["dataset=digits", "an=older_plan"]}))
     assert main(["--smoke", "--report", "--runs", str(runs), "--out", str(out)]) == 0
     report = (out / "reference.md").read_text()
-    assert "**1 finished jobs ran with other overrides than the plan now gives**" in report
+    assert "**1 finished jobs ran with other settings than the plan now gives**" in report
     assert "`digits/sweep/tsg0` (0 s, stale)" in report
 
 
