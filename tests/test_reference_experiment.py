@@ -301,3 +301,33 @@ def test_the_schedule_replay_runs_a_groups_first_job_alone_then_the_rest_side_by
         (folder / "job.json").write_text(json.dumps(record))
     seconds, missing = replayed_seconds(tmp_path, None, 2, 2.0, False)
     assert seconds == 102.0 + 52.0 and missing > 0
+
+
+def test_the_convergence_jobs_train_the_tables_random_real_set_longer_and_the_report_compares():
+    """The schedule check: each table's random real set is evaluated again by students trained
+    CHECK_FACTOR x as long (soft labels at SOFT_EPOCHS_FACTOR x the hard-label epochs, HLR's
+    students still the hard-label table's); the report sets the two final accuracies side by side."""
+    from experiments.reference import CHECK_FACTOR, EPOCHS, SOFT_EPOCHS_FACTOR, convergence_jobs, plan
+    from experiments.reference_report import schedule_check
+
+    p = plan(False)
+    jobs = {j.name: j for j in convergence_jobs("fashion_mnist", p)}
+    soft = jobs["fashion_mnist/convergence/soft_label/ipc10"].overrides
+    assert f"eval.epochs={EPOCHS[10] * SOFT_EPOCHS_FACTOR * CHECK_FACTOR}" in soft
+    assert f"+eval.hard_label.epochs={EPOCHS[10]}" in soft
+    assert "eval.distilled_dir=@set:fashion_mnist/hard_label/ipc10/random_real" in soft
+    hard = jobs["fashion_mnist/convergence/hard_label/ipc50"].overrides
+    assert f"eval.epochs={EPOCHS[50] * CHECK_FACTOR}" in hard and "task=evaluate" in hard
+
+    def record(final, best=None):
+        m = {"student/final_acc_mean": final, "student/best_acc_mean": best or final}
+        return {"metrics": {**m, "student/final_acc_std": 0.0, "student/best_acc_std": 0.0}}
+
+    done = {
+        "fashion_mnist/soft_label/ipc10/random_real": record(0.60),
+        "fashion_mnist/soft_label/ipc10/unguided": record(0.55, 0.58),
+        "fashion_mnist/convergence/soft_label/ipc10": record(0.72),
+    }
+    row = next(line for line in schedule_check(done, p) if line.startswith("| fashion_mnist | soft"))
+    assert "| 60.0 -> 72.0 (+12.0); worst -3.0 (unguided) |" in row
+    assert row.startswith("| fashion_mnist | soft labels | - |")
