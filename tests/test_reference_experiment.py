@@ -331,3 +331,28 @@ def test_the_convergence_jobs_train_the_tables_random_real_set_longer_and_the_re
     row = next(line for line in schedule_check(done, p) if line.startswith("| fashion_mnist | soft"))
     assert "| 60.0 -> 72.0 (+12.0); worst -3.0 (unguided) |" in row
     assert row.startswith("| fashion_mnist | soft labels | - |")
+
+
+def test_compare_reference_counts_identical_within_and_outside_std_rows(tmp_path, capsys):
+    """experiments/compare_reference.py pairs the jobs two runs finished with one config digest."""
+    from experiments.compare_reference import main as compare_main
+
+    def write(runs, name, config, mean, std):
+        folder = runs / name
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text(json.dumps({"overrides": [], "config": config}))
+        m = {"student/final_acc_mean": mean, "student/final_acc_std": std}
+        (folder / "metrics.json").write_text(json.dumps(m))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for runs, shift in ((a, 0.0), (b, 1.0)):
+        write(runs, "d/same", "c1", 0.9, 0.01)
+        write(runs, "d/close", "c2", 0.9 + 0.005 * shift, 0.01)
+        write(runs, "d/far", "c3", 0.9 + 0.05 * shift, 0.01)
+        write(runs, "d/changed", "c4" if shift else "c5", 0.9, 0.01)
+    write(a, "d/only_a", "c6", 0.9, 0.01)
+    assert compare_main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 jobs in both: 1 identical, 1 within std, 1 outside std, 1 other config")
+    assert "d/far: 90.00 ± 1.00 vs 95.00 ± 1.00 (+5.00)" in out
+    assert compare_main([str(a), str(tmp_path / "missing")]) == 2
