@@ -56,7 +56,7 @@ gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible 
 reference: install ## the reference experiment (digits + Fashion-MNIST; resumes) -> results/reference.md
 	$(BIN)/python experiments/reference.py --workers $(REFERENCE_WORKERS)
 
-reference-extended: install ## the reference experiment plus the [latent] rows at IPC 1, 10 and 50 (~2.5 h more)
+reference-extended: install ## the reference experiment plus the [latent] rows at IPC 1, 10 and 50 (~2.5 h more with the older ConvNet-32 schedule; not timed with this one)
 	$(BIN)/python experiments/reference.py --workers $(REFERENCE_WORKERS) --extended
 
 reference-smoke: install ## a tiny subset of the reference experiment, same code path (CI)

@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extended",
         action="store_true",
-        help="also the latent generator's rows at IPC 1, 10 and 50 (make reference-extended; ~2.5 h more)",
+        help="also the latent generator's rows at IPC 1, 10 and 50 (make reference-extended)",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a worker (run_parallel)
     args = parser.parse_args(argv)
