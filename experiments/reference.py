@@ -52,7 +52,7 @@ LATENT = {  # the latent generator's rows: its own VAE + a DiT on its latents, a
 }
 # The student schedule (conf/experiment/reference.yaml + these epochs), chosen on random real
 # subsets before any method was compared: 500 / 200 / 100 epochs are about 500-800 SGD steps at
-# each IPC, and final came within 0.3 points of best on both datasets (the report's check).
+# each IPC (whether they converge: the convergence jobs and the report's schedule check).
 EPOCHS = {1: 500, 10: 200, 50: 100}
 # Soft-label students train SOFT_EPOCHS_FACTOR x as long: at 1 x, random real subsets were still
 # climbing at the end (Fashion-MNIST IPC 10: 44 % halfway, 60 % at 200 epochs; 71 % at 400 and
