@@ -11,24 +11,20 @@ each row outside the spread. Exit 0; 2 when a folder is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments.reference_report import load, stat  # noqa: E402
+
 
 def finished(runs: Path) -> dict[str, tuple[str, float, float]]:
-    """job name -> (config digest, mean, std of final top-1 in %) for each job with metrics."""
-    jobs = {}
-    for record in sorted(runs.rglob("job.json")):
-        metrics = record.parent / "metrics.json"
-        job = json.loads(record.read_text())
-        if not metrics.is_file() or not job.get("config"):
-            continue
-        m = json.loads(metrics.read_text())
-        mean, std = m.get("student/final_acc_mean"), m.get("student/final_acc_std")
-        if mean is not None:
-            jobs[str(record.parent.relative_to(runs))] = (job["config"], 100 * mean, 100 * (std or 0.0))
-    return jobs
+    """job name -> (config digest, mean, std of final top-1 in %) for each job with a result."""
+    return {
+        name: (job["config"], *stat(job))
+        for name, job in load(runs).items()
+        if job.get("config") and stat(job) is not None
+    }
 
 
 def compare(a: Path, b: Path) -> tuple[dict[str, int], list[str]]:

@@ -48,7 +48,7 @@ trains, at the same 16 px).
 
 
 def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
-    """job name -> {"metrics", "seconds", "folder", "overrides"} for every finished job under
+    """job name -> {"metrics", "seconds", "folder", "overrides", "config"} for every finished job under
     ``runs``; an alias (a job with the configuration of another) shares that job's entry."""
     jobs = {}
     for record in runs.rglob("job.json"):
@@ -62,6 +62,7 @@ def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
                 "seconds": job.get("seconds", 0.0) + job.get("source_seconds", 0.0),
                 "ended": job.get("ended"),
                 "overrides": job.get("overrides", []),
+                "config": job.get("config"),
                 "error": job.get("error"),
                 "folder": folder,
             }
