@@ -155,7 +155,8 @@ class ResumableCheckpoint(pl.Callback):
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         return {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            # this rank's device only: a resume may see another number of GPUs
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
             "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
             "python": random.getstate(),
             "generators": {name: g.get_state() for name, g in self.generators.items()},
@@ -163,8 +164,7 @@ class ResumableCheckpoint(pl.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        if state["cuda"]:
-            torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng(state.get("cuda"))
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
         random.setstate(
@@ -172,6 +172,18 @@ class ResumableCheckpoint(pl.Callback):
         )
         for name, g in self.generators.items():
             g.set_state(state["generators"][name])
+
+
+def restore_cuda_rng(state) -> None:
+    """The saved CUDA generator state into the current device's generator. Checkpoints written
+    before this format hold one state per visible GPU (a list): the current device's entry is
+    used when it exists."""
+    if isinstance(state, (list, tuple)):
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        state = state[index] if index < len(state) else None
+    if state is None or not len(state) or not torch.cuda.is_available():
+        return
+    torch.cuda.set_rng_state(state, device=torch.cuda.current_device())
 
 
 def fit(
