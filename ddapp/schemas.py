@@ -131,10 +131,39 @@ class PatchSelectionSchema:
     score_cache_dir: Optional[str] = None
 
 
+def launch(fact: str) -> int:
+    """``${dd.launch:nodes}``, ``${dd.launch:workers}``: what the launcher gave this process.
+
+    nodes: machines of the job (torchrun: WORLD_SIZE / LOCAL_WORLD_SIZE; a submitit SLURM job:
+    its nodes, hydra.launcher.nodes); 1 for a single process. workers: DataLoader workers for
+    the CPUs this process has (SLURM_CPUS_PER_TASK, else the CPUs it may run on shared by the
+    ranks of its machine), one CPU left to the process itself.
+    """
+    import os
+
+    env = os.environ
+    if fact == "nodes":
+        if "WORLD_SIZE" in env and "LOCAL_WORLD_SIZE" in env:
+            return max(1, int(env["WORLD_SIZE"]) // max(1, int(env["LOCAL_WORLD_SIZE"])))
+        if env.get("SUBMITIT_EXECUTOR") == "slurm":
+            return int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", 1)))
+        return 1
+    if fact == "workers":
+        cpus = env.get("SLURM_CPUS_PER_TASK")
+        if cpus is None:
+            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            cpus = (usable or 1) // max(1, int(env.get("LOCAL_WORLD_SIZE", 1)))
+        return max(0, int(cpus) - 1)
+    raise ValueError(f"dd.launch knows nodes and workers, not {fact!r}")
+
+
 def register() -> None:
+    from omegaconf import OmegaConf
+
     from ddapp.result_logging import register_resolvers
 
     register_resolvers()  # ${dd.wandb_group:...} in conf/logger/wandb.yaml
+    OmegaConf.register_new_resolver("dd.launch", launch, replace=True)  # conf/trainer, conf/eval
     store = ConfigStore.instance()
     store.store(group="method", name="unguided_schema", node=UnguidedSchema)
     store.store(group="method", name="mgd3_schema", node=MGD3Schema)
