@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from ddcore.data.base import ImageClassificationData, resize_images
+from ddcore.data.base import ImageClassificationData, as_float, resize_images
 from ddcore.distilled import DistilledSet, as_numpy_grid
 
 DPI = 100
@@ -69,7 +69,7 @@ def save_grid(
     cols = max(1, min(max_per_class, max(distilled.per_class_counts(data.num_classes))))
     rows = []
     for label in shown:
-        images = distilled.images[distilled.labels == label][:cols].cpu().float()
+        images = as_float(distilled.images[distilled.labels == label][:cols].cpu())
         pad = torch.ones(cols - len(images), *distilled.images.shape[1:])
         rows.append(torch.cat([images, pad]))
     grid = torch.cat(rows)

@@ -115,6 +115,7 @@ def report_run(
     tsne_classes: int = 4,
     k: int = 50,
     max_real: int | None = 1000,
+    workers: int = 0,
 ) -> Report:
     """Set metrics and figures of a run; the caller logs them (``log_results``).
 
@@ -124,6 +125,8 @@ def report_run(
         tsne_input: pixels | latents, the features t-SNE embeds (metrics and figure).
         tsne_classes: classes shown in figures/tsne.png (the first ones; 0 = no figure).
         histories: per student repeat, its (epoch, test accuracy) pairs.
+        max_real: real images per class compared against (a seeded subset; None = all),
+            decoded by ``workers`` DataLoader processes; recorded as ``set/max_real``.
     """
     from eval.set_metrics import set_metrics
 
@@ -132,7 +135,9 @@ def report_run(
     if base == "latents" and encoder is None:
         log.warning("set metrics: no generator to encode latents with; using pixels instead")
         space, base = ("pixels" if space == "latents" else space), "pixels"
-    result = set_metrics(distilled, data, space=space, encoder=encoder, k=k, seed=seed, max_real=max_real)
+    result = set_metrics(
+        distilled, data, space=space, encoder=encoder, k=k, seed=seed, max_real=max_real, workers=workers
+    )
     if result.degenerate:  # reported once, in one line; the figures still get drawn
         ids = [data.class_ids[label] for label in result.degenerate]
         log.warning(
@@ -143,6 +148,7 @@ def report_run(
     metrics = {
         **result.summary(),
         "set/features": base,
+        "set/max_real": max_real,
         "set/per_class": result.per_class,
         "set/degenerate_classes": len(result.degenerate),
     }
@@ -157,6 +163,7 @@ def report_run(
         tsne_classes,
         seed,
         max_real,
+        workers,
     )
     return Report(metrics, result.per_class, figures)
 
@@ -172,6 +179,7 @@ def draw_figures(
     tsne_classes: int,
     seed: int,
     max_real: int | None,
+    workers: int = 0,
 ) -> dict[str, Path]:
     """grid (kept when distillation already drew it), scatter, tsne, training curves."""
     from ddapp.figures import save_grid, save_scatter, save_training_curves, save_tsne
@@ -193,7 +201,9 @@ def draw_figures(
     if shown:
         panels = {label: result.embeddings[label] for label in shown if label in result.embeddings}
         if len(panels) < len(shown):  # t-SNE not already computed for the metrics
-            panels = tsne_panels(distilled, data, shown, encoder, seed=seed, max_real=max_real)
+            panels = tsne_panels(
+                distilled, data, shown, encoder, seed=seed, max_real=max_real, workers=workers
+            )
         figures["tsne"] = save_tsne(
             {data.class_names[label]: xy for label, xy in panels.items()},
             folder / "tsne.png",

@@ -30,6 +30,7 @@ from ddcore.distributed import init_process_group, launcher_shard, main_first, t
 from ddcore.errors import UserError
 from ddcore.files import write_json
 from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
+from eval.batches import check_decodable
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,19 @@ def trainer_device_count(trainer_cfg) -> int:
 
 def check_launch(cfg: DictConfig) -> None:
     """trainer=ddp runs one process per device, started by a launcher: Lightning must never
-    re-execute run.py itself (each child would distil again, and start its own sweep)."""
+    re-execute run.py itself (each child would distil again, and start its own sweep).
+
+    Also names trainer=ddp's strategy for Lightning, in every process before its first Trainer
+    (a submitit task unpickles the job: it does not run run.py's imports)."""
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    StrategyRegistry.register(
+        "ddp_no_buffer_broadcast",
+        DDPStrategy,
+        description="DDP without broadcasting buffers (the student's set) at every step",
+        override=True,
+        broadcast_buffers=False,
+    )
     trainer = cfg.get("trainer") or {}
     if not is_ddp(trainer) or launcher_shard().world_size > 1:
         return
@@ -350,9 +363,10 @@ def run_experiment(cfg: DictConfig) -> dict:
 def _run_experiment(cfg: DictConfig) -> dict:
     protocol = build(cfg.eval)  # fail on a bad eval config before spending time on distillation
 
-    def check_test(data) -> None:  # before the generator: an unreadable test file fails now,
-        check_test_split(data)  # and the decoded split then serves the evaluation
-        protocol.test_images.loader(data.test, protocol.test_batch_size)
+    def check_test(data) -> None:  # before the generator: an unreadable test file fails now
+        check_test_split(data)
+        shard = current_shard()  # each rank decodes its share and keeps none of it
+        check_decodable(data.test, shard.rank, shard.world_size, protocol.num_workers)
 
     data, method, generator = prepare_distillation(cfg, check_test)
     trainer_factory = rank_trainer(build(cfg.trainer), current_shard())

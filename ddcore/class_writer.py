@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 
 def save_png_atomic(image01: torch.Tensor, path: Path) -> None:
     """One (C, H, W) image in [0, 1] as an 8-bit PNG; the final name appears only when complete."""
-    arr = to_uint8(image01.float()).permute(1, 2, 0).numpy()
+    arr = to_uint8(image01).permute(1, 2, 0).numpy()
     image = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ddcore.class_writer import MANIFEST, read_markers, write_class, write_manifest
-from ddcore.data.base import ImageClassificationData, load_image_file, to_uint8
+from ddcore.data.base import ImageClassificationData, as_float, load_files_uint8, to_uint8
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for
 
@@ -23,7 +23,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 @dataclass
 class DistilledSet:
-    """Images (n, C, R, R) in [0, 1] with labels; ``info`` holds per-image extras (mode ids)."""
+    """Images (n, C, R, R) with labels: uint8 as stored (sets read back from their PNGs, real
+    subsets) or float in [0, 1] (fresh from a method); ``info`` holds per-image extras (mode ids).
+    Consumers take floats per batch (``ddcore.data.base.as_float``): a set of ImageNet-1K at IPC
+    50 and 224 px is 7.5 GB as uint8, 30 GB as float."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -45,15 +48,23 @@ def random_positions(data: ImageClassificationData, label: int, ipc: int, seed: 
 
 
 def random_real_subset(data: ImageClassificationData, ipc: int, seed: int) -> DistilledSet:
-    """``ipc`` random real train images per class, in class order (``source_index`` per image)."""
-    indices = torch.cat(
+    """``ipc`` random real train images per class, in class order (``source_index`` per image),
+    as uint8. ``random_real_indices`` gives the same indices without decoding anything."""
+    indices = random_real_indices(data, ipc, seed)
+    return DistilledSet(
+        data.train.load_uint8(indices.tolist()),
+        data.train.labels[indices],
+        info={"source_index": indices.tolist()},
+    )
+
+
+def random_real_indices(data: ImageClassificationData, ipc: int, seed: int) -> torch.Tensor:
+    """Train indices of ``random_real_subset``, in class order."""
+    return torch.cat(
         [
             data.class_indices(label)[random_positions(data, label, ipc, seed)]
             for label in range(data.num_classes)
         ]
-    )
-    return DistilledSet(
-        data.train.load(indices.tolist()), data.train.labels[indices], info={"source_index": indices.tolist()}
     )
 
 
@@ -78,12 +89,13 @@ def save_distilled(
 
 
 def load_complete(out_dir: Path, data: ImageClassificationData) -> DistilledSet:
-    """The set as its class markers list it: images read back from the PNGs, per-image info."""
+    """The set as its class markers list it: images read back from the PNGs as uint8 (the
+    PNGs' own bytes), per-image info."""
     entries = [entry for marker in read_markers(out_dir, data).values() for entry in marker["images"]]
-    images = [load_image_file(Path(out_dir) / e["file"], data.resolution, data.channels) for e in entries]
+    paths = [Path(out_dir) / e["file"] for e in entries]
     keys = [k for k in (entries[0] if entries else {}) if k not in ("file", "label")]
     return DistilledSet(
-        torch.stack(images),
+        load_files_uint8(paths, data.resolution, data.channels),
         torch.as_tensor([e["label"] for e in entries], dtype=torch.long),
         info={k: [e.get(k) for e in entries] for k in keys},
     )
@@ -103,14 +115,15 @@ def load_distilled(folder: Path, data: ImageClassificationData) -> DistilledSet:
             f"{folder}: class folders {unknown[:3]} are not classes of {data.name} "
             f"(expected names like {data.class_ids[:3]})"
         )
-    images, labels = [], []
+    paths, labels = [], []
     for label, class_dir in sorted((data.class_ids.index(p.name), p) for p in class_dirs):
         for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            images.append(load_image_file(path, data.resolution, data.channels))
+            paths.append(path)
             labels.append(label)
-    if not images:
+    if not paths:
         raise UserError(f"{folder}: no images found (expected <class_id>/<name>.png files)")
-    return DistilledSet(torch.stack(images), torch.as_tensor(labels, dtype=torch.long))
+    images = load_files_uint8(paths, data.resolution, data.channels)
+    return DistilledSet(images, torch.as_tensor(labels, dtype=torch.long))
 
 
 def read_manifest(folder: Path) -> dict:
@@ -123,6 +136,6 @@ def as_numpy_grid(images: torch.Tensor, rows: int) -> np.ndarray:
     n, c, h, w = images.shape
     cols = -(-n // rows)
     canvas = torch.ones(rows * cols, c, h, w)
-    canvas[:n] = images
+    canvas[:n] = as_float(images)
     grid = canvas.view(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
     return to_uint8(grid).numpy()

@@ -159,18 +159,40 @@ class ReferencePoints:
         )
 
     def random_accuracy(self, protocol, data, ipc, seed, trainer_factory) -> float:
-        from ddcore.distilled import random_real_subset
+        """The random real subset's accuracy, looked up by the subset's indices before any image
+        is decoded; on a miss the subset is decoded (uint8) and looked up by its pixels too,
+        where a ``method=random`` run of the same seed stored its own accuracy."""
+        from ddcore.distilled import random_real_indices, random_real_subset
         from eval.batches import TrainSet
 
-        subset = random_real_subset(data, ipc, seed)
-        train = TrainSet.from_images(subset.images, subset.labels)
-        return self.cached(
-            self.set_key(protocol, train, data, ipc, seed),
-            lambda: self.key_of(
-                protocol.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="random")
-            ),
-            what="random",
-        )
+        indices = random_real_indices(data, ipc, seed)
+
+        def by_pixels() -> float:
+            subset = random_real_subset(data, ipc, seed)
+            train = TrainSet.from_images(subset.images, subset.labels)
+            return self.cached(
+                self.set_key(protocol, train, data, ipc, seed),
+                lambda: self.key_of(
+                    protocol.evaluate_set(train, data, ipc, seed, trainer_factory, prefix="random")
+                ),
+                what="random",
+            )
+
+        return self.cached(self.subset_key(protocol, data, indices, ipc, seed), by_pixels, what="random")
+
+    def subset_key(self, protocol, data, indices, ipc: int, seed: int) -> dict:
+        """The cache key of a real subset's accuracy: which train images (indices, and their
+        content digest) under which protocol; known without decoding an image."""
+        return {
+            "kind": "random",
+            **data_key(data),
+            "protocol": protocol.describe(),
+            "ipc": ipc,
+            "seed": seed,
+            "acc": self.acc,
+            "indices": short_hash(indices.tolist()),
+            "images": data.train.digest(indices.tolist()),
+        }
 
     def set_key(self, protocol, train, data, ipc: int, seed: int) -> dict | None:
         """The cache key of a set's accuracy under ``protocol``: sets with equal pixels and labels

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ddcore.data.base import ImageClassificationData
+from ddcore.data.base import ImageClassificationData, as_float
 from ddcore.distilled import DistilledSet
 from ddcore.seeding import derive_seed, rng_for
+from eval.batches import SourceBatches, decoded
 
 SPACES = ("pixels", "latents", "tsne")
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # images (n, C, R, R) in [0, 1] -> (n, ...)
@@ -78,28 +79,57 @@ def is_degenerate(real: torch.Tensor, distilled: torch.Tensor) -> bool:
 
 # -- features ----------------------------------------------------------------------------------
 def features_of(images: torch.Tensor, encoder: Encoder | None = None, batch_size: int = 256) -> torch.Tensor:
-    """(n, d) float32 CPU features: flattened pixels, or the encoder's output flattened."""
+    """(n, d) float32 CPU features of uint8 or [0, 1] images: flattened pixels in [0, 1], or the
+    encoder's output flattened (floats made one batch at a time)."""
     if encoder is None:
-        return images.flatten(1).float()
+        return torch.cat([as_float(chunk).flatten(1) for chunk in images.split(batch_size)])
     with torch.no_grad():
-        return torch.cat([encoder(chunk).flatten(1).float().cpu() for chunk in images.split(batch_size)])
+        return torch.cat(
+            [encoder(as_float(chunk)).flatten(1).float().cpu() for chunk in images.split(batch_size)]
+        )
 
 
-def real_features(
-    data: ImageClassificationData,
-    label: int,
-    encoder: Encoder | None,
-    max_real: int | None,
-    seed: int,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Features of the class's train images (a seeded subset of ``max_real`` when larger)."""
+def real_indices(data: ImageClassificationData, label: int, max_real: int | None, seed: int) -> torch.Tensor:
+    """The class's train indices compared against: a seeded subset of ``max_real`` when larger."""
     indices = data.class_indices(label, "train")
     if max_real is not None and len(indices) > max_real:
         pick = torch.randperm(len(indices), generator=rng_for(seed, "set_metrics", label))
         indices = indices[pick[:max_real]].sort().values
-    chunks = [features_of(data.train.load(chunk.tolist()), encoder) for chunk in indices.split(batch_size)]
-    return torch.cat(chunks)
+    return indices
+
+
+def real_features(
+    data: ImageClassificationData,
+    classes: Sequence[int],
+    encoder: Encoder | None,
+    max_real: int | None,
+    seed: int,
+    batch_size: int = 256,
+    workers: int = 0,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(label, features of its real images) for each of ``classes`` in turn: the images are
+    decoded by ``workers`` DataLoader processes (one loader for all classes), as uint8, and only
+    one class's features are held at a time."""
+    chunks = [
+        (label, chunk)
+        for label in classes
+        for chunk in real_indices(data, label, max_real, seed).split(batch_size)
+    ]
+    loader = torch.utils.data.DataLoader(
+        range(len(data.train)),
+        batch_sampler=[chunk.tolist() for _, chunk in chunks],
+        collate_fn=SourceBatches(data.train),
+        num_workers=workers,
+    )
+    current, parts = None, []
+    for (label, _), (images, _) in zip(chunks, decoded(loader)):
+        if label != current and parts:
+            yield current, torch.cat(parts)
+            parts = []
+        current = label
+        parts.append(features_of(images, encoder))
+    if parts:
+        yield current, torch.cat(parts)
 
 
 # -- the metrics of a set ----------------------------------------------------------------------
@@ -145,12 +175,13 @@ def set_metrics(
     seed: int = 0,
     max_real: int | None = 1000,
     classes: Sequence[int] | None = None,
+    workers: int = 0,
 ) -> SetMetrics:
     """Diversity and representativeness of every distilled image in ``space`` (module doc).
 
-    ``max_real`` caps the real images per class (a seeded subset; None = all); ``classes``
-    restricts to some labels (default: every class with distilled images). Images of skipped
-    classes get NaN.
+    ``max_real`` caps the real images per class (a seeded subset; None = all), decoded by
+    ``workers`` DataLoader processes; ``classes`` restricts to some labels (default: every class
+    with distilled images). Images of skipped classes get NaN.
     """
     if space not in SPACES:
         raise ValueError(f"unknown feature space {space!r} (one of {', '.join(SPACES)})")
@@ -160,13 +191,11 @@ def set_metrics(
     div, rep = torch.full((n,), math.nan), torch.full((n,), math.nan)
     labels = distilled.labels.cpu()
     classes = sorted(set(labels.tolist())) if classes is None else list(classes)
+    classes = [label for label in classes if bool((labels == label).any())]
     rows, embeddings, degenerate = [], {}, []
-    for label in classes:
+    for label, real in real_features(data, classes, encoder, max_real, seed, workers=workers):
         where = torch.nonzero(labels == label).flatten()
-        if len(where) == 0:
-            continue
         fake = features_of(distilled.images[where].cpu(), encoder)
-        real = real_features(data, label, encoder, max_real, seed)
         if is_degenerate(real, fake):
             degenerate.append(label)
         if space == "tsne":
@@ -200,13 +229,13 @@ def tsne_panels(
     encoder: Encoder | None = None,
     seed: int = 0,
     max_real: int | None = 1000,
+    workers: int = 0,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """label -> (real_xy, distilled_xy): per-class joint t-SNE, for ``figures.save_tsne``."""
     panels = {}
-    for label in classes:
-        fake = distilled.images[distilled.labels.cpu() == label].cpu()
-        if len(fake) == 0:
-            continue
-        real = real_features(data, label, encoder, max_real, seed)
+    labels = distilled.labels.cpu()
+    classes = [label for label in classes if bool((labels == label).any())]
+    for label, real in real_features(data, classes, encoder, max_real, seed, workers=workers):
+        fake = distilled.images[labels == label].cpu()
         panels[label] = tsne_embed(real, features_of(fake, encoder), derive_seed(seed, "tsne", label))
     return panels

@@ -72,7 +72,7 @@ def test_kmeans_real_returns_the_distinct_real_image_closest_to_each_centroid(ma
     label = 7
     rows = [i for i, y in enumerate(out.labels.tolist()) if y == label]
     chosen = [out.info["source_index"][i] for i in rows]
-    assert len(set(chosen)) == 3 and torch.equal(out.images[rows], data.train.load(chosen))
+    assert len(set(chosen)) == 3 and torch.equal(out.images[rows], data.train.load_uint8(chosen))
     feats = data.class_images(label).flatten(1)
     centroids, _ = kmeans(feats, 3, seed=derive_seed(cfg.seed, "modes", label) % (2**31))
     assert torch.allclose(out.stats["modes"][label].flatten(1), centroids)

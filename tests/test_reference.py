@@ -38,6 +38,7 @@ def test_hard_label_reference_points_are_computed_once(tmp_path, monkeypatch):
     assert metrics["ddranking/lrs"] == pytest.approx(lrs(full - syn, syn - rnd))
     assert len(list(tmp_path.glob("digits/full-*.json"))) == 1
     assert len(list(tmp_path.glob("digits/set-*.json"))) == 2  # the set and the random subset
+    assert len(list(tmp_path.glob("digits/random-*.json"))) == 1  # the subset, by its indices
 
     trained = []
     evaluate_set = HardLabelProtocol.evaluate_set
@@ -130,3 +131,18 @@ def test_one_full_data_reference_for_every_ipc_schedule(tmp_path):
         )
         protocol.evaluate(random_real_subset(data, ipc, 1), data, ipc=ipc, seed=0, trainer_factory=CPU)
     assert len(list(tmp_path.glob("digits/full-*.json"))) == 1
+
+
+def test_a_cached_random_reference_decodes_no_image(tmp_path, monkeypatch):
+    """The random reference is looked up by the subset's indices before anything is decoded:
+    at ImageNet-1K every rank used to decode the subset (30 GB as float at IPC 50) first."""
+    data = digits()
+    reference = {"cache_dir": str(tmp_path), "full_epochs": 1, "acc": "final"}
+    protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=1, evals=1, repeats=1, reference=reference)
+    first = protocol.reference.random_accuracy(protocol, data, 2, 0, CPU)
+    decoded = []
+    for name in ("load", "load_uint8"):
+        original = getattr(data.train, name)
+        monkeypatch.setattr(data.train, name, lambda *a, _f=original, **k: decoded.append(a) or _f(*a, **k))
+    assert protocol.reference.random_accuracy(protocol, data, 2, 0, CPU) == first
+    assert decoded == []

@@ -52,3 +52,77 @@ def test_checkpoint_rng_of_the_old_format_restores_the_current_device(monkeypatc
     restored = fake_gpus(monkeypatch, count=2, current=1)
     ResumableCheckpoint("unused.ckpt", 1, {}).load_state_dict(old)
     assert len(restored) == 1 and torch.equal(restored[0], old["cuda"][1])
+
+
+# -- host memory: sets stay uint8 until a batch needs floats ------------------------------------
+def saved_set(tmp_path):
+    from ddcore.data.small import digits
+    from ddcore.distilled import random_real_subset, save_distilled
+
+    data = digits()
+    subset = random_real_subset(data, ipc=3, seed=0)
+    return data, subset, save_distilled(subset, data, tmp_path / "set", {})
+
+
+def test_a_set_read_back_is_uint8_and_students_train_on_it_without_a_copy(tmp_path):
+    """At ImageNet-1K IPC 50 (224 px) a set is 7.5 GB as uint8 and 30 GB as float: read back,
+    it stays uint8 (the PNGs' own values), and the students' bank is that very tensor."""
+    from ddcore.distilled import load_complete, load_distilled
+    from eval.batches import TrainSet
+
+    data, subset, folder = saved_set(tmp_path)
+    assert subset.images.dtype == torch.uint8  # the random real subset too
+    for loaded in (load_complete(folder, data), load_distilled(folder, data)):
+        assert loaded.images.dtype == torch.uint8
+        assert torch.equal(loaded.images, subset.images)
+        train = TrainSet.from_images(loaded.images, loaded.labels)
+        assert train.images.data_ptr() == loaded.images.data_ptr()
+
+
+def test_set_metrics_see_uint8_and_float_sets_alike(tmp_path):
+    """Pixel features are in [0, 1] whatever the set's dtype (uint8 would give 0..255)."""
+    from ddcore.data.base import as_float
+    from ddcore.distilled import DistilledSet
+    from eval.set_metrics import set_metrics
+
+    data, subset, _ = saved_set(tmp_path)
+    floats = DistilledSet(as_float(subset.images), subset.labels)
+    a, b = set_metrics(subset, data, max_real=20), set_metrics(floats, data, max_real=20)
+    assert torch.allclose(a.diversity, b.diversity) and torch.allclose(
+        a.representativeness, b.representativeness
+    )
+    assert float(a.diversity.max()) < 20  # 16x16 pixels in [0, 1]: at most 16 apart
+
+
+class CountingSource:
+    """A file source stand-in that records which images were decoded."""
+
+    def __init__(self, n: int):
+        self.labels = torch.zeros(n, dtype=torch.long)
+        self.requested: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_uint8(self, indices, resolution=None):
+        self.requested += list(indices)
+        return torch.zeros(len(indices), 1, 4, 4, dtype=torch.uint8)
+
+
+def test_each_rank_checks_its_share_of_the_test_split_and_keeps_none():
+    """Before distilling, the test split is checked for unreadable files by all ranks together
+    (each its share) and held by none: ImageNet val is 7.5 GB as uint8 per rank otherwise."""
+    from eval.batches import check_decodable
+
+    source = CountingSource(10)
+    assert check_decodable(source, rank=1, world_size=3) is None
+    assert source.requested == [1, 4, 7]
+
+
+def test_preload_gives_one_uint8_tensor_of_the_split():
+    from eval.batches import preload
+
+    source = CountingSource(600)
+    images = preload(source, batch_size=256)
+    assert images.shape == (600, 1, 4, 4) and images.dtype == torch.uint8
+    assert source.requested == list(range(600))

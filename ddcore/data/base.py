@@ -1,7 +1,8 @@
 """What every dataset provides: class names, a resolution, and train/test image sources.
 
-Images always leave this module as float tensors in [0, 1], shape (n, C, R, R) at the dataset's
-resolution R. Sources know their labels up front, so methods can pick the images of one class
+Images leave this module as float tensors in [0, 1] (``load``) or as uint8 (``load_uint8``, a
+quarter of the memory: what sets of ImageNet size are held as), shape (n, C, R, R) at the
+dataset's resolution R. Sources know their labels up front, so methods can pick the images of one class
 without decoding the rest.
 """
 
@@ -31,6 +32,11 @@ class ImageSource(Protocol):
         (files are decoded at it, so nothing is shrunk first and upsampled later)."""
         ...
 
+    def load_uint8(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        """The same images as uint8 (n, C, R, R), decoded straight into one tensor: a quarter of
+        the float memory, and no list of per-image tensors (sets of ImageNet size)."""
+        ...
+
     def digest(self, indices: Sequence[int]) -> str:
         """A content digest of the images at ``indices``: it changes when any of them does."""
         ...
@@ -51,6 +57,11 @@ class TensorSource:
     def load(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
         images = self.images[torch.as_tensor(indices, dtype=torch.long)].float() / 255.0
         return images if resolution is None else resize_images(images, resolution)
+
+    def load_uint8(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        if resolution is not None and resolution != self.images.shape[-1]:
+            return to_uint8(self.load(indices, resolution))
+        return self.images[torch.as_tensor(list(indices), dtype=torch.long)]
 
     def digest(self, indices: Sequence[int]) -> str:
         pick = self.images[torch.as_tensor(list(indices), dtype=torch.long)].contiguous()
@@ -86,29 +97,45 @@ def high_depth_plane(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr / scale, 0.0, 1.0).astype(np.float32), mode="F")
 
 
-def decode_image(im: Image.Image, resolution: int, channels: int) -> np.ndarray:
-    """(R, R, C) float32 in [0, 1] from any PIL mode (L, LA, P, RGB(A), CMYK, 1, I;16, I, F);
-    alpha is dropped, grayscale is repeated for RGB sets."""
+def decode_uint8(im: Image.Image, resolution: int, channels: int) -> np.ndarray:
+    """(R, R, C) uint8 from any PIL mode (L, LA, P, RGB(A), CMYK, 1, I;16, I, F); alpha is
+    dropped, grayscale is repeated for RGB sets; 16-bit and float images are scaled to 0..255."""
     if im.mode in HIGH_DEPTH_MODES:
-        plane = np.asarray(resize_crop(high_depth_plane(im), resolution), dtype=np.float32)
-        arr = np.clip(plane, 0.0, 1.0)[:, :, None]
-        return np.repeat(arr, channels, axis=2) if channels == 3 else arr
+        return to_uint8(torch.from_numpy(decode_image(im, resolution, channels))).numpy()
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # palette transparency: decode through RGBA, as PIL advises
     im = resize_crop(im.convert("L" if channels == 1 else "RGB"), resolution)
     arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return arr.astype(np.float32) / 255.0
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def load_image_file(path: Path, resolution: int, channels: int) -> torch.Tensor:
-    """Decode one file, resize the short side to ``resolution`` and center-crop a square."""
+def decode_image(im: Image.Image, resolution: int, channels: int) -> np.ndarray:
+    """(R, R, C) float32 in [0, 1], as ``decode_uint8``; 16-bit and float images keep their
+    precision (decoded as float planes)."""
+    if im.mode in HIGH_DEPTH_MODES:
+        plane = np.asarray(resize_crop(high_depth_plane(im), resolution), dtype=np.float32)
+        arr = np.clip(plane, 0.0, 1.0)[:, :, None]
+        return np.repeat(arr, channels, axis=2) if channels == 3 else arr
+    return decode_uint8(im, resolution, channels).astype(np.float32) / 255.0
+
+
+def load_image_file(path: Path, resolution: int, channels: int, uint8: bool = False) -> torch.Tensor:
+    """Decode one file, resize the short side to ``resolution`` and center-crop a square:
+    (C, R, R) float in [0, 1], or uint8 with ``uint8``."""
     try:
         with Image.open(path) as im:
-            arr = decode_image(im, resolution, channels)
+            arr = (decode_uint8 if uint8 else decode_image)(im, resolution, channels)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc} (remove or replace the file)") from exc
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def load_files_uint8(paths: Sequence[Path], resolution: int, channels: int) -> torch.Tensor:
+    """Files decoded one by one into a single preallocated uint8 (n, C, R, R) tensor."""
+    out = torch.empty(len(paths), channels, resolution, resolution, dtype=torch.uint8)
+    for row, path in enumerate(paths):
+        out[row] = load_image_file(path, resolution, channels, uint8=True)
+    return out
 
 
 class FileSource:
@@ -127,6 +154,10 @@ class FileSource:
         return torch.stack(
             [load_image_file(self.paths[i], resolution or self.resolution, self.channels) for i in indices]
         )
+
+    def load_uint8(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        paths = [self.paths[i] for i in indices]
+        return load_files_uint8(paths, resolution or self.resolution, self.channels)
 
     def digest(self, indices: Sequence[int]) -> str:
         """Path, size and modification time of each file (cheap: no decoding)."""
@@ -229,7 +260,15 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8)
+    """[0, 1] images -> uint8 (rounded); uint8 images pass through."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [0, 1] (a new tensor); float images pass through."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def require_dir(path: Path, what: str, hint: str) -> Path:
