@@ -259,3 +259,84 @@ def test_missing_local_folder_is_not_sent_to_the_hub(tmp_path):
     with pytest.raises(UserError, match="no such folder, and not a hub id") as err:
         load_class_ldm(make_data(), path=str(tmp_path / "ldm-cin256"))
     assert str(tmp_path / "ldm-cin256") in str(err.value)
+
+
+# -- CompVis cin256: class labels -> ClassEmbedder -> the U-Net's cross-attention ------------
+def cin256_folder(root, embedder=True, n_classes=1001, embed_dim=16):
+    """The cin256 layout a conversion gives (cin256-v2.yaml at tiny size): unet/ a
+    UNet2DConditionModel (3 latent channels, cross-attention), class_embedder/ the ClassEmbedder's
+    ``embedding.weight`` (``cond_stage_model.embedding.weight`` in CompVis' checkpoint), vqvae/."""
+    from safetensors.torch import save_file
+
+    ldm_folder(root, 4, vq=True)  # vqvae/ and scheduler/; unet/ is replaced below
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 16),
+        norm_num_groups=8,
+        cross_attention_dim=embed_dim,
+        attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).save_pretrained(root / "unet")
+    if embedder:
+        (root / "class_embedder").mkdir()
+        config = {"_class_name": "LDMClassEmbedder", "n_classes": n_classes, "embed_dim": embed_dim}
+        (root / "class_embedder" / "config.json").write_text(json.dumps(config))
+        weight = torch.randn(n_classes, embed_dim)
+        save_file(
+            {"embedding.weight": weight}, root / "class_embedder" / "diffusion_pytorch_model.safetensors"
+        )
+    return root
+
+
+def test_cin256_layout_conditions_the_unet_through_cross_attention(tmp_path):
+    from safetensors.torch import load_file
+
+    data = make_data()
+    folder = cin256_folder(tmp_path)
+    gen = load_class_ldm(data, path=str(folder), resolution=RES)
+    index = {w: i for i, w in enumerate(imagenet1k_wnids())}
+    assert gen.model_classes == 1000 and gen.null_label == 1000  # CompVis samples CFG with 1000
+    assert gen.class_map.tolist() == [index[w] for w in data.class_ids]
+    assert isinstance(gen.codec, VQCodec) and gen.latent_shape == (3, 16, 16)
+    latents = gen.encode(data.train.load([0, 1]))
+    assert gen.decode(latents).shape == (2, 3, RES, RES)
+
+    cond = torch.cat([gen.condition(torch.tensor([0, 2])), gen.null_condition(1)])
+    x, t = torch.randn(1, *gen.latent_shape).expand(3, -1, -1, -1), torch.tensor(500)
+    out = gen.denoise(x, t, cond)
+    table = load_file(folder / "class_embedder" / "diffusion_pytorch_model.safetensors")["embedding.weight"]
+    context = table[cond][:, None]  # ClassEmbedder: (n, 1, embed_dim)
+    expected = gen.denoiser(x, t.repeat(3), encoder_hidden_states=context).sample
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[0], out[2])  # labels matter
+
+
+def test_cross_attention_unet_without_class_embedder_is_refused(tmp_path):
+    folder = cin256_folder(tmp_path, embedder=False)
+    with pytest.raises(UserError) as err:
+        load_class_ldm(make_data(), path=str(folder), resolution=RES)
+    msg = str(err.value)
+    assert "UNet2DConditionModel" in msg and "no class_embedder/" in msg and "supported:" in msg
+    assert "\n" not in msg
+
+
+def test_unconditional_ldm_is_refused_naming_the_supported_layouts(tmp_path):
+    folder = ldm_folder(tmp_path, None, vq=True)  # as CompVis/ldm-celebahq-256: no classes
+    with pytest.raises(UserError, match="not class-conditional.*supported: unet/ UNet2DModel") as err:
+        load_class_ldm(make_data(), path=str(folder), resolution=RES)
+    assert "\n" not in str(err.value)
+
+
+def test_class_embedder_width_must_match_cross_attention(tmp_path):
+    import shutil
+
+    folder = cin256_folder(tmp_path / "a", embed_dim=16)
+    shutil.rmtree(folder / "class_embedder")
+    shutil.copytree(cin256_folder(tmp_path / "b", embed_dim=32) / "class_embedder", folder / "class_embedder")
+    with pytest.raises(UserError, match="32-d contexts but the U-Net's cross_attention_dim is 16"):
+        load_class_ldm(make_data(), path=str(folder), resolution=RES)

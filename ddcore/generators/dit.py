@@ -2,9 +2,14 @@
 
 The null class used for classifier-free guidance is ``num_embeds_ada_norm`` of the loaded
 model's config (diffusers' DiTPipeline hard-codes 1000, which is wrong for any other model).
+The hub's DiT folders save the transformer as the legacy ``Transformer2DModel`` (norm_type
+``ada_norm_zero``) in a ``.bin`` file; diffusers reads that config as a DiTTransformer2DModel
+(``hub.py`` has the layout, tested).
 """
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 
@@ -15,7 +20,13 @@ from ddcore.generators.base import (
     VAECodec,
     imagenet_class_map,
 )
+from ddcore.generators.hub import DIT_XL2_256, SD_VAE_FT_MSE
 from ddcore.generators.pretrained import load_component, torch_dtype
+
+# The DiT family's official sampling grids (ddcore.sampling, method.timestep_spacing=auto):
+# create_diffusion("50") respaces to t = round(i * 999 / 49) = 999, 979, ..., 20, 0 (linspace);
+# create_diffusion("ddim50") uses the DDIM stride grid 980, 960, ..., 0 (leading).
+DIT_TIMESTEP_SPACING = MappingProxyType({"ddpm": "linspace", "ddim": "leading"})
 
 
 def build_dit(
@@ -69,30 +80,38 @@ def dit_null_label(transformer: DiTTransformer2DModel) -> int:
 
 def load_dit(
     data: ImageClassificationData,
-    path: str = "facebook/DiT-XL-2-256",
-    vae: str | None = "stabilityai/sd-vae-ft-mse",
+    path: str = DIT_XL2_256,
+    vae: str | None = SD_VAE_FT_MSE,
     resolution: int = 256,
     cfg_scale: float = 4.0,
     cfg_channels: int | None = 3,
     class_space: str = "imagenet1k",
     dtype: str = "float32",
     name: str = "dit_xl2",
-    timestep_spacing: dict | None = None,
+    timestep_spacing: dict | None = DIT_TIMESTEP_SPACING,
+    model_dir: str | None = None,
 ) -> ClassConditionalGenerator:
     """DiT from a hub id or a local folder with ``transformer/``, ``vae/``, ``scheduler/``.
 
     ``vae`` names a separate VAE (MGD^3's official code uses sd-vae-ft-mse); None uses the
     checkpoint's own ``vae/`` subfolder. ``class_space`` says how dataset labels map to model
     classes: ``imagenet1k`` (by wnid) or ``dataset`` (identity, counts must match).
+    ``timestep_spacing``: the official DiT grids unless given; None keeps the checkpoint's
+    scheduler config. ``model_dir``: where downloaded hub ids are looked for first
+    (``<model_dir>/<org>/<name>``; default ``DD_MODEL_DIR``).
     """
     weights = torch_dtype(dtype)
-    transformer = load_component(DiTTransformer2DModel, path, "transformer", torch_dtype=weights)
-    vae_model = (
-        load_component(AutoencoderKL, vae, None, torch_dtype=weights)
-        if vae
-        else load_component(AutoencoderKL, path, "vae", torch_dtype=weights)
+    transformer = load_component(
+        DiTTransformer2DModel, path, "transformer", torch_dtype=weights, model_dir=model_dir
     )
-    scheduler = load_component(DDPMScheduler, path, "scheduler")
+    vae_model = (
+        load_component(
+            AutoencoderKL, vae, None, setting="generator.vae", torch_dtype=weights, model_dir=model_dir
+        )
+        if vae
+        else load_component(AutoencoderKL, path, "vae", torch_dtype=weights, model_dir=model_dir)
+    )
+    scheduler = load_component(DDPMScheduler, path, "scheduler", model_dir=model_dir)
     model_classes = dit_null_label(transformer)
     class_map = map_classes(data, model_classes, class_space, name)
     return class_conditional(

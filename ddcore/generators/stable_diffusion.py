@@ -18,7 +18,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator, LatentCodec, VAECodec
-from ddcore.generators.pretrained import component_error, load_component, torch_dtype
+from ddcore.generators.hub import SD15
+from ddcore.generators.pretrained import component_error, load_component, resolve_model, torch_dtype
 
 
 class TextConditionalGenerator(DiffusionGenerator):
@@ -93,7 +94,7 @@ class TextConditionalGenerator(DiffusionGenerator):
 
 def load_stable_diffusion(
     data: ImageClassificationData,
-    path: str = "runwayml/stable-diffusion-v1-5",
+    path: str = SD15,
     resolution: int = 512,
     cfg_scale: float = 8.0,
     prompt_template: str = "{}",
@@ -101,16 +102,18 @@ def load_stable_diffusion(
     dtype: str = "float32",
     name: str = "sd15",
     timestep_spacing: dict | None = None,
+    model_dir: str | None = None,
 ) -> TextConditionalGenerator:
     """Stable Diffusion from a hub id or a diffusers folder with ``unet/``, ``vae/``,
-    ``text_encoder/``, ``tokenizer/`` and ``scheduler/``; one prompt per dataset class."""
+    ``text_encoder/``, ``tokenizer/`` and ``scheduler/``; one prompt per dataset class.
+    ``model_dir``: where downloaded hub ids are looked for first (``pretrained.resolve_model``)."""
     prompts = class_prompts(data, prompt_template, name)
     dt = torch_dtype(dtype)
-    unet = load_component(UNet2DConditionModel, path, "unet", torch_dtype=dt)
-    vae = load_component(AutoencoderKL, path, "vae", torch_dtype=dt)
-    text_encoder = load_component(CLIPTextModel, path, "text_encoder", dtype=dt)
-    tokenizer = load_tokenizer(path)
-    scheduler = load_component(DDPMScheduler, path, "scheduler")
+    unet = load_component(UNet2DConditionModel, path, "unet", torch_dtype=dt, model_dir=model_dir)
+    vae = load_component(AutoencoderKL, path, "vae", torch_dtype=dt, model_dir=model_dir)
+    text_encoder = load_component(CLIPTextModel, path, "text_encoder", dtype=dt, model_dir=model_dir)
+    tokenizer = load_tokenizer(path, model_dir)
+    scheduler = load_component(DDPMScheduler, path, "scheduler", model_dir=model_dir)
     return TextConditionalGenerator(
         unet,
         VAECodec(vae),
@@ -146,11 +149,14 @@ def class_prompts(data: ImageClassificationData, template: str, name: str) -> li
     return [template.format(p) for p in base]
 
 
-def load_tokenizer(path: str) -> CLIPTokenizer:
+def load_tokenizer(path: str, model_dir: str | None = None) -> CLIPTokenizer:
     """The CLIP tokenizer; transformers 5 silently builds an empty one when files are missing."""
-    tokenizer = load_component(CLIPTokenizer, path, "tokenizer")
+    tokenizer = load_component(CLIPTokenizer, path, "tokenizer", model_dir=model_dir)
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
         raise component_error(
-            CLIPTokenizer, path, "tokenizer", OSError("no vocab.json/merges.txt or tokenizer.json")
+            CLIPTokenizer,
+            resolve_model(path, model_dir),
+            "tokenizer",
+            OSError("no vocab.json/merges.txt or tokenizer.json"),
         )
     return tokenizer
