@@ -163,13 +163,25 @@ def rank_trainer(trainer_factory, shard):
     return functools.partial(trainer_factory, devices=[shard.local_rank % max(1, torch.cuda.device_count())])
 
 
+def keeps_freed_memory(cfg) -> bool:
+    """``allocator.keep_freed``: true, false, or auto = on for CPU training, where every batch
+    otherwise page-faults its activations in afresh (``ddcore.compat.keep_freed_memory``)."""
+    setting = (cfg.get("allocator") or {}).get("keep_freed", "auto")
+    if setting == "auto":
+        return str((cfg.get("trainer") or {}).get("accelerator", "cpu")) == "cpu"
+    return bool(setting)
+
+
 @contextlib.contextmanager
 def job(cfg: DictConfig):
-    """What every task runs in: the launch checked, TF32 as set, and, with several processes,
-    this rank shown alive to the others (``ddcore.distributed.team``)."""
+    """What every task runs in: the launch checked, TF32 and the allocator as set, and, with
+    several processes, this rank shown alive to the others (``ddcore.distributed.team``)."""
+    from ddcore.compat import keep_freed_memory
+
     check_launch(cfg)
     init_process_group()  # a submitit task (run.py's __main__ joined it already under torchrun)
     set_tf32(cfg.get("tf32", True))
+    keep_freed_memory(keeps_freed_memory(cfg))
     timeout_s = (cfg.get("cluster") or {}).get("timeout_s")
     with team(output_dir(cfg) / ".ranks", timeout_s):
         yield

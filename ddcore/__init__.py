@@ -6,7 +6,6 @@ guidance hook), k-means, outputs (distilled folders, manifests, figures) and the
 that ``run.py`` calls.
 """
 
-from ddcore.compat import declare_missing_torchvision_ops, keep_freed_memory
+from ddcore.compat import declare_missing_torchvision_ops
 
 declare_missing_torchvision_ops()
-keep_freed_memory()  # CPU passes page-faulted every batch's activations in afresh

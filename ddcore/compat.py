@@ -44,7 +44,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BELOW = 1 << 30  # bytes: blocks up to 1 GiB come from (and go back to) the process's heap
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(enabled: bool = True) -> bool:
     """Stop glibc from handing every large tensor's memory back to the kernel when it is freed.
 
     By default a block over glibc's mmap threshold (at most 32 MiB, adjusted as blocks are
@@ -52,10 +52,14 @@ def keep_freed_memory() -> bool:
     128 KiB; a CPU forward pass allocates and frees the same activation sizes every batch, so
     each batch page-faults its activations in afresh. A ConvNet-32 test pass over 10,000 28 px
     images spent half its time in the kernel that way (4.0 s -> 1.9 s with this; `make bench`).
-    The cost: the process keeps its peak heap instead of shrinking after it. Returns False where
-    the C library has no ``mallopt`` (not glibc); ``DD_KEEP_FREED_MEMORY=0`` turns it off.
+    The cost: the process keeps its peak heap instead of shrinking after it (blocks up to 1 GiB:
+    at ImageNet scale the peaks of decoding and reading sets back stay resident), so it is
+    opt-in: the application turns it on for CPU training (``allocator.keep_freed: auto``), never
+    on import. ``DD_KEEP_FREED_MEMORY=0`` / ``1`` overrides ``enabled``. Returns whether it is
+    on; False also where the C library has no ``mallopt`` (not glibc).
     """
-    if os.environ.get("DD_KEEP_FREED_MEMORY", "1") == "0":
+    enabled = {"0": False, "1": True}.get(os.environ.get("DD_KEEP_FREED_MEMORY", ""), enabled)
+    if not enabled:
         return False
     import ctypes
 

@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, resource, sys, time
 import torch
-import ddcore  # noqa: F401  (keep_freed_memory, unless DD_KEEP_FREED_MEMORY=0)
+import ddcore.compat
 from eval.students import ConvNet
+
+ddcore.compat.keep_freed_memory(enabled=False)  # DD_KEEP_FREED_MEMORY decides
 
 torch.set_num_threads(1)
 gen = torch.Generator().manual_seed(0)
