@@ -22,9 +22,10 @@ from omegaconf import DictConfig  # noqa: E402
 from ddapp.cli import (  # noqa: E402
     IN_TASK,
     check_group_choices,
+    claim_run_folder,
     fail,
     install_one_line_errors,
-    remember_run_record,
+    remember_run_folders,
 )
 from ddapp.schemas import register  # noqa: E402
 from ddcore.errors import UserError  # noqa: E402
@@ -37,6 +38,7 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 
 def main(cfg: DictConfig) -> float | None:
     from ddapp.config_checks import check_config, is_environment_error, os_error_line
 
+    claim_run_folder(Path(cfg.paths.output_dir))  # made by this job, or there before it (fail())
     try:
         check_config(cfg)  # every setting, before any work (and before torch is imported)
     except UserError as exc:
@@ -67,7 +69,7 @@ if __name__ == "__main__":
         print(problem, file=sys.stderr)
         sys.exit(2)
     install_one_line_errors()
-    remember_run_record(sys.argv[1:])
+    remember_run_folders(sys.argv[1:])  # before Hydra makes (or reuses) the run folder
     from ddcore.distributed import init_process_group
 
     try:  # several processes (torchrun, SLURM tasks): one group, one clock for the run folder

@@ -1,10 +1,15 @@
-"""Command-line front: one-line errors for unknown config choices and for UserErrors."""
+"""Command-line front: one-line errors for unknown config choices and for UserErrors, and a
+refused job's run folder tidied: removed only if this process made it, by rank 0 only; a folder
+that was there before keeps everything, its ``.hydra/`` record put back."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 GROUPS = (
@@ -54,31 +59,149 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> str | None:
     return None
 
 
-_RUN_RECORD: dict[Path, bytes] = {}  # an existing run folder's .hydra/ files, before this job
+# -- the run folder: only what this process made is removed, by rank 0 only --------------------
+@dataclass(frozen=True)
+class Snapshot:
+    """What a run folder held before this process started: its top-level names and the bytes of
+    its ``.hydra/`` record (Hydra overwrites those with this job's before the job starts)."""
+
+    entries: frozenset[str]
+    record: dict[str, bytes]
 
 
-def remember_run_record(argv: list[str]) -> None:
-    """Keep the ``.hydra/`` files of an existing ``hydra.run.dir=<folder>`` (a resume): Hydra
-    overwrites them with this job's before the job starts, and a refused job puts them back."""
+_BEFORE: dict[Path, Snapshot | None] = {}  # folders named on the command line; None: absent
+_SWEEPS: set[Path] = set()  # hydra.sweep.dir folders named on the command line (children in _BEFORE)
+_CREATED: dict[Path, bool] = {}  # run folders this process made (claim_run_folder's verdict)
+_STARTED = time.time()
+CLOCK_SLACK_S = 2.0  # coarse file-system clocks round modification times down
+RESUMABLE = ("distilled", "students", "checkpoints")  # work a rerun of the same command resumes
+
+
+def snapshot(folder: Path) -> Snapshot | None:
+    if not folder.is_dir():
+        return None
+    record = {p.name: p.read_bytes() for p in (folder / ".hydra").glob("*") if p.is_file()}
+    return Snapshot(frozenset(p.name for p in folder.iterdir()), record)
+
+
+def folder_args(argv: list[str]) -> dict[str, Path]:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` given as plain paths (not interpolations)."""
+    found = {}
     for arg in argv:
-        key, _, value = arg.partition("=")
-        if key == "hydra.run.dir" and (Path(value) / ".hydra").is_dir():
-            _RUN_RECORD.clear()
-            _RUN_RECORD.update({p: p.read_bytes() for p in (Path(value) / ".hydra").glob("*.yaml")})
+        key, sep, value = arg.lstrip("+").partition("=")
+        value = value.strip().strip("'\"")
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            found[key] = Path(value).resolve()
+    return found
+
+
+def remember_run_folders(argv: list[str]) -> None:
+    """Before Hydra makes any folder: what the run (or sweep) folder named on the command line
+    holds, so a refused job can tell its own folder from one that was already there."""
+    global _STARTED
+    _STARTED = time.time()
+    folders = folder_args(argv)
+    if "hydra.run.dir" in folders:
+        _BEFORE[folders["hydra.run.dir"]] = snapshot(folders["hydra.run.dir"])
+    sweep = folders.get("hydra.sweep.dir")
+    if sweep is not None:
+        _SWEEPS.add(sweep)
+        for child in sweep.iterdir() if sweep.is_dir() else ():
+            if child.is_dir():
+                _BEFORE[child] = snapshot(child)
+
+
+def log_files() -> set[Path]:
+    """The files this process's logging writes (Hydra's ``<job>.log`` in the run folder)."""
+    return {
+        Path(h.baseFilename).resolve()
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler)
+    }
+
+
+def claim_run_folder(output_dir: Path) -> bool:
+    """Whether this process made ``output_dir`` (called as the job starts, before any work).
+
+    A folder named on the command line was made by this process iff it was absent at startup.
+    A default (time-stamped) folder counts as made here iff it holds nothing but Hydra's
+    ``.hydra/`` record and this process's log file, all written since this process started.
+    """
+    folder = Path(output_dir).resolve()
+    if folder in _BEFORE:
+        created = _BEFORE[folder] is None
+    elif folder.parent in _SWEEPS:
+        created = True  # not among the sweep folder's children at startup
+    else:
+        created = holds_only_this_job(folder)
+    _CREATED[folder] = created
+    return created
+
+
+def holds_only_this_job(folder: Path) -> bool:
+    """Nothing in ``folder`` but ``.hydra/`` and this process's log, written since it started."""
+    ours = {folder / ".hydra"} | {p for p in log_files() if p.parent == folder}
+    try:
+        entries = list(folder.iterdir())
+        written = entries + list((folder / ".hydra").glob("*"))
+        return set(entries) <= ours and all(p.stat().st_mtime >= _STARTED - CLOCK_SLACK_S for p in written)
+    except OSError:  # gone or unreadable: not ours to remove
+        return False
+
+
+def restore(folder: Path, before: Snapshot | None) -> None:
+    """Put back the ``.hydra/`` record a folder had before this job, and remove the record and
+    log files this job added to it; everything else in the folder is kept as it is."""
+    if before is None:
+        return  # not known at startup: left as it is
+    record = folder / ".hydra"
+    if ".hydra" not in before.entries:
+        shutil.rmtree(record, ignore_errors=True)
+    else:
+        for path in record.glob("*"):
+            if path.name not in before.record:
+                path.unlink(missing_ok=True)
+        for name, payload in before.record.items():
+            (record / name).write_bytes(payload)
+    for path in log_files():
+        if path.parent == folder and path.name not in before.entries:
+            path.unlink(missing_ok=True)
+
+
+def tidy_run_folder(output_dir: Path) -> None:
+    """After a refused job: remove the run folder if this process made it and it holds no work
+    to resume; else restore what it held. Only rank 0 touches it (the other ranks of a job
+    share the folder and may still be writing into it)."""
+    from ddcore.distributed import launcher_shard
+
+    folder = Path(output_dir).resolve()
+    if not launcher_shard().is_main or not folder.is_dir() or folder == Path.cwd().resolve():
+        return
+    if _CREATED.get(folder, False):
+        if not any((folder / name).exists() for name in RESUMABLE):
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        restore(folder, _BEFORE.get(folder))
+
+
+WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"  # torch DataLoader's re-raise
+EXCEPTION_PREFIX = re.compile(r"^[\w.]+: ")
+
+
+def one_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker (an unreadable image) comes back with the
+    worker's traceback in its message: its last line is the message."""
+    if WORKER_TRACEBACK not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return EXCEPTION_PREFIX.sub("", last.strip(), count=1)
 
 
 def fail(message: str, output_dir: Path | None = None) -> None:
-    """Print one line, remove the run folder Hydra made for this job, exit with status 2.
-    A folder that holds a run (being resumed, or written by another process) is kept, with its
-    own ``.hydra/`` record."""
-    print(f"error: {message}", file=sys.stderr)
-    if output_dir is not None and output_dir.is_dir() and output_dir.resolve() != Path.cwd():
-        if not (output_dir / "distilled").exists():
-            shutil.rmtree(output_dir, ignore_errors=True)
-        else:
-            for path, payload in _RUN_RECORD.items():
-                if path.parent.parent.resolve() == output_dir.resolve():
-                    path.write_bytes(payload)
+    """Print one line, tidy the run folder (``tidy_run_folder``), exit with status 2."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    if output_dir is not None:
+        tidy_run_folder(output_dir)
     sys.exit(2)
 
 

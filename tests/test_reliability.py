@@ -218,6 +218,15 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
     )
     no_test = image_tree(work / "no_test")
     shutil.rmtree(no_test / "val" / "c")
+    case(  # decoded in a DataLoader worker: the worker's traceback is not the message
+        "unreadable_test_image_in_worker",
+        "method=random",
+        "ipc=1",
+        "dataset=image_folder",
+        f"dataset.root={unreadable}",
+        "dataset.resolution=16",
+        "eval.num_workers=1",
+    )
     case(
         "class_without_test_images",
         "method=random",
@@ -298,6 +307,7 @@ FAILURES = {
     "corrupt_generator": ["cached generator dit_tiny", "generator.retrain=true"],
     "offline_hub": ["facebook/DiT-XL-2-256", "hub is unreachable", "generator.path"],
     "unreadable_test_image": ["cannot read image", "1.png"],
+    "unreadable_test_image_in_worker": ["cannot read image", "1.png", "(remove or replace the file)"],
     "class_without_test_images": ["classes have no test images", "'c'"],
     "run_dir_read_only": ["cannot create or write", "hydra.run.dir"],
     "cache_read_only": ["paths.cache_dir=", "cannot be written"],
@@ -351,6 +361,132 @@ def test_resume_after_only_the_cache_folder_moved_finishes_the_same_set(fresh, c
         proc = run(resumed, moved, "task=distill")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert pngs(resumed / "distilled") == expected  # every class from one setting
+
+
+# -- a refused job keeps what it did not make ------------------------------------------------------
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_tree(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+FINISHED_EVALUATE = {  # what a finished task=evaluate folder holds (no distilled/)
+    ".hydra/config.yaml": "task: {name: evaluate}\n",
+    ".hydra/hydra.yaml": "hydra: {}\n",
+    ".hydra/overrides.yaml": "- task=evaluate\n",
+    "run.log": "[...] evaluated\n",
+    "metrics.json": '{"student/final_acc_mean": 0.5}',
+    "students/student/rep0.json": "{}",
+    "checkpoints/student/rep0.ckpt": "weights",
+    "figures/grid.png": "png",
+}
+
+
+@pytest.fixture(scope="module")
+def refused_in_folders(tmp_path_factory, cache_dir):
+    """One config error (method.lam=nan) run into folders of several kinds, each case forked
+    from one warm interpreter (tests/run_many.py)."""
+    work = tmp_path_factory.mktemp("refused")
+    bad = [*TINY, "method.lam=nan", f"paths.cache_dir={cache_dir}"]
+    user = write_tree(work / "user", {"notes.txt": "mine", "data/x.bin": "1234"})
+    evaluated = write_tree(work / "evaluated", FINISHED_EVALUATE)
+    two_runs = write_tree(
+        work / "two_runs",
+        {f"{run}/{name}": f"{run} {name}" for run in ("a", "b") for name in FINISHED_EVALUATE},
+    )
+    sweep_job = write_tree(work / "sweep" / "debug=tiny,method.lam=nan", FINISHED_EVALUATE)
+    cases = {
+        "user_folder": [*bad, f"hydra.run.dir={user}"],
+        "finished_evaluate": [
+            *bad,
+            "task=evaluate",
+            f"eval.distilled_dir={work / 'set'}",
+            f"hydra.run.dir={evaluated}",
+        ],
+        "two_runs": [*bad, f"hydra.run.dir={two_runs}"],
+        "default_folder": [*bad, f"paths.log_dir={work / 'logs'}"],
+        "new_folder": [*bad, f"hydra.run.dir={work / 'new'}"],
+        "sweep_existing_job": ["-m", *bad, f"hydra.sweep.dir={work / 'sweep'}"],
+        "sweep_new": ["-m", *bad, f"hydra.sweep.dir={work / 'new_sweep'}"],
+    }
+    before = {"user": tree(user), "evaluated": tree(evaluated), "two_runs": tree(two_runs)}
+    before["sweep_job"] = tree(sweep_job)
+    spec = work / "cases.json"
+    spec.write_text(json.dumps([{"argv": argv, "cwd": str(work)} for argv in cases.values()]))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "run_many.py"), str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = dict(zip(cases, json.loads(proc.stdout.splitlines()[-1])))
+    for result in results.values():
+        assert_refused(result["rc"], result["stderr"], "method.lam must be >= 0", "got nan")
+    return work, results, before
+
+
+def test_a_refused_job_leaves_an_existing_folder_as_it_was(refused_in_folders):
+    """The user's own folder, a finished task=evaluate folder (students, metrics, checkpoints,
+    figures, no distilled/) and a folder of two earlier runs: every file kept byte for byte,
+    the ``.hydra/`` record put back, no record or log of the refused job left in them."""
+    work, _, before = refused_in_folders
+    assert tree(work / "user") == before["user"]  # no .hydra/ or run.log added
+    assert tree(work / "two_runs") == before["two_runs"]
+    after = tree(work / "evaluated")
+    log = after.pop("run.log")
+    assert log.startswith(before["evaluated"].pop("run.log"))  # its log: appended to, not lost
+    assert after == before["evaluated"]
+
+
+def test_a_refused_job_removes_the_folder_it_made(refused_in_folders):
+    work, _, _ = refused_in_folders
+    assert not (work / "new").exists()
+    runs = work / "logs" / "runs"  # the default, time-stamped folder
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_a_refused_sweep_job_keeps_an_existing_job_folder(refused_in_folders):
+    work, _, before = refused_in_folders
+    after, kept = tree(work / "sweep" / "debug=tiny,method.lam=nan"), dict(before["sweep_job"])
+    assert after.pop("run.log").startswith(kept.pop("run.log")) and after == kept
+    assert not (work / "new_sweep" / "debug=tiny,method.lam=nan").exists()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_removes_a_folder(tmp_path, monkeypatch, rank):
+    """Under torchrun one rank's error must not delete the folder the others write into."""
+    from ddapp import cli
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run_dir = tmp_path / "run"
+    cli.remember_run_folders([f"hydra.run.dir={run_dir}"])  # absent when the job starts
+    write_tree(run_dir, {".hydra/config.yaml": "x: 1\n", "rank1.alive": ""})
+    assert cli.claim_run_folder(run_dir)  # made by this job (all ranks make it)
+    with pytest.raises(SystemExit) as exit_:
+        cli.fail("bad setting", run_dir)
+    assert exit_.value.code == 2
+    assert run_dir.exists() == (rank == 1)
+
+
+def test_an_error_raised_in_a_data_loader_worker_is_one_line():
+    from ddapp.cli import one_line
+
+    message = (
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\nddcore.errors.UserError: cannot read image a.png: '
+        "broken (remove or replace the file)\n"
+    )
+    assert one_line(message) == "cannot read image a.png: broken (remove or replace the file)"
+    assert one_line("plain: message") == "plain: message"
 
 
 # -- inputs read right -----------------------------------------------------------------------------
