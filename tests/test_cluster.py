@@ -225,3 +225,33 @@ def test_each_rank_trains_on_its_own_gpu(monkeypatch):
     assert rank_trainer(gpu, Shard()) is gpu  # one process: as configured
     ddp = functools.partial(pl.Trainer, accelerator="gpu", devices=-1, strategy="ddp")
     assert rank_trainer(ddp, Shard(1, 2, 1)) is ddp  # DDP: Lightning places the ranks
+
+
+def test_trainer_ddp_keeps_the_set_on_each_rank_and_counts_the_nodes(make_cfg, monkeypatch):
+    """The set is a buffer of the student: DDP must not broadcast it at every step. Each
+    student's Trainer gets a strategy of its own, and num_nodes follows the launcher."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from ddapp.tasks import check_launch, is_ddp
+
+    for var in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "SUBMITIT_EXECUTOR", "SLURM_JOB_NUM_NODES"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = make_cfg(*DDP[:1], "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true")
+    check_launch(cfg)  # one device: no launcher needed
+    assert is_ddp(cfg.trainer)
+    factory = instantiate(cfg.trainer)
+    trainers = [factory(logger=False, enable_progress_bar=False) for _ in range(2)]  # two students
+    for trainer in trainers:
+        assert isinstance(trainer.strategy, DDPStrategy)
+        assert trainer.strategy._ddp_kwargs["broadcast_buffers"] is False
+        assert trainer.num_nodes == 1
+    assert trainers[0].strategy is not trainers[1].strategy
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nnodes=2 --nproc_per_node=4
+    assert make_cfg("trainer=ddp").trainer.num_nodes == 2
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # a task of hydra/launcher=slurm, nodes=3
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "3")
+    assert make_cfg("trainer=ddp", "hydra/launcher=slurm", "hydra.launcher.nodes=3").trainer.num_nodes == 3
