@@ -10,7 +10,7 @@ QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 # reference experiment jobs run at once, each with cpu_count / N threads (2 x 1 on 2 cores)
 REFERENCE_WORKERS ?= 2
 
-.PHONY: help install lint run test test-full bench data format clean reference reference-extended reference-smoke gpu-check
+.PHONY: help install lint run test test-full bench data format clean reference reference-extended reference-smoke gpu-check rehearse
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench: install ## speed benchmarks (numbers go into the README)
 	$(BIN)/python experiments/bench_decode.py
 	$(BIN)/python experiments/bench_allocator.py
 	$(BIN)/python experiments/bench_pool.py
+
+rehearse: install ## paper scale on this CPU: real-size random-weight DiT-XL/2 / SD v1.5, ImageNet-layout JPEGs, ImageNet-1K IPC 50 on 2 ranks -> results/rehearsal/
+	$(BIN)/python experiments/rehearse.py
 
 gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible GPUs (skips without CUDA)
 	$(BIN)/python experiments/gpu_check.py

@@ -131,6 +131,15 @@ def test_imagenette_full_tree(full_tree, caplog):
     assert "full ImageNet tree" in caplog.text and "not comparable" not in caplog.text
 
 
+def test_first_classes_keeps_the_first_wnids_of_the_list_and_says_so(full_tree):
+    """``+dataset.first_classes=2``: real image sizes, two classes (rehearsals, smoke tests)."""
+    data = imagenet_subset("imagenette", str(full_tree), resolution=16, first_classes=2)
+    assert data.class_ids == subset_wnids("imagenette")[:2] and data.name == "imagenette-first2"
+    assert len(data.train) == 4 and data.test.labels.tolist() == [0, 1]
+    with pytest.raises(UserError, match="first_classes=11 must lie in 1..10"):
+        imagenet_subset("imagenette", str(full_tree), resolution=16, first_classes=11)
+
+
 def test_imagenette_subset_only_download_warns(subset_only_tree, caplog):
     with caplog.at_level(logging.INFO, logger="ddcore.data.folders"):
         data = imagenet_subset("imagenette", str(subset_only_tree), resolution=8)

@@ -179,9 +179,19 @@ def _describe_layout(full: bool, subset: str, root: Path) -> str:
     return layout + "; not ImageNet's images, accuracies not comparable with the papers"
 
 
-def imagenet_subset(subset: str, root: str, resolution: int = 224) -> ImageClassificationData:
-    """An ImageNet-family subset from ``root/{train,val}/<wnid>/*``; label i = i-th listed wnid."""
+def imagenet_subset(
+    subset: str, root: str, resolution: int = 224, first_classes: int | None = None
+) -> ImageClassificationData:
+    """An ImageNet-family subset from ``root/{train,val}/<wnid>/*``; label i = i-th listed wnid.
+    ``first_classes``: only the first N classes of the list (smoke tests and rehearsals at real
+    image sizes; the name and the description say so)."""
     wnids = _subset_wnids(subset)
+    if first_classes is not None:
+        if not 1 <= int(first_classes) <= len(wnids):
+            raise UserError(
+                f"dataset.first_classes={first_classes} must lie in 1..{len(wnids)} for {subset}"
+            )
+        wnids, subset = wnids[: int(first_classes)], f"{subset}-first{int(first_classes)}"
     root = Path(root)
     train_dir = require_dir(root / "train", "ImageNet train folder", IMAGENET_HINT)
     val_dir = require_dir(root / "val", "ImageNet val folder", IMAGENET_HINT)
