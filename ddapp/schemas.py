@@ -136,8 +136,9 @@ def launch(fact: str) -> int:
 
     nodes: machines of the job (torchrun: WORLD_SIZE / LOCAL_WORLD_SIZE; a submitit SLURM job:
     its nodes, hydra.launcher.nodes); 1 for a single process. workers: DataLoader workers for
-    the CPUs this process has (SLURM_CPUS_PER_TASK, else the CPUs it may run on shared by the
-    ranks of its machine), one CPU left to the process itself.
+    the CPUs SLURM reserved for this task (SLURM_CPUS_PER_TASK, hydra.launcher.cpus_per_task),
+    one left to the process itself; 0 without a reservation (a shared or small machine, where
+    decoding in the process is the safe default: set eval.num_workers to use more).
     """
     import os
 
@@ -149,11 +150,7 @@ def launch(fact: str) -> int:
             return int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", 1)))
         return 1
     if fact == "workers":
-        cpus = env.get("SLURM_CPUS_PER_TASK")
-        if cpus is None:
-            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            cpus = (usable or 1) // max(1, int(env.get("LOCAL_WORLD_SIZE", 1)))
-        return max(0, int(cpus) - 1)
+        return max(0, int(env.get("SLURM_CPUS_PER_TASK", 1)) - 1)
     raise ValueError(f"dd.launch knows nodes and workers, not {fact!r}")
 
 

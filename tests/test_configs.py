@@ -81,3 +81,39 @@ def test_unknown_choice_names_the_options():
     assert line.startswith("error: unknown method 'mgd4'") and "mgd3" in line
     assert check_group_choices(["method=mgd3,random", "ipc=3"], CONF) is None
     assert set(GROUPS) >= {"dataset", "generator", "method", "eval"}
+
+
+REFERENCE_DEFAULT = {
+    "digits": True,
+    "cifar10": True,
+    "imagenette": True,
+    "imagenet100": False,
+    "imagenet1k": False,
+}
+
+
+@pytest.mark.parametrize("eval_", ["hard_label", "soft_label"])
+@pytest.mark.parametrize("dataset, enabled", list(REFERENCE_DEFAULT.items()))
+def test_large_datasets_default_to_no_reference_students(make_cfg, dataset, eval_, enabled):
+    """Full-data students on ImageNet-1k / -100 take days: off unless asked for."""
+    cfg = make_cfg(f"dataset={dataset}", f"eval={eval_}", tiny=False)
+    assert resolved(cfg)["eval"]["reference"]["enabled"] is enabled
+    cfg = make_cfg(f"dataset={dataset}", f"eval={eval_}", "eval.reference.enabled=true", tiny=False)
+    assert resolved(cfg)["eval"]["reference"]["enabled"] is True
+    assert resolved(cfg)["dataset"]["_target_"].startswith("ddcore.data.")  # nothing else in it
+
+
+def test_data_workers_follow_the_cpus_slurm_reserves(make_cfg, monkeypatch):
+    """hydra/launcher=slurm reserves cpus_per_task (8) per task: the file-decoding workers use
+    them, one CPU left to the process that trains; none without a reservation."""
+    from ddapp.config_checks import check_config
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    for eval_ in ("hard_label", "soft_label"):
+        cfg = make_cfg("dataset=imagenet1k", f"eval={eval_}", tiny=False)
+        assert resolved(cfg)["eval"]["num_workers"] == 7
+        check_config(cfg)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert resolved(make_cfg())["eval"]["num_workers"] == 0
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert resolved(make_cfg())["eval"]["num_workers"] == 0
