@@ -95,6 +95,7 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
         peak = matmul_peak(device, dtype, 256 if tiny else 8192)
         gen = dit_generator(device, dtype, arch, latent)
         name = f"{'tiny DiT' if tiny else 'DiT-XL/2'} {str(dtype).split('.')[-1]}"
+        one_at_a_time = None  # images/s of the official loop (one image per sampler call)
         for label, per_class, labels in (
             ("batch 1", 1, [0]),
             (f"IPC {ipc}", ipc, [0]),
@@ -109,10 +110,16 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
             seconds = timed(sample, device)
             flops = forward_flops(gen, 2 * n) * steps  # CFG: conditional + null rows
             note = f"{100 * flops / seconds / peak:.1f}% of matmul peak"
+            rate = n / seconds
+            if one_at_a_time is None:
+                one_at_a_time = rate
+                note += " (the official loop: one image per call)"
+            else:
+                note += f"; {rate / one_at_a_time:.1f}x the official one-image loop"
             if len(labels) > 1:
                 diff = same_either_way(method, gen, labels, ipc)
                 note += f"; max |latent diff| vs one class per batch {diff:.1e}"
-            rows.append((f"{name} {label}", f"{n / seconds:.2f} img/s", note))
+            rows.append((f"{name} {label}", f"{rate:.2f} img/s", note))
     return rows
 
 
@@ -223,7 +230,9 @@ def ddp_row(tiny: bool) -> tuple:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (code path)")
+    parser.add_argument("--out", type=Path, default=None, help="report file (default results/gpu/<date>.md)")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     if not args.tiny and not torch.cuda.is_available():
         print("gpu-check: skipped, no CUDA device is visible")
         return 0
@@ -236,11 +245,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = dit_rows(device, args.tiny, steps, ipc=10, classes=2 if args.tiny else 10)
     rows += [sd_row(device, args.tiny, steps), faiss_row(args.tiny), ddp_row(args.tiny)]
     width = max(len(r[0]) for r in rows)
-    print(f"| {'what'.ljust(width)} | rate | note |")
-    print(f"|{'-' * (width + 2)}|---|---|")
-    for what, rate, note in rows:
-        print(f"| {what.ljust(width)} | {rate} | {note} |")
+    table = [f"| {'what'.ljust(width)} | rate | note |", f"|{'-' * (width + 2)}|---|---|"]
+    table += [f"| {what.ljust(width)} | {rate} | {note} |" for what, rate, note in rows]
+    print("\n".join(table))
+    out = args.out or (None if args.tiny else ROOT / "results" / "gpu" / f"{time.strftime('%Y-%m-%d')}.md")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report(device, table, time.perf_counter() - started, args.tiny))
+        print(f"wrote {out}")
     return 0
+
+
+def report(device, table: list[str], seconds: float, tiny: bool) -> str:
+    """The check's Markdown report: where it ran, with what, how long, the table."""
+    where = (
+        f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+        if device.type == "cuda"
+        else "CPU (--tiny: code path only, no timings worth reading)"
+    )
+    return (
+        f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}\n\n"
+        f"`python experiments/gpu_check.py{' --tiny' if tiny else ''}` (`make gpu-check`) on {where}; "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}; {seconds / 60:.1f} min in all. "
+        "Random weights at the real shapes (nothing downloaded); rates include CFG's doubled batch.\n\n"
+        + "\n".join(table)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":
