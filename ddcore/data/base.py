@@ -105,7 +105,7 @@ def decode_uint8(im: Image.Image, resolution: int, channels: int) -> np.ndarray:
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # palette transparency: decode through RGBA, as PIL advises
     im = resize_crop(im.convert("L" if channels == 1 else "RGB"), resolution)
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
