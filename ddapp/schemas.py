@@ -13,6 +13,8 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from ddcore.latent_cache import ENCODE_BATCH
+
 
 @dataclass
 class SamplingSchema:
@@ -29,8 +31,10 @@ class SamplingSchema:
 class LatentCacheSchema:
     latent_cache: bool = True  # keep real-image latents on disk across runs
     latent_cache_dir: Optional[str] = None  # set by the yaml to ${paths.cache_dir}/latents
-    latent_batch_size: int = 64  # images per encoder (VAE) call
-    latent_workers: int = 0  # DataLoader workers decoding image files
+    # images decoded and encoded per VAE call: its activations bound memory (~0.19 GB per 256 px
+    # image in sd-vae-ft-mse's encoder), so a class is encoded in small batches
+    latent_batch_size: int = ENCODE_BATCH
+    latent_workers: int = 0  # DataLoader workers decoding image files while the VAE encodes
 
 
 @dataclass

@@ -7,8 +7,10 @@ stored as ``<root>/<dataset>-<generator>-<key>/<label>-<class digest>.pt``, wher
 - the dataset's identity: name, description, class ids, resolution;
 - the encoder's identity: generator name, codec type, encode resolution, preprocessing (short
   side resized to the generator resolution, center crop, [-1, 1], as the official code prepares
-  images for the VAE), latent shape, scaling factor, dtype and a hash of the codec's weights
-  (its ``state_dict``; empty for pixel-space generators);
+  images for the VAE), latent shape, scaling factor, the precision it encodes in
+  (``encode_precision``: always outside autocast, so ``sample_precision=bf16`` runs and fp32 runs
+  compute and share the same latents, as the official code encodes in fp32) and a hash of the
+  codec's weights (its ``state_dict``; empty for pixel-space generators);
 
 and the class digest is the content digest of the class's train images (file paths, sizes and
 modification times for image folders, the pixel bytes for in-memory sets). A change to any of
@@ -27,9 +29,14 @@ import torch
 
 from ddcore.data.base import ImageClassificationData, SourceDataset, folder_safe
 from ddcore.files import atomic_write, short_hash
+from ddcore.sharding import full_precision
 
 log = logging.getLogger(__name__)
-FORMAT = 2  # bump when the way latents are computed changes
+FORMAT = 3  # bump when the way latents are computed changes (3: never under bf16 autocast)
+# Images per encoder call. The VAE's activations, not the latents, bound memory: the
+# sd-vae-ft-mse encoder's peak grows by about 0.19 GB of fp32 activations per 256 px image
+# (measured on CPU), so 64 images took ~12 GB beside the denoiser; 16 keep it near 3 GB.
+ENCODE_BATCH = 16
 PREPROCESS = "short-side resize to the generator resolution, center crop, [-1, 1]"
 _weight_hashes: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
@@ -64,10 +71,16 @@ def generator_identity(generator) -> dict:
         "resolution": generator.resolution,
         "preprocess": PREPROCESS,
         "latent_shape": list(generator.latent_shape),
-        "dtype": str(generator.dtype),
         "scaling_factor": getattr(codec, "scaling_factor", None),
+        "encode_precision": encode_precision(generator),
         "weights": state_dict_hash(codec),
     }
+
+
+def encode_precision(generator) -> str:
+    """The precision ``encode_class`` computes in: the generator's weights dtype, as it encodes
+    with autocast off (``ddcore.sharding.full_precision``)."""
+    return str(generator.dtype).removeprefix("torch.")
 
 
 def cache_key(data: ImageClassificationData, generator) -> str:
@@ -77,25 +90,29 @@ def cache_key(data: ImageClassificationData, generator) -> str:
 
 
 def encode_class(
-    generator, data: ImageClassificationData, label: int, batch_size: int = 64, workers: int = 0
+    generator,
+    data: ImageClassificationData,
+    label: int,
+    batch_size: int = ENCODE_BATCH,
+    workers: int = 0,
 ) -> torch.Tensor:
     """Latents of every train image of one class, decoded straight at the generator resolution
     (image folders: short side resized, center crop), then through the generator's encoder.
 
-    ``workers`` > 0 decodes files in DataLoader worker processes while the encoder runs (the
-    ImageNet-scale cost); 0 decodes in this process. ``batch_size`` images per encoder call.
+    Streams: ``batch_size`` images are decoded, then encoded, at a time, so a class (1300
+    ImageNet images) is never held as pixels or activations at once. ``workers`` > 0 decodes
+    files in DataLoader worker processes while the encoder runs (the ImageNet-scale cost); 0
+    decodes in this process. Autocast is off (``encode_precision``).
     """
     indices = data.class_indices(label, "train").tolist()
-    if workers == 0:
-        images = data.train.load(indices, generator.resolution)
-        return generator.encode(images, batch_size)
     loader = torch.utils.data.DataLoader(
         SourceDataset(data.train, indices, generator.resolution),
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=generator.device.type == "cuda",
     )
-    return torch.cat([generator.encode(images, batch_size) for images, _ in loader])
+    with full_precision(generator.device):
+        return torch.cat([generator.encode(images, batch_size) for images, _ in loader])
 
 
 class LatentCache:
@@ -106,13 +123,13 @@ class LatentCache:
         batch_size, workers: see ``encode_class``.
     """
 
-    def __init__(self, root: str | Path | None, batch_size: int = 64, workers: int = 0):
+    def __init__(self, root: str | Path | None, batch_size: int = ENCODE_BATCH, workers: int = 0):
         self.root = Path(root) if root else None
         self.batch_size, self.workers = int(batch_size), int(workers)
 
     @classmethod
     def from_settings(
-        cls, enabled: bool, root: str | None, batch_size: int = 64, workers: int = 0
+        cls, enabled: bool, root: str | None, batch_size: int = ENCODE_BATCH, workers: int = 0
     ) -> "LatentCache":
         """The cache a method's ``latent_cache*`` settings describe."""
         return cls(root if enabled else None, batch_size, workers)

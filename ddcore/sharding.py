@@ -49,12 +49,32 @@ log = logging.getLogger(__name__)
 BF16 = ("bf16", "bf16-mixed", "bf16-true", "bfloat16")
 
 
+def precision_name(precision: str | None) -> str:
+    """``bf16`` for the bf16 spellings, else ``fp32`` (``None``, ``32``, ``32-true``...)."""
+    return "bf16" if str(precision).lower() in BF16 else "fp32"
+
+
 def autocast(device: torch.device | str, precision: str | None):
     """bf16 autocast for sampling when ``precision`` asks for it (on CUDA, or on CPU if asked
-    there); a no-op for fp32 (``None``, ``32``, ``32-true``...). Images differ from fp32 ones."""
-    if str(precision).lower() not in BF16:
+    there); a no-op for fp32 (``None``, ``32``, ``32-true``...). Images differ from fp32 ones.
+    Encoding real images for the latent cache opts out (``full_precision``)."""
+    if precision_name(precision) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def full_precision(device: torch.device | str):
+    """Autocast off on ``device``'s type: the code inside computes in its weights' dtype."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def active_precision(device: torch.device | str) -> str:
+    """The precision autocast applies on ``device``'s type right now: ``bf16``, ``fp16`` or
+    ``fp32`` (none); cache keys of results computed under it record this."""
+    kind = torch.device(device).type
+    if not torch.is_autocast_enabled(kind):
+        return "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(torch.get_autocast_dtype(kind), "fp32")
 
 
 def model_device(generator) -> torch.device:
@@ -65,10 +85,13 @@ def model_device(generator) -> torch.device:
 # Settings that say where things are kept or how work is grouped, not what the images are: a
 # resume that changes only these continues the folder (the generator's weights are compared by
 # digest, not by path). class_batch (classes per denoiser batch) gives the same images
-# (tests/test_sharding.py), so a run may resume with another.
+# (tests/test_sharding.py), so a run may resume with another; latent_batch_size and
+# latent_workers only set the pieces real latents are encoded in (the latent cache shares them).
 NOT_SHAPING = frozenset(
     {
         "class_batch",
+        "latent_batch_size",
+        "latent_workers",
         "cache_dir",
         "latent_cache",
         "latent_cache_dir",
@@ -100,20 +123,26 @@ def fingerprint(
 
     The method's settings; the generator's whole config and a digest of its weights (when the
     method uses one); the data's identity (root, classes, content digest of the train images);
-    the precision. Cache folders and model paths are left out (``NOT_SHAPING``).
+    the precision; for methods with a ``kmeans_backend`` setting, the k-means backend it
+    resolves to here (``auto`` runs faiss-cpu or torch, whose modes differ, depending on
+    whether faiss is installed). Cache folders and model paths are left out (``NOT_SHAPING``).
     ``uses_generator`` without a ``generator``: the config part only (checks before loading).
     """
     from ddcore.data.identity import data_identity
+    from ddcore.kmeans import kmeans_backend
     from ddcore.latent_cache import state_dict_hash
 
     config = manifest_base.get("config") or {}
+    method_config = config.get("method")
     stamp = {k: manifest_base.get(k) for k in ("method", "dataset", "ipc", "seed", "generator")}
     stamp.update(
-        method_config=shaping(config.get("method")),
+        method_config=shaping(method_config),
         resolution=data.resolution,
-        precision="bf16" if str(precision).lower() in BF16 else "fp32",
+        precision=precision_name(precision),
         data=data_identity(data),
     )
+    if isinstance(method_config, dict) and "kmeans_backend" in method_config:
+        stamp["kmeans"] = kmeans_backend(method_config["kmeans_backend"])
     if generator is not None or uses_generator:
         stamp["generator_config"] = shaping(config.get("generator"))
     if generator is not None:

@@ -22,7 +22,7 @@ import torch
 from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator
-from ddcore.latent_cache import LatentCache
+from ddcore.latent_cache import ENCODE_BATCH, LatentCache
 from ddcore.method import ClassResult, MethodBase, mode_ids
 from ddcore.sampling import (
     SAMPLERS,
@@ -229,7 +229,7 @@ class MGD3(LatentModesMixin, UnguidedSampling):
         centres: str = "centroid",
         latent_cache: bool = True,
         latent_cache_dir: str | None = None,
-        latent_batch_size: int = 64,
+        latent_batch_size: int = ENCODE_BATCH,
         latent_workers: int = 0,
         **kwargs,
     ):
@@ -280,7 +280,7 @@ class D4M(LatentModesMixin, UnguidedSampling):
         kmeans_backend: str = "auto",
         latent_cache: bool = True,
         latent_cache_dir: str | None = None,
-        latent_batch_size: int = 64,
+        latent_batch_size: int = ENCODE_BATCH,
         latent_workers: int = 0,
         **kwargs,
     ):

@@ -30,9 +30,11 @@ import torch
 from ddcore.data.base import FileSource, ImageClassificationData, load_image_file, resize_images
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import class_prompts
+from ddcore.latent_cache import ENCODE_BATCH
 from ddcore.method import MethodBase
 from ddcore.progress import RateLog
 from ddcore.seeding import derive_seed, rng_for
+from ddcore.sharding import active_precision
 from patchsel.features import FEATURES, ClipFeatures, DiftFeatures
 from patchsel.patches import best_windows, cells_to_pixels, compose, crop, patches_per_image, window_cells
 from patchsel.relevance import alphas_cumprod, relevance_maps
@@ -140,7 +142,7 @@ class PatchSelection(MethodBase):
         self.score_seed, self.kmeans_backend = int(score_seed), kmeans_backend
         self.prompt_template, self.null_prompt = prompt_template, null_prompt
         self.score_cache_dir = score_cache_dir if score_cache else None
-        self._cache: ScoreCache | None = None
+        self._cache: ScoreCache | None = None  # for the settings it was made with
         self._feature_fn = None
         self.timings = {"score_seconds": 0.0, "scored_images": 0}
 
@@ -160,9 +162,12 @@ class PatchSelection(MethodBase):
         return self.image_size if self.crops(data) else int(generator.resolution)
 
     def settings(self, data: ImageClassificationData, generator) -> dict:
-        """What scores depend on (with the generator): the key of the score cache."""
+        """What scores depend on (with the generator): the key of the score cache. Scoring runs
+        at the run's ``sample_precision`` (its denoiser passes are the method's cost, where bf16
+        pays), so the precision in effect is part of the key: bf16 and fp32 scores never mix."""
         image_size, patch_size = self.sizes(data)
         return {
+            "precision": active_precision(generator.device),
             "score_size": self.score_size(generator, data),
             "draws": self.draws,
             "t_range": list(self.t_range),
@@ -205,8 +210,9 @@ class PatchSelection(MethodBase):
 
     # -- per class --------------------------------------------------------------------------------
     def cache(self, data: ImageClassificationData, generator) -> ScoreCache:
-        if self._cache is None:
-            self._cache = ScoreCache(self.score_cache_dir, self.settings(data, generator))
+        settings = self.settings(data, generator)
+        if self._cache is None or self._cache.settings != ScoreCache.full_settings(settings):
+            self._cache = ScoreCache(self.score_cache_dir, settings)
         return self._cache
 
     def feature_fn(self, generator, data: ImageClassificationData):
@@ -266,7 +272,7 @@ class PatchSelection(MethodBase):
         for start in range(0, len(indices), chunk):
             keys = [f"{class_id}/{int(p)}" for p in positions[start : start + chunk]]
             images = load_images(data, indices[start : start + chunk], image_size)
-            latents = generator.encode(images, batch_size=self.batch_size, resolution=score_size)
+            latents = generator.encode(images, batch_size=ENCODE_BATCH, resolution=score_size)
             maps = relevance_maps(
                 generator,
                 latents,

@@ -16,6 +16,7 @@ import torch
 
 from ddcore.errors import UserError
 from ddcore.generators.base import DiffusionGenerator
+from ddcore.latent_cache import ENCODE_BATCH
 from ddcore.seeding import rng_for
 from patchsel.relevance import alphas_cumprod
 
@@ -95,7 +96,7 @@ class DiftFeatures:
         out = []
         for start in range(0, len(patches01), self.batch_size):
             chunk = patches01[start : start + self.batch_size]
-            z = gen.encode(chunk, resolution=self.resolution)
+            z = gen.encode(chunk, batch_size=ENCODE_BATCH, resolution=self.resolution)
             eps = torch.stack(
                 [
                     torch.randn(z.shape[1:], generator=rng_for(self.seed, "dift", k))

@@ -8,7 +8,8 @@ Rows missing from a file (e.g. a run that scored 300 images per class, then one 
 are scored and added.
 
 Files: ``<root>/<generator>-<settings key>/<class_id>-<class key>.pt``. The settings key hashes
-the generator (name and all its weights) and every scoring setting; the class key hashes
+the generator (name and all its weights) and every scoring setting, the precision scoring ran in
+included (``PatchSelection.settings``: bf16 under ``sample_precision=bf16``); the class key hashes
 what the class's scores depend on: its condition (class index or prompt), and its images (file
 paths, sizes and modification times, or the pixels of in-memory sets). Writes go to a temp
 file renamed into place.
@@ -81,9 +82,14 @@ class ScoreCache:
 
     def __init__(self, root: str | Path | None, settings: dict):
         self.root = Path(root) if root else None
-        self.settings = {"format": FORMAT, **settings}
+        self.settings = self.full_settings(settings)
         self._memory: dict[str, ClassScores] = {}
         self._paths: dict[tuple, Path] = {}  # hashing a class's images once per run is enough
+
+    @staticmethod
+    def full_settings(settings: dict) -> dict:
+        """The settings the key hashes: the scoring settings and the file format."""
+        return {"format": FORMAT, **settings}
 
     def folder(self, generator) -> Path:
         identity = {"name": generator.name, "weights": state_dict_hash(generator), "settings": self.settings}

@@ -106,8 +106,9 @@ def test_latent_cache_encodes_once_and_is_keyed_by_dataset_and_encoder(make_cfg,
     generator.encode = counter
     cache = LatentCache(tmp_path / "latents")
     first = cache.class_latents(generator, data, 4)
+    calls = counter.calls  # one per batch of ENCODE_BATCH images
     again = LatentCache(tmp_path / "latents").class_latents(generator, data, 4)
-    assert counter.calls == 1 and torch.equal(first, again)
+    assert calls > 0 and counter.calls == calls and torch.equal(first, again)
     assert torch.equal(first.cpu(), counter.encode(data.class_images(4)).cpu())
     files = list((tmp_path / "latents").rglob("*"))
     # one file per class, named by the class's content digest; no temp files left behind
@@ -183,3 +184,63 @@ def test_latents_decoded_by_dataloader_workers_equal_the_one_process_loop(tmp_pa
     one = encode_class(gen, data, 0, batch_size=2, workers=0)
     assert one.shape == (5, 3, 8, 8)
     assert torch.equal(one, encode_class(gen, data, 0, batch_size=2, workers=1))
+
+
+class LargestRequest:
+    """An in-memory source that records the most images one ``load`` call asked for."""
+
+    def __init__(self, source):
+        self.source, self.labels, self.largest = source, source.labels, 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def load(self, indices, resolution=None):
+        self.largest = max(self.largest, len(indices))
+        return self.source.load(indices, resolution)
+
+    def digest(self, indices):
+        return self.source.digest(indices)
+
+
+@pytest.fixture(scope="module")
+def vae_generator(tmp_path_factory):
+    """A tiny DiT with a real (random) AutoencoderKL: 16 px images -> (4, 8, 8) latents."""
+    from ddcore.generators.dit import load_dit
+    from tests.test_generators_dit import save_tiny_dit
+
+    folder = save_tiny_dit(tmp_path_factory.mktemp("vae_dit") / "dit", num_classes=10, vae=True)
+    return load_dit(digits(), path=str(folder), vae=None, resolution=16, class_space="dataset")
+
+
+def test_a_class_is_decoded_and_encoded_a_batch_at_a_time(vae_generator, make_cfg):
+    from ddcore.data.base import ImageClassificationData
+    from ddcore.latent_cache import ENCODE_BATCH, encode_class
+
+    base = digits()
+    source = LargestRequest(base.train)
+    data = ImageClassificationData("d", base.class_ids, base.class_names, 8, 1, source, base.test)
+    n = len(data.class_indices(3))
+    streamed = encode_class(vae_generator, data, 3, batch_size=4)
+    assert n > 100 and source.largest <= 4  # never the whole class in pixels at once
+    whole = vae_generator.encode(base.train.load(data.class_indices(3).tolist(), 16), batch_size=n)
+    assert streamed.shape == (n, 4, 8, 8) and torch.allclose(streamed, whole, atol=1e-5)
+    # the configs' default bounds a VAE call, whatever the class size
+    assert build(make_cfg("method=mgd3").method).cache.batch_size == ENCODE_BATCH == 16
+
+
+def test_latents_are_encoded_in_fp32_under_bf16_sampling_and_keyed_by_it(vae_generator, tmp_path):
+    import copy
+
+    from ddcore.latent_cache import encode_class, generator_identity
+    from ddcore.sharding import autocast
+
+    data = digits()
+    fp32 = encode_class(vae_generator, data, 2)
+    key = cache_key(data, vae_generator)
+    with autocast("cpu", "bf16"):  # what the driver wraps distillation in for sample_precision=bf16
+        under_bf16 = LatentCache(tmp_path).class_latents(vae_generator, data, 2)
+        assert cache_key(data, vae_generator) == key
+    assert torch.equal(under_bf16, fp32)  # the same latents, so sharing the cache entry is right
+    assert generator_identity(vae_generator)["encode_precision"] == "float32"
+    assert cache_key(data, copy.deepcopy(vae_generator).to(torch.bfloat16)) != key

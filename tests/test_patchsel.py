@@ -177,6 +177,22 @@ def test_cached_reselection_makes_no_model_call_and_matches_a_fresh_run(data, tm
     assert second_ipc.shape == (5, 1, 16, 16)
 
 
+def test_bf16_and_fp32_scores_are_cached_apart(data, tmp_path):
+    """Scoring runs at the run's sample_precision: a bf16 run must not fill an fp32 run's cache."""
+    from ddcore.sharding import autocast
+
+    generator, root = tiny_dit(data), tmp_path / "scores"
+    with autocast("cpu", "bf16"):  # as the driver runs sample_precision=bf16
+        bf16 = method(str(root))
+        bf16.distill_class(data, 2, 2, 0, generator)
+        bf16_settings = bf16.settings(data, generator)
+    fp32 = method(str(root))
+    fp32.distill_class(data, 2, 2, 0, generator)
+    assert fp32.timings["scored_images"] == 24  # scored again, not read from the bf16 run
+    assert len(list(root.iterdir())) == 2
+    assert bf16_settings.get("precision") == "bf16" and fp32.settings(data, generator)["precision"] == "fp32"
+
+
 def test_more_images_per_class_scores_only_the_new_ones(data, tmp_path):
     generator = tiny_dit(data)
     root = str(tmp_path / "scores")

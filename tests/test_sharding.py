@@ -246,6 +246,26 @@ def test_bf16_autocast_only_when_asked():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
+def test_fingerprint_records_the_kmeans_backend_that_runs(monkeypatch):
+    """kmeans_backend=auto runs faiss-cpu or torch (other modes) by what is installed: a folder
+    begun with one is not resumed with the other; how latents are batched does not matter."""
+    import ddcore.kmeans as km
+    from ddcore.sharding import differences, fingerprint
+
+    data = digits()
+    base = {"method": "mgd3", "config": {"method": {"kmeans_backend": "auto", "latent_batch_size": 64}}}
+    monkeypatch.setattr(km, "_faiss", lambda: None)
+    with_torch = fingerprint(base, data, None)
+    monkeypatch.setattr(km, "_faiss", lambda: object())
+    with_faiss = fingerprint(base, data, None)
+    assert differences(with_faiss, with_torch) == ["kmeans: 'torch' there, 'faiss-cpu' here"]
+    other_batch = {
+        "method": "mgd3",
+        "config": {"method": {"kmeans_backend": "auto", "latent_batch_size": 16}},
+    }
+    assert fingerprint(other_batch, data, None) == with_faiss
+
+
 def test_task_distill_resumes_in_its_run_folder(make_cfg):
     """Through the task: a rerun in the same folder redoes only the class that was lost."""
     import inspect
