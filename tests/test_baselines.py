@@ -104,7 +104,7 @@ def test_herding_method_picks_real_images_without_a_generator(make_cfg):
     data, method, generator = prepare_distillation(cfg)
     assert generator is None
     out = distill_set(method, data, cfg.ipc, cfg.seed)
-    assert torch.equal(out.images[:2], data.train.load(out.info["source_index"][:2]))
+    assert torch.equal(out.images[:2], data.train.load_uint8(out.info["source_index"][:2]))
 
 
 @pytest.mark.parametrize("method", ["kmeans_real", "herding", "random", "mgd3", "d4m"])
