@@ -201,6 +201,19 @@ RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
     "method.tile_max_ipc": integer(0),
     "method.images_per_class": integer(1, null=True),
     "method.score_seed": integer(0),
+    "method.lambda_r": number(0),  # minimax
+    "method.lambda_d": number(0),
+    "method.memory_size": integer(1),
+    "method.chunk_classes": integer(1),
+    "method.finetune.epochs": integer(1, null=True),
+    "method.finetune.steps": integer(1, null=True),
+    "method.finetune.batch_size": integer(1),
+    "method.finetune.lr": number(0, above=True),
+    "method.finetune.ema_decay": number(0, 0.9999999),
+    "method.finetune.label_dropout": number(0, 1),
+    "method.finetune.flip": choice(*FLIP),
+    "method.finetune.max_minutes": number(0, above=True, null=True),
+    "method.finetune.checkpoint_every": integer(1),
 }
 SECTIONS = ("method", "eval", "report", "generator", "trainer")  # every number in them is finite
 

@@ -8,7 +8,7 @@ modes) live in the constructors, which raise one-line UserErrors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -135,6 +135,34 @@ class PatchSelectionSchema:
     score_cache_dir: Optional[str] = None
 
 
+@dataclass
+class MinimaxFinetuneSchema:  # conf/method/minimax.yaml; the official recipe (baselines/minimax.py)
+    epochs: Optional[int] = 8  # passes over every train image of the chunk
+    steps: Optional[int] = 12000  # cap: the official script samples the step-12,000 checkpoint
+    batch_size: int = 8
+    lr: float = 1.0e-3
+    ema_decay: float = 0.9999
+    label_dropout: float = 0.1
+    flip: str = "auto"  # auto (the dataset's hflip) | true | false
+    max_minutes: Optional[float] = None
+    checkpoint_every: int = 500  # resume points of a killed fine-tune
+    seed: int = 0
+
+
+@dataclass
+class MinimaxSchema(LatentCacheSchema, SamplingSchema):
+    _target_: str = "baselines.minimax.Minimax"
+    lambda_r: float = 0.002  # representativeness weight
+    lambda_d: float = 0.008  # diversity weight
+    memory_size: int = 64  # per-class FIFO memories (real latents, x0 predictions)
+    chunk_classes: int = 20  # classes per fine-tune (ImageNet-100/1K: one per 20 classes)
+    finetune: MinimaxFinetuneSchema = field(default_factory=MinimaxFinetuneSchema)
+    cache_dir: Optional[str] = None
+    generator_target: Optional[str] = None  # ${generator._target_}: unsupported ones refused at once
+    trainer_kwargs: Optional[dict] = None
+    overrides: Optional[dict] = None  # debug=tiny: ${oc.select:debug.minimax,null}
+
+
 def launch(fact: str) -> int:
     """``${dd.launch:nodes}``, ``${dd.launch:workers}``: what the launcher gave this process.
 
@@ -174,3 +202,4 @@ def register() -> None:
     store.store(group="method", name="kmeans_real_schema", node=KMeansRealSchema)
     store.store(group="method", name="herding_schema", node=HerdingSchema)
     store.store(group="method", name="patchsel_schema", node=PatchSelectionSchema)
+    store.store(group="method", name="minimax_schema", node=MinimaxSchema)
