@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ddcore.errors import UserError
+from ddcore.files import real_name
 
 Check = Callable[[object], str | None]  # value -> what is wrong with it, or None
 
@@ -226,7 +228,8 @@ def check_config(cfg: DictConfig) -> None:
         found, value = lookup(plain, path)
         problem = check(value) if found else None
         if problem:
-            raise UserError(f"{path} {problem}, got {value!r} (set {path}=<value>)")
+            key = source_key(cfg, path)  # the setting the user gave, not one interpolating it
+            raise UserError(f"{key} {problem}, got {value!r} (set {key}=<value>)")
     for section in SECTIONS:
         for path, value in leaves(plain.get(section), section):
             if _is_number(value) and not math.isfinite(value):
@@ -236,6 +239,19 @@ def check_config(cfg: DictConfig) -> None:
         "paths.cache_dir",
         "set paths.cache_dir or DD_CACHE_DIR to a writable folder",
     )
+
+
+def source_key(cfg: DictConfig, path: str) -> str:
+    """The key whose value ``path`` takes: ``dataset.resolution`` for ``generator.resolution:
+    ${dataset.resolution}`` (followed through chains of plain interpolations), else ``path``."""
+    raw = OmegaConf.to_container(job_config(cfg), resolve=False)
+    for _ in range(10):
+        _, value = lookup(raw, path)
+        source = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", value) if isinstance(value, str) else None
+        if source is None or not lookup(raw, source.group(1))[0]:
+            return path
+        path = source.group(1)
+    return path
 
 
 def job_config(cfg: DictConfig) -> DictConfig:
@@ -298,8 +314,9 @@ def check_writable(folder, key: str, fix: str) -> None:
 
 
 def os_error_line(exc: OSError) -> str:
-    """One line for an OSError on a run or cache folder: what, where, and the usual fix."""
-    where = f": {exc.filename}" if exc.filename else ""
+    """One line for an OSError on a run or cache folder: what, where, and the usual fix. A temp
+    name (an atomic write's, a cache entry's ``.tmp`` folder) is named by what it stands for."""
+    where = f": {real_name(exc.filename)}" if exc.filename else ""
     return (
         f"cannot write{where}: {exc.strerror or exc} (free space or choose another folder: "
         "hydra.run.dir, paths.cache_dir)"

@@ -3,7 +3,9 @@
 ``atomic_write(path, write)`` lets ``write`` fill a hidden per-process temp file beside
 ``path`` and renames it into place, so a reader (or a resumed run) never sees a half-written
 file and two processes never write the same temp file. ``short_hash(payload)`` is the cache
-key of a JSON-able payload (sorted keys, so dict order does not matter).
+key of a JSON-able payload (sorted keys, so dict order does not matter). ``load_plain(path,
+what, fix)`` reads a ``torch.save`` file as data only (a crafted file's code is never run) or
+fails in one line naming the file.
 """
 
 from __future__ import annotations
@@ -11,13 +13,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
+
+from ddcore.errors import UserError
 
 
 def temp_name(path: Path) -> Path:
     """A hidden, per-process temp name next to ``path`` (no suffix that readers would pick up)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def real_name(path: str | Path) -> Path:
+    """The name a temp path stands for: ``.<name>.<pid>.tmp`` (``temp_name``) -> ``<name>``, and
+    a path inside a ``<folder>.tmp`` folder (a cache entry being built) -> ``<folder>``."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if part.endswith(".tmp") and len(part) > 4:
+            hidden = re.fullmatch(r"\.(.+)\.\d+\.tmp", part)
+            return Path(*parts[:i], hidden.group(1) if hidden else part[:-4])
+    return Path(path)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -43,3 +59,23 @@ def short_hash(payload, length: int = 16) -> str:
     """sha256 of the payload's canonical JSON, cut to ``length`` hex digits."""
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def load_plain(path: str | Path, what: str, fix: str):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings and
+    containers only, so nothing in a crafted file runs. A file that is truncated, unreadable or
+    holds anything else raises one ``UserError`` line: ``cannot read <what> <path>: <why> (<fix>)``."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        pickle.UnpicklingError
+    ):  # torch's own text advises weights_only=False: not for files we did not write
+        why = "it holds objects other than tensors and plain data (refused; nothing in it was run)"
+    except Exception as exc:  # noqa: BLE001  (truncated, not a torch file, unreadable)
+        text = str(exc).strip()
+        why = text.splitlines()[0] if text else type(exc).__name__
+    raise UserError(f"cannot read {what} {path}: {why} ({fix})")
