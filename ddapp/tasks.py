@@ -122,19 +122,7 @@ def trainer_device_count(trainer_cfg) -> int:
 
 def check_launch(cfg: DictConfig) -> None:
     """trainer=ddp runs one process per device, started by a launcher: Lightning must never
-    re-execute run.py itself (each child would distil again, and start its own sweep).
-
-    Also names trainer=ddp's strategy for Lightning, in every process before its first Trainer
-    (a submitit task unpickles the job: it does not run run.py's imports)."""
-    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
-
-    StrategyRegistry.register(
-        "ddp_no_buffer_broadcast",
-        DDPStrategy,
-        description="DDP without broadcasting buffers (the student's set) at every step",
-        override=True,
-        broadcast_buffers=False,
-    )
+    re-execute run.py itself (each child would distil again, and start its own sweep)."""
     trainer = cfg.get("trainer") or {}
     if not is_ddp(trainer) or launcher_shard().world_size > 1:
         return
@@ -424,6 +412,22 @@ def check_test_split(data) -> None:
         )
 
 
+def distilled_ipc(distilled, data, folder) -> int:
+    """The ipc of an existing set: its largest class. ``task=evaluate`` ignores the ``ipc``
+    setting, so a class of another size is named here with the fix that applies (classes with
+    no images are left to ``check_distilled``'s message)."""
+    counts = distilled.per_class_counts(data.num_classes)
+    ipc = max(counts)
+    off = [(data.class_ids[i], c) for i, c in enumerate(counts) if 0 < c != ipc]
+    if off:
+        raise UserError(
+            f"{folder}: class {off[0][0]!r} has {off[0][1]} images, others {ipc} ({len(off)} "
+            "classes differ; task=evaluate takes ipc from the folder, so give every class "
+            "the same number of images)"
+        )
+    return ipc
+
+
 def evaluate_only(cfg: DictConfig) -> dict:
     """Evaluate an existing distilled folder (``eval.distilled_dir=<folder>``)."""
     with job(cfg):
@@ -437,7 +441,7 @@ def _evaluate_only(cfg: DictConfig) -> dict:
     data = build(cfg.dataset)
     check_test_split(data)
     distilled = load_distilled(Path(folder), data)
-    ipc = max(distilled.per_class_counts(data.num_classes))
+    ipc = distilled_ipc(distilled, data, folder)
     manifest = read_manifest(Path(folder))
     logger = make_logger(cfg)
     OmegaConf.update(cfg, "ipc", ipc, force_add=True)

@@ -60,8 +60,10 @@ class StudentModule(pl.LightningModule):
         self.augment = augment
         self.cutmix = make_cutmix(num_classes, cutmix)
         held = train is not None and train.images is not None
-        self.register_buffer("bank", train.images if held else None, persistent=False)
-        self.register_buffer("bank_labels", train.labels if held else None, persistent=False)
+        # plain attributes, not buffers: DDP broadcasts buffers from rank 0 at every step (7.5 GB
+        # at ImageNet-1K IPC 50) while every rank holds the same set; moved in on_fit_start
+        self.bank = train.images if held else None
+        self.bank_labels = train.labels if held else None
         self.prefix = prefix
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.best_test_acc = torchmetrics.MaxMetric()
@@ -69,6 +71,10 @@ class StudentModule(pl.LightningModule):
 
     def forward(self, x):
         return self.student(x)
+
+    def on_fit_start(self) -> None:
+        if self.bank is not None:  # the set on the student's device (once per student)
+            self.bank, self.bank_labels = self.bank.to(self.device), self.bank_labels.to(self.device)
 
     def setup(self, stage: str) -> None:
         # test accuracy is gathered over the processes of one DDP student only: the ranks of a

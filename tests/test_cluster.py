@@ -228,8 +228,21 @@ def test_each_rank_trains_on_its_own_gpu(monkeypatch):
 
 
 def test_trainer_ddp_keeps_the_set_on_each_rank_and_counts_the_nodes(make_cfg, monkeypatch):
-    """The set is a buffer of the student: DDP must not broadcast it at every step. Each
-    student's Trainer gets a strategy of its own, and num_nodes follows the launcher."""
+    """DDP broadcasts a module's buffers from rank 0 at every step: the set is none of the
+    student's buffers (BatchNorm statistics still are). Each student's Trainer gets a strategy
+    of its own, and num_nodes follows the launcher."""
+    import torch
+
+    from eval.batches import TrainSet
+    from eval.student_module import StudentModule
+    from eval.students import ConvNet
+
+    bank = TrainSet(torch.zeros(6, 1, 8, 8, dtype=torch.uint8), torch.arange(6) % 2)
+    student = torch.nn.Sequential(ConvNet(1, 2, 8, width=4), torch.nn.BatchNorm1d(2))
+    module = StudentModule(student, 2, 1, {}, None, train=bank)
+    buffers = [name for name, _ in module.named_buffers()]
+    assert buffers and all("bank" not in name for name in buffers)  # BatchNorm's, not the set
+    assert module.bank is bank.images
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -244,7 +257,6 @@ def test_trainer_ddp_keeps_the_set_on_each_rank_and_counts_the_nodes(make_cfg, m
     trainers = [factory(logger=False, enable_progress_bar=False) for _ in range(2)]  # two students
     for trainer in trainers:
         assert isinstance(trainer.strategy, DDPStrategy)
-        assert trainer.strategy._ddp_kwargs["broadcast_buffers"] is False
         assert trainer.num_nodes == 1
     assert trainers[0].strategy is not trainers[1].strategy
     monkeypatch.setenv("WORLD_SIZE", "8")
