@@ -109,6 +109,13 @@ def boolean(value) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def factor_setting(value) -> str | None:
+    """``auto`` or an integer >= 1 (method=rded's patches per side; the schema makes it a string)."""
+    text = str(value).strip().lower()
+    ok = text == "auto" or (text.isdigit() and int(text) >= 1)
+    return None if ok else "must be auto or an integer >= 1"
+
+
 PRECISIONS = ("fp32", "32", "32-true", "bf16", "bf16-mixed", "bf16-true", "bfloat16")
 TRAINER_PRECISIONS = (
     "32",
@@ -216,6 +223,10 @@ RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
     "method.finetune.flip": choice(*FLIP),
     "method.finetune.max_minutes": number(0, above=True, null=True),
     "method.finetune.checkpoint_every": integer(1),
+    "method.mipc": integer(1),  # rded
+    "method.num_crop": integer(1),
+    "method.factor": factor_setting,
+    "method.observer_space": choice("imagenet1k", "dataset"),
 }
 SECTIONS = ("method", "eval", "report", "generator", "trainer")  # every number in them is finite
 

@@ -9,9 +9,10 @@ modes) live in the constructors, which raise one-line UserErrors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import II
 
 from ddcore.latent_cache import ENCODE_BATCH
 
@@ -34,7 +35,8 @@ class LatentCacheSchema:
     # images decoded and encoded per VAE call: its activations bound memory (~0.19 GB per 256 px
     # image in sd-vae-ft-mse's encoder), so a class is encoded in small batches
     latent_batch_size: int = ENCODE_BATCH
-    latent_workers: int = 0  # DataLoader workers decoding image files while the VAE encodes
+    # DataLoader workers decoding image files while the VAE encodes (SLURM_CPUS_PER_TASK - 1)
+    latent_workers: int = II("dd.launch:workers")
 
 
 @dataclass
@@ -136,6 +138,24 @@ class PatchSelectionSchema:
 
 
 @dataclass
+class RDEDSchema:
+    _target_: str = "baselines.rded.RDED"
+    observer: str = "teacher"  # teacher (eval.teacher) | folder with a timm/torchvision classifier
+    observer_space: str = "imagenet1k"  # folder observers: imagenet1k (by wnid) | dataset (= label)
+    observer_arch: Optional[str] = None  # folder observers: architecture if the folder does not say
+    mipc: int = 300  # real images scored per class
+    num_crop: int = 5  # random crops per image
+    factor: str = "auto"  # patches per side: auto (1 up to 64 px, 2 above) | an integer >= 1
+    scale: Any = (0.08, 1.0)  # crop area range (RandomResizedCrop)
+    batch_size: int = 256  # crops per observer forward pass
+    score_cache: bool = True
+    score_cache_dir: Optional[str] = None
+    teacher: Any = None  # injected by the yaml: ${oc.select:eval.teacher,null}
+    classifier: Any = None  # injected by the yaml: the folder classifier loader
+    trainer: Any = None  # injected by the yaml: ${trainer}
+
+
+@dataclass
 class MinimaxFinetuneSchema:  # conf/method/minimax.yaml; the official recipe (baselines/minimax.py)
     epochs: Optional[int] = 8  # passes over every train image of the chunk
     steps: Optional[int] = 12000  # cap: the official script samples the step-12,000 checkpoint
@@ -203,3 +223,4 @@ def register() -> None:
     store.store(group="method", name="herding_schema", node=HerdingSchema)
     store.store(group="method", name="patchsel_schema", node=PatchSelectionSchema)
     store.store(group="method", name="minimax_schema", node=MinimaxSchema)
+    store.store(group="method", name="rded_schema", node=RDEDSchema)
