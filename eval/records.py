@@ -53,6 +53,11 @@ def tensor_digest(*tensors: torch.Tensor | None) -> str:
     return h.hexdigest()[:16]
 
 
+def history(entries) -> list[tuple[int, float]]:
+    """A record's ``[[epoch, accuracy], ...]`` as (int, float) pairs (TypeError/ValueError if not)."""
+    return [(int(epoch), float(acc)) for epoch, acc in entries]
+
+
 @dataclass
 class StudentRecords:
     """Args: folder: the run folder (None: nothing recorded, every student trained here).
@@ -89,13 +94,18 @@ class StudentRecords:
     def read(self, prefix: str, r: int, key: dict) -> Run | None:
         if self.folder is None:
             return None
+        path = self.record_path(prefix, r)
         try:
-            record = json.loads(self.record_path(prefix, r).read_text())
-        except (OSError, ValueError):
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):  # absent, or cut short by a crash: trained again
             return None
-        if record.get("key") != short_hash(key):
+        if not isinstance(record, dict) or record.get("key") != short_hash(key):
             return None
-        return Run(record["final"], record["best"], [tuple(h) for h in record["history"]])
+        try:
+            return Run(float(record["final"]), float(record["best"]), history(record["history"]))
+        except (KeyError, TypeError, ValueError):  # a record of some other shape: not ours to trust
+            log.warning(f"{path} is not a student record; that student is trained again")
+            return None
 
     def write(self, prefix: str, r: int, key: dict, run: Run, seconds: float) -> None:
         """Record a finished student (rank 0 for a DDP student) and drop its checkpoint."""

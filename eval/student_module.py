@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
-from ddcore.files import temp_name
+from ddcore.errors import UserError
+from ddcore.files import load_plain, temp_name
 from ddcore.progress import ProgressLog
 from eval.augment import BatchAugment, make_cutmix
 from eval.batches import TrainSet, as_float
@@ -152,9 +153,12 @@ class ResumableCheckpoint(pl.Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(self.path)
-        trainer.save_checkpoint(tmp)  # every rank calls it (DDP); global rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        try:
+            trainer.save_checkpoint(tmp)  # every rank calls it (DDP); global rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        finally:  # a full disk leaves no half-written temp file in the run folder
+            tmp.unlink(missing_ok=True)
 
     def state_dict(self) -> dict:
         """Plain types and tensors only (checkpoints are read with ``weights_only=True``)."""
@@ -192,6 +196,19 @@ def restore_cuda_rng(state) -> None:
     torch.cuda.set_rng_state(state, device=torch.cuda.current_device())
 
 
+RETRAIN = "delete it to retrain that student from the start"
+
+
+def check_resumable(path: Path) -> None:
+    """A student checkpoint must read as plain data (``ddcore.files.load_plain``: a crafted
+    file's code is refused, never run) into a Lightning checkpoint; otherwise one line names
+    the file and the fix (the file only caches an unfinished student)."""
+    state = load_plain(path, "the student checkpoint", RETRAIN)
+    keys = ("state_dict", "epoch", "optimizer_states")
+    if not isinstance(state, dict) or not all(key in state for key in keys):
+        raise UserError(f"cannot read the student checkpoint {path}: not a student checkpoint ({RETRAIN})")
+
+
 def fit(
     module: StudentModule,
     train_loader,
@@ -217,6 +234,7 @@ def fit(
         callbacks.append(ResumableCheckpoint(checkpoint, checkpoint_every, generators))
         resume = str(checkpoint) if Path(checkpoint).is_file() else None
         if resume:
+            check_resumable(Path(resume))
             log.info(f"{prefix}: resuming from {resume}")
     trainer = trainer_factory(
         max_epochs=epochs,
@@ -234,7 +252,7 @@ def fit(
         log.info(
             f"{prefix}: one student over {trainer.world_size} processes ({type(trainer.strategy).__name__})"
         )
-    trainer.fit(module, train_loader, test_loader, ckpt_path=resume)
+    trainer.fit(module, train_loader, test_loader, ckpt_path=resume, weights_only=True)
     if epochs % every:
         trainer.validate(module, test_loader, verbose=False)
     return module

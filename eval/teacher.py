@@ -27,7 +27,7 @@ from torch import nn
 from ddcore.data.base import ImageClassificationData, folder_safe
 from ddcore.data.identity import source_digest
 from ddcore.errors import UserError
-from ddcore.files import atomic_write, short_hash
+from ddcore.files import atomic_write, load_plain, short_hash
 from eval.students import arch_name, local_weights, timm_student, unwrap, with_normalization
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,9 @@ def save_teacher(path: Path, model: nn.Module, arch: str, data: ImageClassificat
 
 
 def read_record(path: Path) -> dict:
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)  # no code in a file
-    except Exception as exc:  # noqa: BLE001  (any unreadable file is the user's to replace)
-        raise UserError(f"cannot read teacher checkpoint {path}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    record = load_plain(path, "teacher checkpoint", "replace it, or retrain it with task=train_teacher")
+    keys = ("arch", "class_ids", "resolution", "channels", "state_dict")
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not all(k in record for k in keys):
         raise UserError(
             f"teacher checkpoint {path} has no architecture/class-order record (only "
             "files written by task=train_teacher are accepted; timm weights go in "

@@ -336,6 +336,50 @@ def test_cifar_errors(tmp_path, cifar10_dir, cifar100_dir):
         cifar100(str(cifar100_dir))
 
 
+class WritesMarker:
+    """Unpickled by ``pickle.load``, this creates ``path``: what a crafted file could run."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_cifar_reads_python2_pickles(cifar10_dir):
+    """The real files: protocol 2, arrays under numpy 1's ``numpy.core`` names, bytes as str."""
+    batch = cifar_batch(b"labels", [4, 2])
+    raw = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw
+    (cifar10_dir / "test_batch").write_bytes(raw)
+    data = cifar10(str(cifar10_dir))
+    assert data.test.labels.tolist() == [4, 2]
+    assert torch.equal(data.test.load_uint8([1])[0].flatten(), torch.from_numpy(batch[b"data"][1]))
+
+
+def test_a_crafted_cifar_pickle_is_refused_and_never_run(tmp_path, cifar10_dir):
+    marker = tmp_path / "marker"
+    write_pickle(cifar10_dir / "batches.meta", {b"label_names": [WritesMarker(marker)]})
+    with pytest.raises(
+        UserError, match=r"batches.meta is not a CIFAR-10 data file .*names io.open.*nothing in it was run"
+    ):
+        cifar10(str(cifar10_dir))
+    assert not marker.exists()
+
+
+def test_a_truncated_or_malformed_cifar_pickle_is_one_line(cifar10_dir):
+    whole = (cifar10_dir / "data_batch_2").read_bytes()
+    (cifar10_dir / "data_batch_2").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match="data_batch_2 is not a CIFAR-10 data file"):
+        cifar10(str(cifar10_dir))
+    write_pickle(cifar10_dir / "data_batch_2", [1, 2])
+    with pytest.raises(UserError, match="data_batch_2 is not a CIFAR-10 pickle: it holds a list"):
+        cifar10(str(cifar10_dir))
+    write_pickle(cifar10_dir / "data_batch_2", {b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]})
+    with pytest.raises(UserError, match="data_batch_2 is not a CIFAR-10 pickle: its data is not N rows"):
+        cifar10(str(cifar10_dir))
+
+
 # ----------------------------------------------------------------------------- configs
 
 

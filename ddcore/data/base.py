@@ -9,7 +9,9 @@ without decoding the rest.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -119,52 +121,110 @@ def decode_image(im: Image.Image, resolution: int, channels: int) -> np.ndarray:
     return decode_uint8(im, resolution, channels).astype(np.float32) / 255.0
 
 
-def load_image_file(path: Path, resolution: int, channels: int, uint8: bool = False) -> torch.Tensor:
-    """Decode one file, resize the short side to ``resolution`` and center-crop a square:
-    (C, R, R) float in [0, 1], or uint8 with ``uint8``."""
+# Images over this many pixels are refused before they are decoded: PIL's own decompression-bomb
+# threshold (twice Image.MAX_IMAGE_PIXELS, 178,956,970 pixels, ~0.5 GB as RGB). A folder dataset's
+# ``max_pixels`` (``dataset.max_pixels``; null = no limit) moves it either way.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
+def too_large(path: Path, pixels: str, max_pixels) -> UserError:
+    return UserError(
+        f"image {path} has {pixels} pixels, over the limit of {max_pixels:,} (dataset.max_pixels; a "
+        "decompression-bomb guard): shrink or remove the file, or raise dataset.max_pixels"
+    )
+
+
+def open_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """``Image.open`` (lazy: the header only) with ``max_pixels`` in place of PIL's limit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is ours
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            if max_pixels is not None and max_pixels <= MAX_PIXELS:
+                found = re.search(r"\d+", str(exc))  # "Image size (N pixels) exceeds limit ..."
+                raise too_large(
+                    path, f"{int(found.group()):,}" if found else "too many", max_pixels
+                ) from None
+            im = _open_beyond_pil_limit(path)
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        im.close()
+        raise too_large(path, f"{im.width}x{im.height} = {im.width * im.height:,}", max_pixels)
+    return im
+
+
+def _open_beyond_pil_limit(path: Path) -> Image.Image:
+    """``Image.open`` with PIL's check lifted (only when ``max_pixels`` asks for more than PIL
+    allows; PIL reads the limit from a module global, restored at once)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(path) as im:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def load_image_file(
+    path: Path, resolution: int, channels: int, uint8: bool = False, max_pixels: int | None = MAX_PIXELS
+) -> torch.Tensor:
+    """Decode one file, resize the short side to ``resolution`` and center-crop a square:
+    (C, R, R) float in [0, 1], or uint8 with ``uint8``. A file over ``max_pixels`` pixels (None:
+    no limit) is refused before it is decoded; every failure is one ``UserError`` line naming it."""
+    try:
+        with open_image(path, max_pixels) as im:
             arr = (decode_uint8 if uint8 else decode_image)(im, resolution, channels)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image {path}: {exc} (remove or replace the file)") from exc
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
-def load_files_uint8(paths: Sequence[Path], resolution: int, channels: int) -> torch.Tensor:
+def load_files_uint8(
+    paths: Sequence[Path], resolution: int, channels: int, max_pixels: int | None = MAX_PIXELS
+) -> torch.Tensor:
     """Files decoded one by one into a single preallocated uint8 (n, C, R, R) tensor."""
     out = torch.empty(len(paths), channels, resolution, resolution, dtype=torch.uint8)
     for row, path in enumerate(paths):
-        out[row] = load_image_file(path, resolution, channels, uint8=True)
+        out[row] = load_image_file(path, resolution, channels, uint8=True, max_pixels=max_pixels)
     return out
 
 
 class FileSource:
-    """Images decoded from files on demand: ImageNet-scale folders that do not fit in memory."""
+    """Images decoded from files on demand: ImageNet-scale folders that do not fit in memory.
+    ``max_pixels``: files over it are refused before decoding (None: no limit)."""
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], resolution: int, channels: int):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        resolution: int,
+        channels: int,
+        max_pixels: int | None = MAX_PIXELS,
+    ):
         self.paths = [Path(p) for p in paths]
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.resolution = resolution
         self.channels = channels
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
+        size, channels = resolution or self.resolution, self.channels
         return torch.stack(
-            [load_image_file(self.paths[i], resolution or self.resolution, self.channels) for i in indices]
+            [load_image_file(self.paths[i], size, channels, max_pixels=self.max_pixels) for i in indices]
         )
 
     def load_uint8(self, indices: Sequence[int], resolution: int | None = None) -> torch.Tensor:
         paths = [self.paths[i] for i in indices]
-        return load_files_uint8(paths, resolution or self.resolution, self.channels)
+        return load_files_uint8(paths, resolution or self.resolution, self.channels, self.max_pixels)
 
     def digest(self, indices: Sequence[int]) -> str:
-        """Path, size and modification time of each file (cheap: no decoding)."""
+        """Path, size and modification time of each file (cheap: no decoding). Names are taken
+        as the bytes on disk (``os.fsencode``), so one that is not UTF-8 hashes too."""
         digest = hashlib.sha256()
         for i in indices:
             stat = self.paths[i].stat()
-            digest.update(f"{self.paths[i]}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            digest.update(os.fsencode(self.paths[i]) + f":{stat.st_size}:{stat.st_mtime_ns};".encode())
         return digest.hexdigest()
 
 

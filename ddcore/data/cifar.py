@@ -30,12 +30,59 @@ def _hint(archive: str) -> str:
     )
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol <= 2 (latin-1 only)."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode(..., {encoding!r})")
+    return text.encode("latin1")
+
+
+def _numpy_core():
+    return getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
+
+
+# The only globals a CIFAR pickle names: numpy arrays (Python 2's protocol 2 and Python 3's
+# protocol 5) and Python 3's way of writing bytes. Dicts, lists, ints and bytes need none.
+_ALLOWED = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_core().multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_core().multiarray._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_core().numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_core().numeric._frombuffer,
+    ("_codecs", "encode"): lambda: _latin1,
+}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, numbers, bytes and numpy arrays; any other global (a function a
+    crafted file would call) is refused before it is looked up, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file never does")
+        return _ALLOWED[(module, name)]()
+
+
 def _unpickle(path: Path, what: str, hint: str) -> dict:
-    """One CIFAR pickle as a dict with bytes keys (the files were written by Python 2)."""
+    """One CIFAR pickle as a dict with bytes keys (the files were written by Python 2), read
+    with ``_DataOnlyUnpickler``: a file that is not plain data is refused, never executed."""
     if not path.is_file():
         raise UserError(f"{what} file missing: {path} ({hint})")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = _DataOnlyUnpickler(f, encoding="bytes").load()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} file {path}: {exc.strerror or exc} ({hint})") from None
+    except Exception as exc:  # noqa: BLE001  (any malformed pickle: truncated, crafted, other)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{path} is not a {what} data file ({reason}); nothing in it was run "
+            f"(replace it with the original: {hint})"
+        ) from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} is not a {what} pickle: it holds a {type(batch).__name__} ({hint})")
+    return batch
 
 
 def _field(batch: dict, key: bytes, path: Path, what: str, hint: str):
@@ -63,8 +110,16 @@ def _load_split(
     images, labels = [], []
     for name in files:
         batch = _unpickle(root / name, what, hint)
-        images.append(_field(batch, b"data", root / name, what, hint))
-        labels.extend(_field(batch, label_key, root / name, what, hint))
+        data = _field(batch, b"data", root / name, what, hint)
+        targets = _field(batch, label_key, root / name, what, hint)
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise UserError(
+                f"{root / name} is not a {what} pickle: its data is not N rows of 3072 bytes ({hint})"
+            )
+        if not isinstance(targets, list) or len(targets) != len(data):
+            raise UserError(f"{root / name} is not a {what} pickle: not one label per image ({hint})")
+        images.append(data)
+        labels.extend(targets)
     return _source(np.concatenate(images), labels, resolution)
 
 

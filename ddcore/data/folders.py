@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ddcore.data.base import FileSource, ImageClassificationData, require_dir
+from ddcore.data.base import MAX_PIXELS, FileSource, ImageClassificationData, require_dir
 from ddcore.data.classes import subset_wnids, wnid_names
 from ddcore.errors import UserError
 
@@ -30,6 +30,36 @@ TINY_HINT = (
 # ----------------------------------------------------------------------------- folder scanning
 
 
+def shown(path: str | Path) -> str:
+    """A path as text that prints and logs anywhere: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _checked(entry: os.DirEntry) -> os.DirEntry:
+    """The entry, unless its name is not UTF-8: such a name cannot be a class id, a folder of
+    the distilled set or a line of a log, so it is refused rather than read."""
+    if not entry.name.isascii():
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(
+                f"name is not valid UTF-8: {shown(entry.path)} (rename it, e.g. with convmv)"
+            ) from None
+    return entry
+
+
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_dir()`` / ``is_file()`` (through symlinks); a link that cannot be followed (a
+    loop, a cut) is one line naming it instead of an OSError."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise UserError(
+            f"cannot follow {shown(entry.path)}: {why} (remove the link or point it at a {kind})"
+        ) from None
+
+
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
     # os.scandir, not Path.iterdir + stat: an ImageNet train folder holds 1.28M files.
     with os.scandir(folder) as entries:
@@ -38,16 +68,25 @@ def _visible_entries(folder: Path) -> list[os.DirEntry]:
 
 def subfolders(folder: Path) -> list[str]:
     """Sorted names of the (non-hidden) folders inside ``folder``."""
-    return sorted(e.name for e in _visible_entries(folder) if e.is_dir())
+    return sorted(_checked(e).name for e in _visible_entries(folder) if _is(e, "dir"))
 
 
 def image_files(folder: Path) -> list[Path]:
     """Sorted image files directly inside ``folder`` (extension match is case-insensitive)."""
     return sorted(
-        Path(e.path)
+        Path(_checked(e).path)
         for e in _visible_entries(folder)
-        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and _is(e, "file")
     )
+
+
+def pixel_limit(max_pixels) -> int | None:
+    """``dataset.max_pixels`` checked: a positive integer, or None for no limit."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise UserError(f"dataset.max_pixels must be a positive integer or null, got {max_pixels!r}")
+    return max_pixels
 
 
 def _class_images(folder: Path) -> list[Path]:
@@ -91,9 +130,19 @@ def _find_val_dir(root: Path, val_dirs: Sequence[str]) -> Path:
 
 
 def image_folder(
-    root: str, resolution: int = 64, channels: int = 3, val_dirs: Sequence[str] = ("val", "test")
+    root: str,
+    resolution: int = 64,
+    channels: int = 3,
+    val_dirs: Sequence[str] = ("val", "test"),
+    max_pixels: int | None = MAX_PIXELS,
 ) -> ImageClassificationData:
-    """Any ``root/{train,val}/<class>/*`` tree; classes = sorted train folder names."""
+    """Any ``root/{train,val}/<class>/*`` tree; classes = sorted train folder names.
+
+    Untrusted trees are read safely: a file over ``max_pixels`` pixels (default PIL's own
+    decompression-bomb threshold, 178,956,970; None = no limit) is refused before it is decoded,
+    and a file or class name that is not UTF-8, or a link that cannot be followed, is one
+    ``UserError`` line naming it (docs/reliability.md)."""
+    max_pixels = pixel_limit(max_pixels)
     root = require_dir(
         Path(root),
         "image folder",
@@ -114,8 +163,8 @@ def image_folder(
             f"first {unknown[0]!r} (rename or remove them; train/ defines the classes)"
         )
     label_of = _labels_by_position(classes)
-    train = FileSource(*scan_class_folders(train_dir, classes, label_of), resolution, channels)
-    test = FileSource(*scan_class_folders(val_dir, val_classes, label_of), resolution, channels)
+    train = FileSource(*scan_class_folders(train_dir, classes, label_of), resolution, channels, max_pixels)
+    test = FileSource(*scan_class_folders(val_dir, val_classes, label_of), resolution, channels, max_pixels)
     return ImageClassificationData(
         name="image_folder",
         class_ids=list(classes),
@@ -180,17 +229,19 @@ def _describe_layout(full: bool, subset: str, root: Path) -> str:
 
 
 def imagenet_subset(
-    subset: str, root: str, resolution: int = 224, first_classes: int | None = None
+    subset: str,
+    root: str,
+    resolution: int = 224,
+    first_classes: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> ImageClassificationData:
     """An ImageNet-family subset from ``root/{train,val}/<wnid>/*``; label i = i-th listed wnid.
     ``first_classes``: only the first N classes of the list (smoke tests and rehearsals at real
-    image sizes; the name and the description say so)."""
-    wnids = _subset_wnids(subset)
+    image sizes; the name and the description say so). ``max_pixels``: as ``image_folder``."""
+    wnids, max_pixels = _subset_wnids(subset), pixel_limit(max_pixels)
     if first_classes is not None:
         if not 1 <= int(first_classes) <= len(wnids):
-            raise UserError(
-                f"dataset.first_classes={first_classes} must lie in 1..{len(wnids)} for {subset}"
-            )
+            raise UserError(f"dataset.first_classes={first_classes} must lie in 1..{len(wnids)} for {subset}")
         wnids, subset = wnids[: int(first_classes)], f"{subset}-first{int(first_classes)}"
     root = Path(root)
     train_dir = require_dir(root / "train", "ImageNet train folder", IMAGENET_HINT)
@@ -201,8 +252,8 @@ def imagenet_subset(
     _require_wnid_folders(val_dir, val_folders, wnids, subset)
     layout = _describe_layout(_is_full_imagenet(train_folders, wnids, subset), subset, root)
     label_of = _labels_by_position(wnids)
-    train = FileSource(*scan_class_folders(train_dir, wnids, label_of), resolution, 3)
-    test = FileSource(*scan_class_folders(val_dir, wnids, label_of), resolution, 3)
+    train = FileSource(*scan_class_folders(train_dir, wnids, label_of), resolution, 3, max_pixels)
+    test = FileSource(*scan_class_folders(val_dir, wnids, label_of), resolution, 3, max_pixels)
     names, prompts = wnid_names(wnids)
     return ImageClassificationData(
         name=subset,
@@ -228,7 +279,11 @@ def _require_file(path: Path, what: str, hint: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}) ({TINY_HINT})") from None
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _tiny_names(words_file: Path, wnids: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -267,8 +322,12 @@ def _tiny_val(val_dir: Path, label_of: dict[str, int]) -> tuple[list[Path], list
     return paths, labels
 
 
-def tinyimagenet(root: str, resolution: int = 64) -> ImageClassificationData:
-    """Tiny ImageNet (tiny-imagenet-200): 200 classes in wnids.txt order, 64px images."""
+def tinyimagenet(
+    root: str, resolution: int = 64, max_pixels: int | None = MAX_PIXELS
+) -> ImageClassificationData:
+    """Tiny ImageNet (tiny-imagenet-200): 200 classes in wnids.txt order, 64px images.
+    ``max_pixels``: as ``image_folder``."""
+    max_pixels = pixel_limit(max_pixels)
     root = require_dir(Path(root), "Tiny ImageNet folder", TINY_HINT)
     wnids = _read_lines(_require_file(root / "wnids.txt", "Tiny ImageNet wnids.txt", TINY_HINT))
     wnids = [w.strip() for w in wnids]
@@ -277,8 +336,8 @@ def tinyimagenet(root: str, resolution: int = 64) -> ImageClassificationData:
     )
     train_dir = require_dir(root / "train", "Tiny ImageNet train folder", TINY_HINT)
     val_dir = require_dir(root / "val", "Tiny ImageNet val folder", TINY_HINT)
-    train = FileSource(*_tiny_train(train_dir, wnids), resolution, 3)
-    test = FileSource(*_tiny_val(val_dir, _labels_by_position(wnids)), resolution, 3)
+    train = FileSource(*_tiny_train(train_dir, wnids), resolution, 3, max_pixels)
+    test = FileSource(*_tiny_val(val_dir, _labels_by_position(wnids)), resolution, 3, max_pixels)
     return ImageClassificationData(
         name="tinyimagenet",
         class_ids=wnids,
