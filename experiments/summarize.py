@@ -3,12 +3,15 @@
     python experiments/summarize.py logs/multiruns/<time>                 # Markdown to stdout
     python experiments/summarize.py <dir> --csv table.csv                 # also write CSV
     python experiments/summarize.py <dir> --curves tsg_lam.png            # accuracy vs t_SG (Fig. 4a)
+    python experiments/summarize.py <dir> --baseline method=unguided      # paired by seed, 95% CI
 
 A job is a folder with a ``metrics.json``. Its config is what its ``.hydra/overrides.yaml`` says
 (else the folder name, which Hydra builds from the overrides). Jobs that differ only by ``seed``
 (or logger/path settings) are one config: accuracies are pooled over all their students (seeds x
 repeats), other metrics averaged over jobs. The config column shows the overrides that vary.
 For the curves, t_sg and lam come from the overrides or from ``distilled/manifest.json``.
+``--baseline key=value``: each config's accuracy minus the baseline's, paired by seed, with a Student
+t interval and a verdict (docs/statistics.md: which jobs pair, and why the job is the sample).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -248,6 +252,168 @@ def save_curves(rows: list[dict], path: Path, metric: str = "student/final_acc")
     return save_figure(fig, path)
 
 
+# -- paired differences to a baseline ------------------------------------------------------------
+VERDICT_RULE = (
+    "verdict: better if the 95% CI lies above 0, worse if below 0, not resolved if it contains 0, "
+    "n/a if n < 2"
+)
+
+
+@dataclass
+class Comparison:
+    """One config against the baseline: per pair (seed, ...), (its value, the baseline's)."""
+
+    config: str
+    pairs: dict[tuple, tuple[float, float]]
+
+    @property
+    def diffs(self) -> list[float]:
+        """Paired differences in points."""
+        return [100 * (mine - base) for mine, base in self.pairs.values()]
+
+
+@dataclass
+class Baseline:
+    """The jobs a ``key=value`` override names, and how every other job finds its partner there."""
+
+    key: str
+    value: str
+    jobs: list[Job]
+    keys: list[str]  # besides the seed, jobs pair on these (pairing_keys)
+
+    @classmethod
+    def of(cls, text: str, jobs: list[Job]) -> Baseline:
+        key, sep, value = text.partition("=")
+        key = key.lstrip("+~")
+        if not sep or not key or not value:
+            raise ValueError(f"{text!r} is not key=value (e.g. method=unguided)")
+        if ignored(key):
+            raise ValueError(f"{key} is not a config key (the seed is what pairs the jobs)")
+        matched = [
+            j for j in jobs if key in j.overrides and parse_value(j.overrides[key]) == parse_value(value)
+        ]
+        if not matched:
+            seen = unique(j.overrides.get(key) for j in jobs) or "never set"
+            raise ValueError(f"{key}={value} matches no job ({key} in this sweep: {seen})")
+        return cls(key, value, matched, pairing_keys(jobs, matched, key))
+
+    def holds(self, job: Job) -> bool:
+        return any(job is b for b in self.jobs)
+
+    def pair_of(self, job: Job) -> tuple:
+        return (job_seed(job), *(job.overrides.get(k) for k in self.keys))
+
+    def describe(self, job: Job) -> str:
+        values = [f"{k}={job.overrides[k]}" if k in job.overrides else f"{k} unset" for k in self.keys]
+        return ", ".join([f"seed={job_seed(job)}", *values])
+
+
+def job_seed(job: Job):
+    """The job's seed override; without one the seed it ran with (metrics.json), e.g. the default."""
+    return parse_value(job.overrides["seed"]) if "seed" in job.overrides else job.metrics.get("seed")
+
+
+def job_accuracy(job: Job, metric: str) -> float | None:
+    """One number per job: the mean over its student repeats (the students of one set are not
+    independent samples of the set's quality, so the job, not the student, is the sample)."""
+    values = metric_values([job], metric)
+    return statistics.fmean(values) if values else None
+
+
+def pairing_keys(jobs: list[Job], baseline_jobs: list[Job], key: str) -> list[str]:
+    """Besides the seed, jobs pair on the overrides the baseline jobs set (other than ``key``) that
+    vary in the sweep: dataset=digits in the baseline keeps a dataset=cifar10 job from pairing with
+    it. A key the baseline never sets (method.t_sg against method=unguided) is no part of it: every
+    value of that key is compared with the same baseline job."""
+    identities = [dict(job.identity) for job in jobs]
+    varying = {k for identity in identities for k in identity if len({i.get(k) for i in identities}) > 1}
+    return sorted({k for job in baseline_jobs for k, _ in job.identity} & varying - {key})
+
+
+def compare_to_baseline(
+    rows: list[dict], base: Baseline, metric: str
+) -> tuple[list[Comparison], list[tuple[Job, str]]]:
+    """One Comparison per config that is not the baseline (table order); the jobs left unpaired, why."""
+    partners: dict[tuple, list[float]] = {}
+    unpaired = []
+    for job in base.jobs:
+        acc = job_accuracy(job, metric)
+        if acc is None:
+            unpaired.append((job, f"no {metric}"))
+        else:
+            partners.setdefault(base.pair_of(job), []).append(acc)
+    comparisons = []
+    for row in rows:
+        if not base.holds(row["members"][0]):
+            comparison, left = compare_config(row, base, partners, metric)
+            comparisons.append(comparison)
+            unpaired += left
+    used = {pair for comparison in comparisons for pair in comparison.pairs}
+    unpaired += [
+        (j, "no other job pairs with it") for j in base.jobs if base.pair_of(j) in partners.keys() - used
+    ]
+    return comparisons, unpaired
+
+
+def compare_config(row: dict, base: Baseline, partners: dict, metric: str) -> tuple[Comparison, list]:
+    values: dict[tuple, list[float]] = {}
+    unpaired = []
+    for job in row["members"]:
+        acc, pair = job_accuracy(job, metric), base.pair_of(job)
+        if acc is None:
+            unpaired.append((job, f"no {metric}"))
+        elif pair not in partners:
+            unpaired.append((job, f"no {base.key}={base.value} job with {base.describe(job)}"))
+        else:
+            values.setdefault(pair, []).append(acc)
+    # a seed run twice (two sweeps in one folder tree) is one pair, at the mean of its jobs
+    pairs = {pair: (statistics.fmean(v), statistics.fmean(partners[pair])) for pair, v in values.items()}
+    return Comparison(row["config"], pairs), unpaired
+
+
+def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """mean ± t(1 - (1 - level)/2, n-1) · sd/√n; None when n < 2 (no spread to estimate)."""
+    if len(diffs) < 2:
+        return None
+    from scipy.stats import t  # scipy comes with scikit-learn
+
+    mean = statistics.fmean(diffs)
+    half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
+def verdict(ci: tuple[float, float] | None) -> str:
+    if ci is None:
+        return "n/a"
+    return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "not resolved"
+
+
+def paired_markdown(
+    comparisons: list[Comparison], unpaired: list, base: Baseline, metric: str, root: Path
+) -> str:
+    title = next(t for k, t, *_ in METRICS if k == metric)
+    on = ", ".join(["seed", *base.keys])
+    lines = [
+        f"Paired difference to {base.key}={base.value}: {title} of each config minus that of the "
+        f"{base.key}={base.value} job with the same {on}, in points; a job's value is the mean over "
+        "its student repeats.",
+        f"95% CI: mean ± t(0.975, n-1)·sd/√n over the n pairs; {VERDICT_RULE}.",
+        "",
+        f"| config | n | Δ {title} | 95% CI | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for comparison in comparisons:
+        diffs = comparison.diffs
+        ci = t_interval(diffs)
+        mean = f"{statistics.fmean(diffs):+.2f}" if diffs else ""
+        interval = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "n/a"
+        lines.append(f"| {comparison.config} | {len(diffs)} | {mean} | {interval} | {verdict(ci)} |")
+    for job, why in unpaired:
+        name = job.folder.relative_to(root) if job.folder.is_relative_to(root) else job.folder
+        lines.append(f"unpaired: {name} ({why})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -256,10 +422,17 @@ def main(argv: list[str] | None = None) -> int:
         "--curves", type=Path, default=None, help="PNG of accuracy vs method.t_sg, one line per method.lam"
     )
     parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="KEY=VALUE",
+        help="also print each config's accuracy minus this override's, paired by seed, with a 95%% CI",
+    )
+    parser.add_argument(
         "--metric",
+        "--acc",
         choices=["final", "best"],
         default="final",
-        help="accuracy drawn by --curves (default: final)",
+        help="accuracy for --curves and --baseline (default: final; best picks its epoch on the test set)",
     )
     args = parser.parse_args(argv)
     jobs = collect(args.sweep_dir)
@@ -280,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     rows = group_jobs(jobs)
+    try:
+        base = Baseline.of(args.baseline, jobs) if args.baseline else None
+    except ValueError as exc:
+        print(f"error: --baseline: {exc}", file=sys.stderr)
+        return 2
     print(markdown(rows))
+    status = print_paired(rows, base, f"student/{args.metric}_acc", args.sweep_dir) if base else 0
     if args.csv:
         write_csv(rows, args.csv)
     if args.curves:
@@ -289,6 +468,21 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: --curves: {exc}", file=sys.stderr)
             return 2
+    return status
+
+
+def print_paired(rows: list[dict], base: Baseline, metric: str, root: Path) -> int:
+    """The paired table after the main one; 2 when no config has the 2 pairs a CI needs."""
+    comparisons, unpaired = compare_to_baseline(rows, base, metric)
+    print("\n" + paired_markdown(comparisons, unpaired, base, metric, root))
+    if not any(len(c.pairs) >= 2 for c in comparisons):
+        most = max((len(c.pairs) for c in comparisons), default=0)
+        print(
+            f"error: --baseline {base.key}={base.value}: at most {most} pair(s) per config, a CI needs 2 "
+            "(run more seeds: -m ... seed=0,1,2)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
