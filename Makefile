@@ -41,7 +41,7 @@ test: install lint ## lint, then the fast tests (no network, no GPU)
 test-full: install ## all tests, slow ones included (GPU tests still need a GPU)
 	$(BIN)/python -m pytest -q -m "not gpu"
 
-bench: install ## speed benchmarks (numbers go into the README)
+bench: install ## speed benchmarks (numbers go into docs/benchmarks.md)
 	$(BIN)/python experiments/bench_sampling.py
 	$(BIN)/python experiments/bench_eval.py
 	$(BIN)/python experiments/bench_patchsel.py
