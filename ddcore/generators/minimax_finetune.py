@@ -297,9 +297,9 @@ def train_chunk(
         f"latents, {n_trainable / 1e6:.3f}M trainable parameters"
         + (f", resuming from {resume}" if resume else "")
     )
+    first = torch.load(resume, map_location="cpu", weights_only=True)["global_step"] if resume else 0
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=resume)
-    first = torch.load(resume, map_location="cpu", weights_only=False)["global_step"] if resume else 0
     save_file(module.tuned_weights(), out_dir / WEIGHTS)
     return {
         "seconds": round(time.perf_counter() - start, 1),
