@@ -66,17 +66,30 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def git_commit() -> str:
+def git(*args: str) -> str | None:
+    """``git <args>``'s output in the code's folder; None outside git (or without git)."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             capture_output=True,
             text=True,
             cwd=Path(__file__).parent,
             check=True,
+            timeout=30,
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+
+
+def git_commit() -> str:
+    return git("rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty() -> bool | str:
+    """Whether the code tree differs from ``git_commit`` (tracked changes or new files), so a
+    result is not taken for that commit's; "unknown" outside git."""
+    status = git("status", "--porcelain")
+    return "unknown" if status is None else bool(status)
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -249,6 +262,7 @@ def manifest_base(cfg: DictConfig, data, method, generator) -> dict:
         "seed": cfg.seed,
         "generator": getattr(generator, "name", None),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "config": resolved_config(cfg),
     }

@@ -208,7 +208,7 @@ class Protocol:
         start = time.perf_counter()
         seeds = [derive_seed(seed, "student", r) for r in range(repeats)]
         records = self.records
-        keys = self.run_keys(train, train_key, epochs, seeds, prefix)
+        keys = self.run_keys(train, train_key, epochs, seeds, prefix, data)
         runs: list[Run | None] = [records.read(prefix, r, keys[r]) for r in range(repeats)]
         todo = [r for r in range(repeats) if runs[r] is None and records.mine(prefix, r)]
         devices = (
@@ -236,14 +236,26 @@ class Protocol:
             runs, epochs, self.batch_size_for(ipc, data, len(train)), time.perf_counter() - start
         )
 
-    def run_keys(self, train: TrainSet, train_key, epochs: int, seeds: list[int], prefix: str) -> list:
-        """What a student's record must match to stand for it (None when nothing is recorded)."""
+    def run_keys(self, train: TrainSet, train_key, epochs: int, seeds: list[int], prefix: str, data) -> list:
+        """What a student's record must match to stand for it (None when nothing is recorded):
+        the protocol, the epochs, the seed, the train set and the test split it is scored on
+        (its content digest: a test split rewritten or relabelled retrains the student)."""
+        from ddcore.data.identity import source_digest
+
         if self.records.folder is None:
             return [None] * len(seeds)
         settings = {k: v for k, v in self.describe().items() if k != "repeats"}
         digest = train_key if train_key is not None else tensor_digest(train.images, train.labels)
+        test = source_digest(data.test)
         return [
-            {"protocol": settings, "epochs": epochs, "seed": s, "prefix": prefix, "train": digest}
+            {
+                "protocol": settings,
+                "epochs": epochs,
+                "seed": s,
+                "prefix": prefix,
+                "train": digest,
+                "test": test,
+            }
             for s in seeds
         ]
 

@@ -5,8 +5,8 @@ checkpoint when it did not, dealt over the ranks of a multi-process job.
     <run>/checkpoints/<prefix>/rep<r>.ckpt   an unfinished one, every ``checkpoint_every`` epochs
 
 A record counts only for the same key (the protocol's settings, the epochs, the seed, the train
-set's digest): a rerun with other settings trains again. Under several processes, repeat ``r``
-of ``prefix`` belongs to rank ``(r + offset(prefix)) % world_size`` (the prefixes start on
+set's digest, the test split's digest): a rerun with other settings or another test split trains
+again. Under several processes, repeat ``r`` of ``prefix`` belongs to rank ``(r + offset(prefix)) % world_size`` (the prefixes start on
 different ranks, so one repeat each of ``full`` and ``random`` do not land on the same rank);
 rank 0 waits for the others' records (``ddcore.distributed.wait_for``), the other ranks go on
 with their own share and report nothing. With ``together`` (``trainer=ddp``) every rank trains

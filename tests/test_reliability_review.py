@@ -1,0 +1,47 @@
+"""Reliability review, principles 3-5, tried through ``run.py`` as a user would: results keyed on
+everything that made them, interrupts that say how to resume, and checks before any work.
+
+Helpers and image trees come from ``tests/test_reliability.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.test_reliability import image_tree, run
+
+FOLDER = ["method=random", "dataset=image_folder", "dataset.resolution=16"]
+
+
+def swap_val_classes(root: Path, a: str = "a", b: str = "b") -> None:
+    """The images of two val/ classes exchanged: same file names, the other class's content."""
+    first, second = root / "val" / a, root / "val" / b
+    images = {p.name: p.read_bytes() for p in first.glob("*.png")}
+    for p in second.glob("*.png"):
+        (first / p.name).write_bytes(p.read_bytes())
+    for name, payload in images.items():
+        (second / name).write_bytes(payload)
+
+
+# -- 3. results keyed on everything that made them ------------------------------------------------
+def test_a_rewritten_test_split_retrains_the_students(tmp_path, cache_dir):
+    """A rerun into the same folder after two val/ classes swapped their images does not report
+    the old accuracy: the student records are keyed on the test split's digest too."""
+    root = image_tree(tmp_path / "A", per_class=4)
+    run_dir = tmp_path / "run"
+    first = run(run_dir, cache_dir, *FOLDER, f"dataset.root={root}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = run_dir / "students" / "student" / "rep0.json"
+    key_before = json.loads(record.read_text())["key"]
+    manifest = json.loads((run_dir / "distilled" / "manifest.json").read_text())
+    assert manifest["git_dirty"] in (True, False, "unknown")
+
+    swap_val_classes(root)
+    second = run(run_dir, cache_dir, *FOLDER, f"dataset.root={root}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    output = second.stdout + second.stderr
+    assert "trained student/rep0" in output, output[-3000:]
+    assert json.loads(record.read_text())["key"] != key_before
+    shutil.rmtree(tmp_path / "A")
