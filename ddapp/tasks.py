@@ -133,10 +133,24 @@ def trainer_device_count(trainer_cfg) -> int:
     return int(str(devices).count(",") + 1 if isinstance(devices, str) and "," in devices else devices)
 
 
+def check_accelerator(trainer_cfg) -> None:
+    """A GPU trainer on a machine without a visible CUDA device fails before any work, for
+    every method (not only those that sample on the device), naming the trainer chosen."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        name = "trainer=ddp" if is_ddp(trainer_cfg) else "trainer=gpu"
+        raise UserError(
+            f"{name} (trainer.accelerator={accelerator}) but no CUDA device is visible "
+            "(use trainer=cpu, or run on a GPU machine)"
+        )
+
+
 def check_launch(cfg: DictConfig) -> None:
     """trainer=ddp runs one process per device, started by a launcher: Lightning must never
-    re-execute run.py itself (each child would distil again, and start its own sweep)."""
+    re-execute run.py itself (each child would distil again, and start its own sweep). A GPU
+    trainer needs a visible device (``check_accelerator``)."""
     trainer = cfg.get("trainer") or {}
+    check_accelerator(trainer)
     if not is_ddp(trainer) or launcher_shard().world_size > 1:
         return
     n = trainer_device_count(trainer)

@@ -10,7 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.test_reliability import image_tree, run
+import pytest
+
+from tests.test_reliability import assert_refused, image_tree, run
 
 FOLDER = ["method=random", "dataset=image_folder", "dataset.resolution=16"]
 
@@ -45,3 +47,18 @@ def test_a_rewritten_test_split_retrains_the_students(tmp_path, cache_dir):
     assert "trained student/rep0" in output, output[-3000:]
     assert json.loads(record.read_text())["key"] != key_before
     shutil.rmtree(tmp_path / "A")
+
+
+# -- 5. checks before any work, for every method ---------------------------------------------------
+def no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not no_cuda(), reason="a CUDA device is visible here")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+def test_a_gpu_trainer_without_a_device_fails_before_distilling(tmp_path, cache_dir, trainer):
+    proc = run(tmp_path / "run", cache_dir, "method=random", f"trainer={trainer}")
+    assert_refused(proc.returncode, proc.stderr, f"trainer={trainer}", "no CUDA device", "trainer=cpu")
+    assert not (tmp_path / "run" / "distilled").exists()
