@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddapp.figures import save_grid
 from ddapp.result_logging import Report, log_results, report_run
 from ddcore.data.base import ImageClassificationData
+from ddcore.data.folders import check_headers
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.distributed import init_process_group, launcher_shard, main_first, team
 from ddcore.errors import UserError
@@ -211,6 +212,7 @@ def prepare_distillation(cfg: DictConfig, check_data=None):
     data: ImageClassificationData = build(cfg.dataset)
     log.info(f"dataset {data.name}: {data.description or len(data.train)}")
     method.validate(data, ipc)
+    check_headers(data.train)  # a file that is not an image fails now, not after distilling
     if check_data is not None:
         check_data(data)
     check_run_folder(cfg, data, method)

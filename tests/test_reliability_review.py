@@ -62,3 +62,12 @@ def test_a_gpu_trainer_without_a_device_fails_before_distilling(tmp_path, cache_
     proc = run(tmp_path / "run", cache_dir, "method=random", f"trainer={trainer}")
     assert_refused(proc.returncode, proc.stderr, f"trainer={trainer}", "no CUDA device", "trainer=cpu")
     assert not (tmp_path / "run" / "distilled").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all"], ids=["empty", "bad_header"])
+def test_a_bad_train_file_fails_before_distilling(tmp_path, cache_dir, content):
+    root = image_tree(tmp_path / "A")
+    (root / "train" / "b" / "1.png").write_bytes(content)
+    proc = run(tmp_path / "run", cache_dir, *FOLDER, f"dataset.root={root}")
+    assert_refused(proc.returncode, proc.stderr, "1.png", "remove or replace the file")
+    assert not (tmp_path / "run" / "distilled").exists()

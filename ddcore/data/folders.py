@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ddcore.data.base import MAX_PIXELS, FileSource, ImageClassificationData, require_dir
+from ddcore.data.base import MAX_PIXELS, FileSource, ImageClassificationData, open_image, require_dir
 from ddcore.data.classes import subset_wnids, wnid_names
 from ddcore.errors import UserError
 
@@ -72,12 +72,41 @@ def subfolders(folder: Path) -> list[str]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Sorted image files directly inside ``folder`` (extension match is case-insensitive)."""
+    """Sorted image files directly inside ``folder`` (extension match is case-insensitive); an
+    empty (0-byte) one is refused here, at scan time, before any work."""
     return sorted(
-        Path(_checked(e).path)
+        Path(_not_empty(_checked(e)).path)
         for e in _visible_entries(folder)
         if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and _is(e, "file")
     )
+
+
+def _not_empty(entry: os.DirEntry) -> os.DirEntry:
+    # one stat per file (the content digest stats every file too): cheap even for 1.28M files
+    if entry.stat().st_size == 0:
+        raise UserError(f"image file is empty (0 bytes): {shown(entry.path)} (remove or replace the file)")
+    return entry
+
+
+HEADER_SAMPLE = 1000  # train files whose header is read before any work (evenly spread)
+
+
+def check_headers(source, limit: int = HEADER_SAMPLE) -> None:
+    """Open (header only, no decoding) up to ``limit`` files of a file source spread evenly over
+    it, every file of a smaller one: a file that is not an image fails before distillation.
+    A sample, not all: reading 1.28M headers would cost minutes; a bad file outside the sample
+    is still one line, when it is decoded (``load_image_file``)."""
+    paths = getattr(source, "paths", None)
+    if not paths:
+        return
+    step = max(1, len(paths) // limit)
+    for path in paths[::step][:limit]:
+        try:
+            open_image(path, source.max_pixels).close()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (PIL raises many kinds for a bad header)
+            raise UserError(f"cannot read image {shown(path)}: {exc} (remove or replace the file)") from None
 
 
 def pixel_limit(max_pixels) -> int | None:
