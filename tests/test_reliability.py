@@ -235,6 +235,46 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
         f"dataset.root={no_test}",
         "dataset.resolution=16",
     )
+    # untrusted inputs (docs/reliability.md): code in data files, image bombs, odd names
+    from tests.test_data_folders import WritesMarker, write_pickle
+    from tests.test_untrusted_inputs import png_bomb, student_checkpoints
+
+    markers = work / "markers"
+    markers.mkdir()
+    cifar = work / "cifar"
+    cifar.mkdir()
+    write_pickle(cifar / "batches.meta", {b"label_names": [WritesMarker(markers / "cifar")]})
+    case("crafted_cifar_pickle", "dataset=cifar10", f"dataset.root={cifar}")
+    folder_case = ["method=random", "ipc=1", "dataset=image_folder", "dataset.resolution=16"]
+    bomb = image_tree(work / "bomb")
+    png_bomb(bomb / "val" / "b" / "3.png")  # the test split is read before any work
+    case("decompression_bomb", *folder_case, f"dataset.root={bomb}")
+    clean = image_tree(work / "clean")
+    case("image_over_max_pixels", *folder_case, f"dataset.root={clean}", "+dataset.max_pixels=100")
+    bad_file = image_tree(work / "bad_file")
+    os.rename(bad_file / "train" / "a" / "0.png", os.fsencode(bad_file / "train" / "a") + b"/\xff.png")
+    case("non_utf8_file_name", *folder_case, f"dataset.root={bad_file}")
+    bad_class = image_tree(work / "bad_class")
+    os.rename(bad_class / "train" / "c", os.fsencode(bad_class / "train") + b"/c\xfe")
+    case("non_utf8_class_name", *folder_case, f"dataset.root={bad_class}")
+    loop = image_tree(work / "loop")
+    (loop / "val" / "a" / "loop.png").symlink_to("loop.png")
+    case("symlink_loop", *folder_case, f"dataset.root={loop}")
+    for name, path in zip(("crafted", "truncated"), student_checkpoints(work, markers / "student")):
+        run_dir = work / f"{name}_checkpoint"
+        (run_dir / "checkpoints" / "student").mkdir(parents=True)
+        path.rename(run_dir / "checkpoints" / "student" / "rep0.ckpt")
+        case(f"{name}_student_checkpoint", *folder_case, f"dataset.root={clean}", run_dir=run_dir)
+    # messages that named the wrong thing
+    case("dataset_resolution_0", "dataset.resolution=0")
+    uneven = work / "uneven"
+    for label in range(10):
+        for i in range(2 if label else 1):
+            (uneven / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((16, 16), 20 * label + i, np.uint8)).save(
+                uneven / str(label) / f"{i}.png"
+            )
+    case("evaluate_uneven_classes", "task=evaluate", f"eval.distilled_dir={uneven}")
     # integrity: a resume with another generator setting (killed after 4 classes)
     run_dir, _ = fresh
     case(
@@ -311,6 +351,24 @@ FAILURES = {
     "class_without_test_images": ["classes have no test images", "'c'"],
     "run_dir_read_only": ["cannot create or write", "hydra.run.dir"],
     "cache_read_only": ["paths.cache_dir=", "cannot be written"],
+    "crafted_cifar_pickle": ["batches.meta is not a CIFAR-10 data file", "io.open", "nothing in it was run"],
+    "decompression_bomb": [
+        "3.png has 900,000,000 pixels, over the limit of 178,956,970",
+        "dataset.max_pixels",
+    ],
+    "image_over_max_pixels": ["has 16x16 = 256 pixels, over the limit of 100", "dataset.max_pixels"],
+    "non_utf8_file_name": ["name is not valid UTF-8", "train/a/\\xff.png", "(rename it"],
+    "non_utf8_class_name": ["name is not valid UTF-8", "train/c\\xfe", "(rename it"],
+    "symlink_loop": ["cannot follow", "val/a/loop.png", "Too many levels of symbolic links"],
+    "dataset_resolution_0": ["dataset.resolution must be >= 1", "got 0", "(set dataset.resolution="],
+    "evaluate_uneven_classes": [
+        "class '0' has 1 images, others 2",
+        "task=evaluate takes ipc from the folder",
+    ],
+}
+STUDENT_CHECKPOINTS = {  # <run>/checkpoints/student/rep0.ckpt, where a rerun resumes the student
+    "crafted_student_checkpoint": ["objects other than tensors", "nothing in it was run"],
+    "truncated_student_checkpoint": ["PytorchStreamReader failed reading zip archive"],
 }
 REFUSED_RESUMES = {
     "resume_other_cfg_scale": [
@@ -330,6 +388,21 @@ def test_failure_is_one_line_exit_2_nothing_left(failures, name):
     result = failures[name]
     assert_refused(result["rc"], result["stderr"], *FAILURES[name])
     assert not result["run_dir"].exists()
+
+
+def test_no_code_in_a_data_file_ran(failures):
+    """The crafted CIFAR pickle and student checkpoint would each have created a marker file."""
+    assert failures["crafted_cifar_pickle"]["rc"] == 2
+    assert not any((failures["crafted_cifar_pickle"]["run_dir"].parent.parent / "markers").iterdir())
+
+
+@pytest.mark.parametrize("name", list(STUDENT_CHECKPOINTS))
+def test_a_bad_student_checkpoint_is_one_line_naming_it(failures, name):
+    result = failures[name]
+    checkpoint = result["run_dir"] / "checkpoints" / "student" / "rep0.ckpt"
+    fix = "(delete it to retrain that student from the start)"
+    assert_refused(result["rc"], result["stderr"], str(checkpoint), fix, *STUDENT_CHECKPOINTS[name])
+    assert checkpoint.is_file()  # the user's to delete: the folder holds work to resume
 
 
 def test_offline_hub_fails_at_once(failures):
