@@ -49,6 +49,46 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+# -- wandb without a network ------------------------------------------------------------------
+WANDB_URL = "https://api.wandb.ai"
+REACH_TIMEOUT_S = 5.0  # a wandb run online without a network hangs ~95 s, then raises
+
+
+def reachable(url: str, timeout_s: float = REACH_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout_s``."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout_s).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def offline_unless_reachable(cfg) -> None:
+    """``logger=wandb`` online with wandb's server out of reach: logged offline instead (one
+    warning; ``wandb sync`` uploads it later), decided before any work rather than after it."""
+    import os
+
+    logger = cfg.get("logger")
+    if not logger or "WandbLogger" not in str(logger.get("_target_", "")):
+        return
+    if str(logger.get("mode") or os.environ.get("WANDB_MODE", "online")) != "online":
+        return
+    url = os.environ.get("WANDB_BASE_URL", WANDB_URL)
+    if reachable(url):
+        return
+    log.warning(
+        f"wandb: {url} is not reachable, logging offline instead "
+        f"(upload later with wandb sync {logger.get('save_dir', '<run dir>')}/wandb)"
+    )
+    OmegaConf.update(cfg, "logger.mode", "offline")
+    os.environ["WANDB_MODE"] = "offline"
+
+
 # -- logging -----------------------------------------------------------------------------------
 def scalars(metrics: dict) -> dict:
     """Values a table cell can hold (lists such as per-repeat accuracies left out)."""

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddapp.figures import save_grid
-from ddapp.result_logging import Report, log_results, report_run
+from ddapp.result_logging import Report, log_results, offline_unless_reachable, report_run
 from ddcore.data.base import ImageClassificationData
 from ddcore.data.folders import check_headers
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
@@ -195,6 +195,7 @@ def job(cfg: DictConfig):
     from ddcore.compat import keep_freed_memory
 
     check_launch(cfg)
+    offline_unless_reachable(cfg)  # wandb online without a network: offline, not a 95 s hang
     init_process_group()  # a submitit task (run.py's __main__ joined it already under torchrun)
     set_tf32(cfg.get("tf32", True))
     keep_freed_memory(keeps_freed_memory(cfg))

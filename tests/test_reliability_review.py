@@ -7,12 +7,15 @@ Helpers and image trees come from ``tests/test_reliability.py``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_reliability import assert_refused, image_tree, run
+from tests.test_reliability import ROOT, assert_refused, image_tree, run
 
 FOLDER = ["method=random", "dataset=image_folder", "dataset.resolution=16"]
 
@@ -71,3 +74,39 @@ def test_a_bad_train_file_fails_before_distilling(tmp_path, cache_dir, content):
     proc = run(tmp_path / "run", cache_dir, *FOLDER, f"dataset.root={root}")
     assert_refused(proc.returncode, proc.stderr, "1.png", "remove or replace the file")
     assert not (tmp_path / "run" / "distilled").exists()
+
+
+def test_wandb_online_without_a_network_logs_offline(tmp_path, cache_dir):
+    """WANDB_MODE=online on a machine without a network (this one): decided before any work,
+    one warning line, the run finishes offline (it used to hang ~95 s, then print a traceback)."""
+    import time
+
+    from ddapp.result_logging import WANDB_URL, reachable
+
+    if reachable(WANDB_URL):
+        pytest.skip("wandb's server is reachable from here")
+    env = {"WANDB_MODE": "online", "WANDB_SILENT": "true"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "debug=tiny",
+            "logger=wandb",
+            "method=random",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.cache_dir={cache_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log_text = (tmp_path / "run" / "run.log").read_text()
+    assert log_text.count("is not reachable, logging offline instead") == 1
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert seconds < 80, seconds  # the whole run; the check itself takes at most 5 s
