@@ -72,12 +72,13 @@ REAL = Sizes(
     vae=dict(
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=256
     ),
-    # SD v1.5's UNet: diffusers' UNet2DConditionModel defaults are SD v1's (860M params)
-    unet=dict(),
+    # SD v1.5's UNet (860M params): diffusers' UNet2DConditionModel defaults but for the 768-wide
+    # text context of CLIP ViT-L/14 and the 64x64 latents of 512 px
+    unet=dict(sample_size=64, cross_attention_dim=768),
     # CLIP ViT-L/14's text tower (123M params)
     text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
     subset_image=(500, 375),
-    subset_train=6,
+    subset_train=50,  # >= ipc_full: ImageNet-1K at IPC 50 draws 50 per class from these too
     full_image=(80, 60),
     full_train=50,
     full_val=1,
@@ -348,6 +349,7 @@ def stages(sizes: Sizes, extra: dict[str, Path]) -> list[Stage]:
                 "method=patchsel",
                 "ipc=1",
                 "method.draws=1",
+                "method.images_per_class=6",
                 "method.clusters=2",
                 "method.top_clusters=2",
                 *small_eval,
