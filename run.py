@@ -21,11 +21,15 @@ from omegaconf import DictConfig  # noqa: E402
 
 from ddapp.cli import (  # noqa: E402
     IN_TASK,
+    Interrupted,
     check_group_choices,
     claim_run_folder,
     fail,
     install_one_line_errors,
+    note_run_folder,
+    raise_on_signals,
     remember_run_folders,
+    report_interrupt,
 )
 from ddapp.schemas import register  # noqa: E402
 from ddcore.errors import UserError  # noqa: E402
@@ -39,6 +43,7 @@ def main(cfg: DictConfig) -> float | None:
     from ddapp.config_checks import check_config, is_environment_error, os_error_line
 
     claim_run_folder(Path(cfg.paths.output_dir))  # made by this job, or there before it (fail())
+    note_run_folder(Path(cfg.paths.output_dir))  # named by the line an interrupt prints
     try:
         check_config(cfg)  # every setting, before any work (and before torch is imported)
     except UserError as exc:
@@ -76,4 +81,8 @@ if __name__ == "__main__":
         init_process_group()
     except UserError as exc:
         fail(str(exc))
-    main()
+    raise_on_signals()  # SIGTERM (preemption) and Ctrl-C: one line saying how to resume
+    try:
+        main()
+    except Interrupted as exc:
+        report_interrupt(exc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -267,3 +268,56 @@ def install_one_line_errors() -> None:
             sys.exit(2)
 
     hydra_utils.run_and_report = run_and_report
+
+
+# -- interrupts: SIGTERM (a SLURM preemption, a kill) and SIGINT (Ctrl-C) ------------------------
+class Interrupted(BaseException):
+    """Raised by the signal handlers below: a BaseException, so that neither the task's error
+    handling nor Lightning's (which turns SIGTERM into a silent graceful stop, and Ctrl-C into
+    ``sys.exit(1)``) swallows it; Lightning tears the trainer down and re-raises it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_RUN_FOLDER: list[Path] = []  # the job's run folder, once Hydra has made it
+_HANDLER_PID: list[int] = []  # the process that installed the handlers (not a forked worker)
+
+
+def note_run_folder(folder: Path) -> None:
+    _RUN_FOLDER[:] = [Path(folder)]
+
+
+def _raise_interrupted(signum, frame) -> None:
+    import os
+
+    if _HANDLER_PID != [os.getpid()]:  # a forked DataLoader worker: its main process reports
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut the shutdown
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def raise_on_signals() -> None:
+    """SIGTERM and SIGINT raise ``Interrupted`` (Lightning composes its own SIGTERM handler
+    with this one while a student trains: its flag is set, then this raises)."""
+    import os
+
+    _HANDLER_PID[:] = [os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_interrupted)
+
+
+def report_interrupt(exc: Interrupted) -> None:
+    """One line saying the run was interrupted and how to resume it; exit 128 + the signal
+    (143 for SIGTERM, 130 for SIGINT), as a shell reports a process a signal ended."""
+    name = signal.Signals(exc.signum).name
+    where = f" in {_RUN_FOLDER[0]}" if _RUN_FOLDER else ""
+    print(
+        f"error: interrupted by {name}: the run{where} is resumable: rerun the same command "
+        "(finished classes and students are kept; an unfinished student resumes from its last "
+        "checkpoint, every eval.checkpoint_every epochs)",
+        file=sys.stderr,
+    )
+    sys.exit(128 + exc.signum)

@@ -110,3 +110,71 @@ def test_wandb_online_without_a_network_logs_offline(tmp_path, cache_dir):
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert seconds < 80, seconds  # the whole run; the check itself takes at most 5 s
+
+
+# -- 4. signals and interrupts ---------------------------------------------------------------------
+def interrupted(run_dir: Path, cache: Path, args: list[str], signum, ready) -> subprocess.CompletedProcess:
+    """``run.py`` started, sent ``signum`` once ``ready()`` holds, and waited for."""
+    import time
+
+    cmd = [sys.executable, str(ROOT / "run.py"), "logger=none", "debug=tiny", *args]
+    cmd += [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=run_dir.parent
+    )
+    deadline = time.monotonic() + 300
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def assert_resumable(proc, code: int, name: str, run_dir: Path) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    assert name in lines[0] and "rerun the same command" in lines[0] and str(run_dir) in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+STUDENT = ["method=random", "eval.epochs=150", "eval.checkpoint_every=1"]
+
+
+def test_sigterm_while_a_student_trains_says_how_to_resume_and_resumes(tmp_path, cache_dir):
+    """A SLURM preemption (SIGTERM) mid-student: exit 143, one line naming the run folder and
+    how to resume, the student's checkpoint kept; the same command then finishes the run with
+    the uninterrupted run's accuracy (resumed from the epoch checkpoint, exactly)."""
+    import signal
+
+    whole = run(tmp_path / "whole", cache_dir, *STUDENT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / "checkpoints" / "student" / "rep0.ckpt"
+    proc = interrupted(run_dir, cache_dir, STUDENT, signal.SIGTERM, checkpoint.is_file)
+    assert_resumable(proc, 143, "SIGTERM", run_dir)
+    assert checkpoint.is_file() and not (run_dir / "metrics.json").exists()
+
+    again = run(run_dir, cache_dir, *STUDENT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "whole"))
+    assert ours["student/final_acc_runs"] == theirs["student/final_acc_runs"]
+    assert ours["student/histories"] == theirs["student/histories"]
+
+
+def test_ctrl_c_while_distilling_is_one_line(tmp_path, cache_dir):
+    """SIGINT (Ctrl-C) mid-distillation: exit 130 and one line (it was a 70-line traceback)."""
+    import signal
+
+    run_dir = tmp_path / "run"
+    log_file = run_dir / "run.log"
+
+    def distilling() -> bool:
+        return log_file.is_file() and "mgd3: class" in log_file.read_text()
+
+    proc = interrupted(run_dir, cache_dir, [], signal.SIGINT, distilling)
+    assert_resumable(proc, 130, "SIGINT", run_dir)
+    assert not (run_dir / "distilled" / "manifest.json").exists()
