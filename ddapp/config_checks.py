@@ -342,3 +342,59 @@ ENVIRONMENT_ERRNOS = frozenset(
 def is_environment_error(exc: BaseException) -> bool:
     """An OSError the user fixes on the machine (permissions, space), not a bug to trace."""
     return isinstance(exc, OSError) and errno.errorcode.get(exc.errno or -1) in ENVIRONMENT_ERRNOS
+
+
+# -- every job of a sweep, before the first runs ---------------------------------------------------
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of each job of a ``-m`` sweep, expanded as Hydra's basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *task])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Compose and check every job of a sweep (``check_config``); a bad one is a UserError
+    naming the job, before any job has run."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    loader = GlobalHydra.instance().config_loader()
+    jobs = sweep_jobs(config)
+    if len(jobs) < 2:
+        return
+    try:
+        for number, overrides in enumerate(jobs):
+            job = loader.load_sweep_config(config, list(overrides))
+            HydraConfig.instance().set_config(job)  # ${hydra:...} interpolations resolve
+            try:
+                check_config(job)
+            except UserError as exc:
+                raise UserError(
+                    f"sweep job {number + 1} of {len(jobs)} ({' '.join(overrides)}): {exc}"
+                ) from None
+    finally:
+        HydraConfig.instance().set_config(config)
+
+
+try:  # Hydra's callback interface (hydra.callbacks in conf/hydra/default.yaml)
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+class SweepCheck(Callback):
+    """``on_multirun_start``: every job of the sweep checked before the first runs (a bad value
+    in job 2 used to be found after job 1 had run); one ``error:`` line, exit status 2."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        import sys
+
+        try:
+            check_sweep(config)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)

@@ -178,3 +178,21 @@ def test_ctrl_c_while_distilling_is_one_line(tmp_path, cache_dir):
     proc = interrupted(run_dir, cache_dir, [], signal.SIGINT, distilling)
     assert_resumable(proc, 130, "SIGINT", run_dir)
     assert not (run_dir / "distilled" / "manifest.json").exists()
+
+
+def test_a_bad_value_in_a_later_sweep_job_fails_before_the_first_runs(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "logger=none", "debug=tiny", "method=random"]
+    cmd += ["task=distill", "eval.epochs=2,0", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert_refused(proc.returncode, proc.stderr, "sweep job 2 of 2", "eval.epochs=0", "eval.epochs must be")
+    assert not list(sweep.glob("*/distilled"))  # job 1 never ran
+
+
+def test_a_good_sweep_runs_every_job(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "logger=none", "debug=tiny", "method=random"]
+    cmd += ["task=distill", "ipc=1,2", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(sweep.glob("*/metrics.json"))) == 2
