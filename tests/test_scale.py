@@ -126,3 +126,27 @@ def test_preload_gives_one_uint8_tensor_of_the_split():
     images = preload(source, batch_size=256)
     assert images.shape == (600, 1, 4, 4) and images.dtype == torch.uint8
     assert source.requested == list(range(600))
+
+
+DIGEST_PEAK = """
+import resource, torch
+from eval.records import tensor_digest
+images = torch.ones(512 << 20, dtype=torch.uint8)  # 512 MiB, every page touched
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tensor_digest(images, torch.zeros(3, dtype=torch.long))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10)  # MiB
+"""
+
+
+def test_keying_students_by_their_set_copies_nothing():
+    """Student records are keyed by a digest of the set: hashing it through ``tobytes()`` copied
+    the whole set (7.5 GB at ImageNet-1K IPC 50) on every rank, and two ranks ran out of memory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", DIGEST_PEAK], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout.split()[-1]) < 64  # MiB above the set itself (a copy: 512)
