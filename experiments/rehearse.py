@@ -449,6 +449,20 @@ def run_stage(stage: Stage, work: Path, log_dir: Path) -> dict:
     }
 
 
+def git_commit() -> str:
+    """The checkout's commit, with ``+changes`` when tracked files differ from it."""
+    try:
+        head = run_git("rev-parse", "--short", "HEAD")
+        dirty = run_git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def run_git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def write_readme(summary: dict, path: Path) -> None:
     rows = [
         f"| {name} | {'ok' if s.get('ok') else s.get('skipped') or 'FAILED'} | "
@@ -464,7 +478,8 @@ def write_readme(summary: dict, path: Path) -> None:
     )
     text = f"""# Paper-scale rehearsal
 
-`make rehearse` (`experiments/rehearse.py`) on {summary["machine"]}, {summary["date"]}: random-weight
+`make rehearse` (`experiments/rehearse.py`) at commit {summary.get("commit", "unknown")} on
+{summary["machine"]}, {summary["date"]}: random-weight
 checkpoints at their real sizes in the hubs' folder layouts (DiT-XL/2, sd-vae-ft-mse with and
 without `scaling_factor`, Stable Diffusion v1.5) and ImageNet-layout JPEG trees, run through
 `run.py` with few classes and steps and one-epoch students. Random weights make the images and
@@ -532,6 +547,7 @@ def main() -> None:
         wall_s=round(time.perf_counter() - start, 1),
         bf16=bf16,
         sizes="small" if args.small else "real",
+        commit=git_commit(),
     )
     out.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
