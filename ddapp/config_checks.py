@@ -140,6 +140,7 @@ RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
     "report.tsne_classes": integer(0),
     "report.k": integer(1),
     "report.max_real": integer(1, null=True),
+    "report.workers": integer(0),
     # evaluation protocols (eval/hard_label.py, eval/soft_label.py)
     "eval.epochs": integer(1, null=True),  # null: by ipc (0 used to mean that, silently)
     "eval.evals": integer(1),

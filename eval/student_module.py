@@ -1,6 +1,6 @@
 """Lightning module that trains a student on a set held on its device and tests it on real data.
 
-The train set is a buffer of the module (uint8, moved to the device with it); the train
+The train set is held by the module (uint8, moved to its device when training starts); the train
 DataLoader yields only shuffled indices, so an epoch costs one gather, whole-batch tensor
 augmentation and CutMix, and the forward/backward. Test accuracy is a torchmetrics Accuracy,
 the best of the run a torchmetrics MaxMetric.
