@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import lightning.pytorch as pl
@@ -27,7 +28,9 @@ def format_seconds(seconds: float) -> str:
 class ProgressLog(pl.Callback):
     """Logs ``<what>: step 120/500 (35.1 steps/s, ETA 0m11s) loss=...`` every ``every_s`` seconds.
 
-    Counts optimizer steps when the fit is bounded by ``max_steps``, epochs otherwise.
+    Counts optimizer steps when the fit is bounded by ``max_steps``; otherwise epochs at each
+    epoch's end, and steps of all epochs within an epoch that runs longer than ``every_s`` (one
+    epoch over an ImageNet-size set takes minutes).
     """
 
     def __init__(self, what: str, every_s: float = 10.0):
@@ -56,6 +59,11 @@ class ProgressLog(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.max_steps and trainer.max_steps > 0:
             self._report(trainer, trainer.global_step, trainer.max_steps, "step")
+        elif time.perf_counter() - self._last >= self.every_s and math.isfinite(trainer.num_training_batches):
+            total = trainer.max_epochs * trainer.num_training_batches  # a long epoch: steps
+            self._report(
+                trainer, trainer.current_epoch * trainer.num_training_batches + batch_idx + 1, total, "step"
+            )
 
     def on_train_epoch_end(self, trainer, pl_module):
         if not (trainer.max_steps and trainer.max_steps > 0):

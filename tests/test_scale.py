@@ -150,3 +150,22 @@ def test_keying_students_by_their_set_copies_nothing():
         [sys.executable, "-c", DIGEST_PEAK], cwd=root, capture_output=True, text=True, check=True
     )
     assert int(out.stdout.split()[-1]) < 64  # MiB above the set itself (a copy: 512)
+
+
+def test_a_long_epoch_reports_steps_with_rate_and_eta(caplog):
+    """One epoch over ImageNet-1K at IPC 50 is 782 steps of minutes: progress comes within it."""
+    import logging
+    from types import SimpleNamespace
+
+    from ddcore.progress import ProgressLog
+
+    trainer = SimpleNamespace(
+        max_steps=-1, max_epochs=2, num_training_batches=100, current_epoch=1, callback_metrics={}
+    )
+    progress = ProgressLog("student/rep0", every_s=10)
+    progress.on_train_start(trainer, None)
+    progress._start -= 30.0  # 30 s into the fit, the last report 15 s ago
+    progress._last -= 15.0
+    with caplog.at_level(logging.INFO, logger="ddcore.progress"):
+        progress.on_train_batch_end(trainer, None, None, None, 49)
+    assert "student/rep0: step 150/200 (5.0 steps/s, ETA 0m10s)" in caplog.text
