@@ -12,7 +12,8 @@ would, with few classes, steps and one-epoch students where that keeps the sizes
   ManifoldGD;
 - patch selection with SD v1.5 on ImageNette (2 classes);
 - ``method=random dataset=imagenet1k ipc=50 task=run`` at 224 px under
-  ``torchrun --nproc_per_node=2``: 50,000 images, the set 7.5 GB as uint8.
+  ``torchrun --nproc_per_node=2``: 50,000 images, the set 7.5 GB as uint8, held whole by each
+  rank's student, which trains 50 of its epoch's 782 steps (``+trainer.limit_train_batches``).
 
 Each stage is one process tree; its peak resident memory is the largest of any one process in it
 (``wait4``'s ``ru_maxrss``: per rank under torchrun). Writes ``results/rehearsal/summary.json``
@@ -304,17 +305,17 @@ def stages(sizes: Sizes, extra: dict[str, Path]) -> list[Stage]:
     guided = ["method.t_sg=2"]  # guide steps 3..2 of 4 (t_sg 25 of 50)
     small_eval = ["eval.epochs=1", "eval.evals=1", "eval.repeats=1", "eval.reference.enabled=false"]
     return [
-        Stage("mgd3_dit_ddpm", [*dit, "method=mgd3", *guided, *small_eval], estimate_s=240),
+        Stage("mgd3_dit_ddpm", [*dit, "method=mgd3", *guided, *small_eval], estimate_s=190),
         Stage(
             "mgd3_dit_ddim_class_batch",
             [*dit, "method=mgd3", *guided, "method.sampler=ddim", "method.class_batch=2", *small_eval],
-            estimate_s=200,
+            estimate_s=160,
         ),
         Stage(
             "mgd3_dit_bf16",
             [*dit, "method=mgd3", *guided, "sample_precision=bf16", *small_eval],
             needs_bf16=True,
-            estimate_s=300,
+            estimate_s=180,
         ),
         Stage(
             "unguided_dit_ddim_scaled_vae",
@@ -325,9 +326,9 @@ def stages(sizes: Sizes, extra: dict[str, Path]) -> list[Stage]:
                 f"generator.vae={extra['vae_scaled']}",
                 *small_eval,
             ],
-            estimate_s=200,
+            estimate_s=300,
         ),
-        Stage("d4m_dit", [*dit, "method=d4m", *small_eval], estimate_s=200),
+        Stage("d4m_dit", [*dit, "method=d4m", *small_eval], estimate_s=250),
         Stage(
             "manifoldgd_dit",
             [
@@ -356,7 +357,7 @@ def stages(sizes: Sizes, extra: dict[str, Path]) -> list[Stage]:
                 "eval.teacher.train.epochs=1",
                 "eval.teacher.train.evals=1",
             ],
-            estimate_s=600,
+            estimate_s=180,
         ),
         Stage(
             "random_imagenet1k_ipc50_ddp2",
@@ -370,13 +371,14 @@ def stages(sizes: Sizes, extra: dict[str, Path]) -> list[Stage]:
                 "eval.epochs=1",
                 "eval.evals=1",
                 "eval.repeats=2",  # one student per rank: both hold the set
+                "+trainer.limit_train_batches=50",  # the whole set held, 50 of its 782 steps trained
                 f"eval.student.width={sizes.student_width}",
                 "eval.reference.enabled=false",
                 "report.tsne_classes=0",
                 "report.max_real=10",
             ],
             ranks=2,
-            estimate_s=1500,
+            estimate_s=1000,
         ),
     ]
 
@@ -482,7 +484,8 @@ def write_readme(summary: dict, path: Path) -> None:
 {summary["machine"]}, {summary["date"]}: random-weight
 checkpoints at their real sizes in the hubs' folder layouts (DiT-XL/2, sd-vae-ft-mse with and
 without `scaling_factor`, Stable Diffusion v1.5) and ImageNet-layout JPEG trees, run through
-`run.py` with few classes and steps and one-epoch students. Random weights make the images and
+`run.py` with few classes and steps and one-epoch students (50 steps of the epoch for ImageNet-1K).
+Random weights make the images and
 accuracies meaningless: this checks that the paper-scale paths load, run and fit in memory, not
 what they score. Peak memory is the largest resident set of any one process of a stage (per rank
 under torchrun). Total wall time {summary["wall_s"] / 60:.0f} min.
