@@ -28,7 +28,7 @@ SECTIONS = ("dataset", "generator", "method", "eval")  # what decides the number
 # bookkeeping that does not change the result: where files go, how work is spread
 IGNORED = {"root", "distilled_dir", "num_workers", "parallel", "max_bank_gb", "test_batch_size",
            "checkpoint_every", "latent_workers", "latent_batch_size", "cache_dir", "latent_cache_dir",
-           "score_cache_dir", "latent_cache", "score_cache", "trainer_kwargs"}  # fmt: skip
+           "score_cache_dir", "latent_cache", "score_cache", "trainer_kwargs", "model_dir"}  # fmt: skip
 
 
 class NoComparison(Exception):

@@ -11,6 +11,8 @@ would, with few classes, steps and one-epoch students where that keeps the sizes
   MGD^3 in bf16 (where the CPU has bf16), unguided (DDIM, the VAE with ``scaling_factor``), D4M,
   ManifoldGD;
 - patch selection with SD v1.5 on ImageNette (2 classes);
+- the MGD^3 ImageNette Table 1 preset shrunk (2 classes, IPC 10, 1 step, one-epoch students), then
+  ``experiments/paper_check.py`` on its run folder;
 - ``method=random dataset=imagenet1k ipc=50 task=run`` at 224 px under
   ``torchrun --nproc_per_node=2``: 50,000 images, the set 7.5 GB as uint8, held whole by each
   rank's student, which trains 50 of its epoch's 782 steps (``+trainer.limit_train_batches``).
@@ -103,7 +105,7 @@ SMALL = Sizes(
     ),
     text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
     subset_image=(40, 30),
-    subset_train=4,
+    subset_train=12,  # >= 10: the paper preset's IPC
     full_image=(20, 15),
     full_train=3,
     full_val=1,
@@ -297,6 +299,7 @@ class Stage:
     ranks: int = 1
     needs_bf16: bool = False
     estimate_s: float = 180.0  # for the ETA, measured on this machine's kind (2 cores)
+    paper_check: bool = False  # then experiments/paper_check.py on the run folder must work
     notes: list[str] = field(default_factory=list)
 
 
@@ -358,6 +361,19 @@ def stages(sizes: Sizes, extra: dict[str, Path]) -> list[Stage]:
                 "eval.teacher.train.evals=1",
             ],
             estimate_s=180,
+        ),
+        Stage(
+            "paper_preset_mgd3_imagenette",  # a paper preset shrunk, then paper_check.py on it
+            [
+                "experiment=mgd3_imagenette_table1",
+                "+dataset.first_classes=2",
+                "ipc=10",  # an IPC of the paper's table
+                "method.steps=1",
+                "method.t_sg=0",  # the one step guided
+                *small_eval,
+            ],
+            estimate_s=420,
+            paper_check=True,
         ),
         Stage(
             "random_imagenet1k_ipc50_ddp2",
@@ -432,8 +448,10 @@ def run_stage(stage: Stage, work: Path, log_dir: Path) -> dict:
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    check = paper_check(run_dir) if stage.paper_check and code == 0 else None
     return {
-        "ok": code == 0 and bool(metrics),
+        "ok": code == 0 and bool(metrics) and (check is None or check["exit_code"] == 0),
+        **({"paper_check": check} if check is not None else {}),
         "exit_code": code,
         "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),  # KiB -> GiB
         "wall_s": round(wall, 1),
@@ -449,6 +467,14 @@ def run_stage(stage: Stage, work: Path, log_dir: Path) -> dict:
         ),
         **({} if code == 0 else {"last_lines": tail}),
     }
+
+
+def paper_check(run_dir: Path) -> dict:
+    """``experiments/paper_check.py <run>``: its exit code and what it printed."""
+    done = subprocess.run(
+        [sys.executable, "experiments/paper_check.py", str(run_dir)], cwd=ROOT, capture_output=True, text=True
+    )
+    return {"exit_code": done.returncode, "output": (done.stdout + done.stderr).strip().splitlines()}
 
 
 def git_commit() -> str:
@@ -517,7 +543,7 @@ def main() -> None:
     plan = [s for s in stages(sizes, extra) if not args.stages or s.name in args.stages]
     if args.small:  # toy models: the generators' resolution follows the tiny VAE
         for stage in plan:
-            if any(o.startswith("generator=") for o in stage.overrides):
+            if any(o.startswith(("generator=", "experiment=")) for o in stage.overrides):
                 stage.overrides += ["dataset.resolution=16", "generator.resolution=16"]
     bf16 = cpu_has_bf16()
     summary_path = out / "summary.json"

@@ -29,6 +29,8 @@ def test_every_rehearsal_stage_runs_at_toy_sizes(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["stages"]) == 8 and all(s["ok"] for s in summary["stages"].values())
+    assert len(summary["stages"]) == 9 and all(s["ok"] for s in summary["stages"].values())
+    check = summary["stages"]["paper_preset_mgd3_imagenette"]["paper_check"]
+    assert check["exit_code"] == 0 and any("NOT at the paper's scale" in line for line in check["output"])
     assert summary["stages"]["random_imagenet1k_ipc50_ddp2"]["ranks"] == 2
     assert "| random_imagenet1k_ipc50_ddp2 | ok |" in (out / "README.md").read_text()

@@ -269,8 +269,8 @@ def imagenet_subset(
     image sizes; the name and the description say so). ``max_pixels``: as ``image_folder``."""
     wnids, max_pixels = _subset_wnids(subset), pixel_limit(max_pixels)
     if first_classes is not None:
-        if not 1 <= int(first_classes) <= len(wnids):
-            raise UserError(f"dataset.first_classes={first_classes} must lie in 1..{len(wnids)} for {subset}")
+        if not 2 <= int(first_classes) <= len(wnids):  # a classifier needs two classes
+            raise UserError(f"dataset.first_classes={first_classes} must lie in 2..{len(wnids)} for {subset}")
         wnids, subset = wnids[: int(first_classes)], f"{subset}-first{int(first_classes)}"
     root = Path(root)
     train_dir = require_dir(root / "train", "ImageNet train folder", IMAGENET_HINT)
