@@ -124,7 +124,8 @@ def test_set_is_held_as_one_uint8_tensor_and_batched_by_index(data):
     assert batch.dtype == torch.long and batch.shape == (8,)
     protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=1)
     module = protocol.make_module(protocol.build_student(data), data, train, 1, 0, "s")
-    assert module.bank.dtype == torch.uint8 and "bank" in dict(module.named_buffers())
+    assert module.bank.dtype == torch.uint8 and module.bank is train.images  # held, not copied
+    assert "bank" not in dict(module.named_buffers())  # DDP broadcasts buffers every step
     x, y = module.train_batch(batch)
     assert x.dtype == torch.float32 and torch.equal(y, distilled.labels[batch])
 

@@ -44,8 +44,8 @@ def test_mgd3_runs_with_each_sampler_and_injection(make_cfg, sampler, injection)
     out, data = distill(
         make_cfg, "method=mgd3", *FAST, f"method.sampler={sampler}", f"method.injection={injection}"
     )
-    assert out.images.shape == (10 * 2, 1, 16, 16)
-    assert torch.isfinite(out.images).all() and 0 <= out.images.min() <= out.images.max() <= 1
+    assert out.images.shape == (10 * 2, 1, 16, 16) and out.images.dtype == torch.uint8  # read back
+    assert int(out.images.max()) > int(out.images.min())  # not a constant image
     assert out.info["mode_id"][:2] == [0, 1]
 
 
