@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DiTTransformer2DModel,
     PNDMScheduler,
@@ -32,7 +31,7 @@ from ddcore.errors import UserError
 from ddcore.generators.dit import load_dit
 from ddcore.generators.hub import DIT_XL2_256, HUB_MODELS, SD_VAE_FT_MSE
 from ddcore.generators.stable_diffusion import load_stable_diffusion
-from tests.test_generators_pretrained import write_tokenizer
+from tests.test_generators_pretrained import tiny_vae, write_tokenizer
 
 RES = 16  # pixels; the tiny VAEs downsample by 2 -> 8x8 latents
 CONF = Path(__file__).resolve().parents[1] / "conf" / "generator"
@@ -63,19 +62,6 @@ def tiny_transformer(num_classes):
         num_embeds_ada_norm=num_classes,
         norm_type="ada_norm_zero",
         norm_elementwise_affine=False,
-    )
-
-
-def tiny_vae():
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
     )
 
 
