@@ -71,9 +71,7 @@ def load_plain(path: str | Path, what: str, fix: str):
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError
-    ):  # torch's own text advises weights_only=False: not for files we did not write
+    except pickle.UnpicklingError:  # torch's message suggests loading unrestricted: never for user files
         why = "it holds objects other than tensors and plain data (refused; nothing in it was run)"
     except Exception as exc:  # noqa: BLE001  (truncated, not a torch file, unreadable)
         text = str(exc).strip()

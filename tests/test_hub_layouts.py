@@ -31,6 +31,7 @@ from ddcore.errors import UserError
 from ddcore.generators.dit import load_dit
 from ddcore.generators.hub import DIT_XL2_256, HUB_MODELS, SD_VAE_FT_MSE
 from ddcore.generators.stable_diffusion import load_stable_diffusion
+from experiments.rehearse import SMALL
 from tests.test_generators_pretrained import tiny_vae, write_tokenizer
 
 RES = 16  # pixels; the tiny VAEs downsample by 2 -> 8x8 latents
@@ -65,27 +66,13 @@ def tiny_transformer(num_classes):
     )
 
 
-def tiny_unet():
-    return UNet2DConditionModel(
-        sample_size=RES // 2,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 16),
-        norm_num_groups=8,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    )
+def tiny_unet():  # the toy sizes of `make rehearse --small` (8x8 latents)
+    return UNet2DConditionModel(in_channels=4, out_channels=4, **SMALL.unet)
 
 
 def tiny_text_encoder():
     config = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
+        **SMALL.text,
         vocab_size=100,
         max_position_embeddings=77,
         bos_token_id=0,
