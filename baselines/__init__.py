@@ -1,2 +1,3 @@
-"""Baselines that select real images: ``random``, ``kmeans_real``, ``herding`` (docs/baselines.md).
-The generator baselines (``unguided``, ``d4m``) share MGD^3's sampler in ``mgd3/distiller.py``."""
+"""Baselines: real-image selections (``random``, ``kmeans_real``, ``herding``; ``real.py``), the
+generator baselines ``unguided`` (``unguided.py``, the sampler MGD^3 and the others subclass) and
+``d4m`` (``d4m.py``), and ``minimax``, ``rded`` (docs/baselines.md)."""

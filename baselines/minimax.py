@@ -17,11 +17,11 @@ import math
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from baselines.unguided import UnguidedSampling
 from ddcore.errors import UserError
 from ddcore.generators.minimax_finetune import load_or_finetune, trainable_names
 from ddcore.latent_cache import ENCODE_BATCH, LatentCache
 from ddcore.method import ClassResult
-from mgd3.distiller import UnguidedSampling
 
 log = logging.getLogger(__name__)
 FINETUNE = {  # the official recipe (run.sh, train_dit.py); conf/method/minimax.yaml shows it

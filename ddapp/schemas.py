@@ -41,7 +41,7 @@ class LatentCacheSchema:
 
 @dataclass
 class UnguidedSchema(SamplingSchema):
-    _target_: str = "mgd3.distiller.UnguidedSampling"
+    _target_: str = "baselines.unguided.UnguidedSampling"
 
 
 @dataclass
@@ -81,7 +81,7 @@ class ManifoldGDSchema(MGD3Schema):
 
 @dataclass
 class D4MSchema(LatentCacheSchema, SamplingSchema):
-    _target_: str = "mgd3.distiller.D4M"
+    _target_: str = "baselines.d4m.D4M"
     strength: float = 0.7  # img2img: prototypes noised to 70% of the schedule
     kmeans_backend: str = "auto"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddcore.class_writer import MANIFEST, read_markers, write_class, write_manifest
+from ddcore.class_writer import read_markers
 from ddcore.data.base import ImageClassificationData, as_float, load_files_uint8, to_uint8
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for
@@ -66,26 +66,6 @@ def random_real_indices(data: ImageClassificationData, ipc: int, seed: int) -> t
             for label in range(data.num_classes)
         ]
     )
-
-
-def save_distilled(
-    distilled: DistilledSet, data: ImageClassificationData, out_dir: Path, manifest: dict
-) -> Path:
-    """Write a whole set under ``out_dir`` (replacing what is there), one class at a time.
-
-    Every PNG and every class marker is written atomically and ``manifest.json`` comes last, so
-    a killed write leaves no truncated image and no manifest (``ddcore.class_writer``).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    labels = distilled.labels.tolist()
-    for label in range(data.num_classes):
-        rows = [i for i, y in enumerate(labels) if y == label]
-        info = {k: [v[i] for i in rows] for k, v in distilled.info.items()}
-        write_class(out_dir, data, label, distilled.images[rows], info)
-    write_manifest(out_dir, data, manifest)
-    return out_dir
 
 
 def load_complete(out_dir: Path, data: ImageClassificationData) -> DistilledSet:

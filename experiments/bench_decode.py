@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 
 import ddcore  # noqa: E402,F401
 from ddcore.data.base import FileSource, ImageClassificationData  # noqa: E402
-from ddcore.generators.base import ClassConditionalGenerator, LatentCodec  # noqa: E402
+from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec  # noqa: E402
 from ddcore.latent_cache import encode_class  # noqa: E402
 
 
@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         source = FileSource(paths, [0] * len(paths), resolution=256, channels=3)
         data = ImageClassificationData("jpegs", ["c0"], ["c0"], 256, 3, source, source)
         generator = ClassConditionalGenerator(
-            Identity(), LatentCodec(), {}, resolution=256, image_channels=3, model_classes=1, null_label=1
+            Identity(),
+            PixelIdentityCodec(),
+            {},
+            resolution=256,
+            image_channels=3,
+            model_classes=1,
+            null_label=1,
         )
         rates = {}
         for workers in (0, args.workers):

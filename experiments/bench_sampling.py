@@ -21,8 +21,7 @@ import torch  # noqa: E402
 
 import ddcore  # noqa: E402,F401
 from ddcore.data.small import digits  # noqa: E402
-from ddcore.generators.base import LatentCodec  # noqa: E402
-from ddcore.generators.dit import class_conditional  # noqa: E402
+from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec  # noqa: E402
 from ddcore.generators.self_trained import build_denoiser, null_label_of  # noqa: E402
 from ddcore.sampling import sample_latents  # noqa: E402
 from ddcore.seeding import rng_for  # noqa: E402
@@ -35,17 +34,15 @@ def tiny_dit(data):
     """The dit_tiny architecture with random weights: speed does not depend on training."""
     torch.manual_seed(0)
     denoiser = build_denoiser("dit", data.channels, 16, data.num_classes, ARCH)
-    return class_conditional(
+    return ClassConditionalGenerator(
         denoiser,
-        LatentCodec(),
+        PixelIdentityCodec(),
         {"num_train_timesteps": 1000},
         model_classes=data.num_classes,
         null_label=null_label_of(denoiser),
-        class_map=None,
         resolution=16,
         image_channels=1,
         cfg_scale=3.0,
-        cfg_channels=None,
         name="dit_tiny",
     )
 

@@ -50,13 +50,13 @@ def matmul_peak(device, dtype, n: int) -> float:
 
 
 def dit_generator(device, dtype, arch: dict, latent: int):
-    from ddcore.generators.base import ClassConditionalGenerator, LatentCodec
+    from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec
     from ddcore.generators.dit import build_dit
 
     torch.manual_seed(0)
     model = build_dit(4, latent, 1000, learned_variance=True, **arch).to(device, dtype)
     schedule = {"num_train_timesteps": 1000, "beta_schedule": "linear", "clip_sample": False}
-    codec = LatentCodec()  # sampling cost only: latents are not decoded here
+    codec = PixelIdentityCodec()  # sampling cost only: latents are not decoded here
     gen = ClassConditionalGenerator(
         model,
         codec,
@@ -87,7 +87,7 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
     """Through the sampling methods' own path (``UnguidedSampling.class_latents``: per-sample
     noise generators): one sample, one class's IPC, and ``classes`` classes in one batch
     (``method.class_batch``), the last compared with the same classes sampled one at a time."""
-    from mgd3.distiller import UnguidedSampling
+    from baselines.unguided import UnguidedSampling
 
     arch, latent = (DIT_TINY, 8) if tiny else (DIT_XL2, 32)
     rows = []
@@ -126,7 +126,7 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
 def same_either_way(method, gen, labels: list[int], ipc: int) -> float:
     """Largest difference between the cross-class latents and those of each class on its own
     (0 where the denoiser's rows do not depend on the batch; float rounding otherwise)."""
-    from mgd3.distiller import UnguidedSampling
+    from baselines.unguided import UnguidedSampling
 
     together = method.class_latents(gen, labels, ipc, seed=0)
     alone = UnguidedSampling(steps=method.steps)

@@ -93,13 +93,6 @@ class ModeDiscovery:
         return modes.view(k, *latents.shape[1:])
 
 
-def discover_modes(
-    latents: torch.Tensor, k: int, seed: int, backend: str = "auto", iterations: int = 50
-) -> torch.Tensor:
-    """k-means centroids of flattened latents, reshaped to latent shape: (k, C, H, W)."""
-    return ModeDiscovery("kmeans", backend, iterations)(latents, k, seed)
-
-
 def modes_for_class(
     generator: DiffusionGenerator,
     data: ImageClassificationData,
@@ -115,3 +108,18 @@ def modes_for_class(
     discovery = discovery or ModeDiscovery(backend=backend)
     latents = (cache or LatentCache(None)).class_latents(generator, data, label)
     return discovery(latents, k, seed=derive_seed(seed, "modes", label) % (2**31))
+
+
+class LatentModesMixin:
+    """Modes per class from latents read through the on-disk latent cache."""
+
+    discovery: ModeDiscovery
+    cache: LatentCache
+
+    def validate(self, data: ImageClassificationData, ipc: int) -> None:
+        if self.discovery.representative == "closest_real":
+            data.check_ipc(ipc, "closest-real centres need ipc distinct real latents per class")
+        data.check_ipc(ipc, f"{self.discovery.method} mode discovery needs at least ipc latents per class")
+
+    def class_modes(self, generator, data, label, ipc, seed) -> torch.Tensor:
+        return modes_for_class(generator, data, label, ipc, seed, discovery=self.discovery, cache=self.cache)

@@ -25,6 +25,7 @@ def warm_imports() -> None:
     import sklearn.datasets  # noqa: F401
 
     import baselines.real  # noqa: F401
+    import baselines.unguided  # noqa: F401
     import ddapp.tasks  # noqa: F401  (torch, lightning, hydra)
     import ddcore  # noqa: F401  (first: the torchvision fix)
     import ddcore.generators.dit  # noqa: F401  (diffusers)

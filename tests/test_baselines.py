@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from baselines.d4m import D4M
 from baselines.real import herding
 from ddapp.tasks import build, prepare_distillation
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from ddcore.kmeans import kmeans
 from ddcore.seeding import derive_seed
-from mgd3.distiller import D4M
 from tests.distill import distill_set
 from tests.test_generators_pretrained import RES, make_data, sd_folder  # noqa: F401 (fixture)
 

@@ -80,12 +80,15 @@ def test_a_written_set_reads_back_as_the_same_tensor_in_label_order(tmp_path):
     class names do not sort as the labels (Fashion-MNIST: 'ankle_boot' is label 9)."""
     import dataclasses
 
-    from ddcore.distilled import load_complete, load_distilled, save_distilled
+    from baselines.real import RandomReal
+    from ddcore.distilled import load_distilled
+    from ddcore.sharding import distill_to_folder
     from eval.records import tensor_digest
 
     data = dataclasses.replace(digits(), class_ids=[f"{name}_{i}" for i, name in enumerate("jihgfedcba")])
-    folder = save_distilled(random_real_subset(data, ipc=2, seed=0), data, tmp_path / "set", {})
-    run, evaluate = load_complete(folder, data), load_distilled(folder, data)
+    folder = tmp_path / "set"
+    run = distill_to_folder(RandomReal(), data, 2, 0, None, folder, {})  # the set as the run read it
+    evaluate = load_distilled(folder, data)
     assert evaluate.labels.tolist() == [label for label in range(10) for _ in range(2)]
     assert tensor_digest(evaluate.images, evaluate.labels) == tensor_digest(run.images, run.labels)
 

@@ -9,11 +9,11 @@ import torch
 from omegaconf import open_dict
 
 from baselines.minimax import Minimax, loaded
+from baselines.unguided import UnguidedSampling
 from ddapp.tasks import build
 from ddcore.errors import UserError
 from ddcore.generators import minimax_finetune as mf
 from ddcore.generators.dit import build_dit
-from mgd3.distiller import UnguidedSampling
 
 
 def test_minimax_terms_match_a_hand_computed_case():

@@ -168,7 +168,7 @@ def test_latents_decoded_by_dataloader_workers_equal_the_one_process_loop(tmp_pa
     from PIL import Image
 
     from ddcore.data.base import FileSource, ImageClassificationData
-    from ddcore.generators.base import ClassConditionalGenerator, LatentCodec
+    from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec
     from ddcore.latent_cache import encode_class
     from experiments.bench_decode import Identity
 
@@ -179,7 +179,7 @@ def test_latents_decoded_by_dataloader_workers_equal_the_one_process_loop(tmp_pa
     source = FileSource(paths, [0] * 5, resolution=8, channels=3)
     data = ImageClassificationData("f", ["a"], ["a"], 8, 3, source, source)
     gen = ClassConditionalGenerator(
-        Identity(), LatentCodec(), {}, resolution=8, image_channels=3, model_classes=1, null_label=1
+        Identity(), PixelIdentityCodec(), {}, resolution=8, image_channels=3, model_classes=1, null_label=1
     )
     one = encode_class(gen, data, 0, batch_size=2, workers=0)
     assert one.shape == (5, 3, 8, 8)

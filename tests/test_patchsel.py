@@ -18,8 +18,7 @@ from ddcore.data.classes import subset_wnids, wnid_names
 from ddcore.data.small import digits
 from ddcore.distilled import load_distilled
 from ddcore.errors import UserError
-from ddcore.generators.base import LatentCodec
-from ddcore.generators.dit import class_conditional
+from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec
 from ddcore.generators.self_trained import build_denoiser, null_label_of
 from ddcore.sharding import Shard, distill_to_folder
 from patchsel.distiller import PatchSelection
@@ -35,17 +34,15 @@ def tiny_dit(data, seed=0, resolution=None):
     torch.manual_seed(seed)
     resolution = resolution or data.resolution
     denoiser = build_denoiser("dit", data.channels, resolution, data.num_classes, ARCH)
-    return class_conditional(
+    return ClassConditionalGenerator(
         denoiser,
-        LatentCodec(),
+        PixelIdentityCodec(),
         {"num_train_timesteps": 1000},
         model_classes=data.num_classes,
         null_label=null_label_of(denoiser),
-        class_map=None,
         resolution=resolution,
         image_channels=data.channels,
         cfg_scale=3.0,
-        cfg_channels=None,
         name="tiny",
     )
 

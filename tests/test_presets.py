@@ -12,7 +12,7 @@ from ddapp.config_checks import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HARD, SOFT = "eval.hard_label.HardLabelProtocol", "eval.soft_label.SoftLabelProtocol"
-MGD3, UNGUIDED = "mgd3.distiller.MGD3", "mgd3.distiller.UnguidedSampling"
+MGD3, UNGUIDED = "mgd3.distiller.MGD3", "baselines.unguided.UnguidedSampling"
 PATCHSEL = "patchsel.distiller.PatchSelection"
 AP10, R18 = "eval.students.ResNetAP", "eval.students.ResNet18"
 

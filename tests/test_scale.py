@@ -56,12 +56,14 @@ def test_checkpoint_rng_of_the_old_format_restores_the_current_device(monkeypatc
 
 # -- host memory: sets stay uint8 until a batch needs floats ------------------------------------
 def saved_set(tmp_path):
+    from baselines.real import RandomReal
     from ddcore.data.small import digits
-    from ddcore.distilled import random_real_subset, save_distilled
+    from ddcore.distilled import random_real_subset
+    from ddcore.sharding import distill_to_folder
 
     data = digits()
-    subset = random_real_subset(data, ipc=3, seed=0)
-    return data, subset, save_distilled(subset, data, tmp_path / "set", {})
+    distill_to_folder(RandomReal(), data, 3, 0, None, tmp_path / "set", {})
+    return data, random_real_subset(data, ipc=3, seed=0), tmp_path / "set"
 
 
 def test_a_set_read_back_is_uint8_and_students_train_on_it_without_a_copy(tmp_path):

@@ -14,7 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from baselines.d4m import D4M
 from baselines.real import RandomReal
+from baselines.unguided import UnguidedSampling
 from ddcore import class_writer
 from ddcore.data.small import digits
 from ddcore.distilled import load_distilled
@@ -24,7 +26,7 @@ from ddcore.method import MethodBase
 from ddcore.seeding import rng_for
 from ddcore.sharding import Shard, autocast, current_shard, distill_to_folder
 from manifoldgd.distiller import ManifoldGD
-from mgd3.distiller import D4M, MGD3, UnguidedSampling
+from mgd3.distiller import MGD3
 
 IPC = 2
 BASE = {

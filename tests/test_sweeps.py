@@ -67,7 +67,7 @@ def test_mode_discovery_sweep_names_the_papers_four_methods():
 
 
 ROWS = {
-    "unguided": ("mgd3.distiller.UnguidedSampling", None),
+    "unguided": ("baselines.unguided.UnguidedSampling", None),
     "mode_discovery_only": ("baselines.real.KMeansReal", None),
     "mode_guidance": ("mgd3.distiller.MGD3", 0),
     "stop_guidance": ("mgd3.distiller.MGD3", 25),

@@ -9,13 +9,18 @@ variance). The sampler and the methods see only this class.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ddcore.errors import UserError
 
+if TYPE_CHECKING:
+    from ddcore.data.base import ImageClassificationData
 
-class LatentCodec(nn.Module):
+
+class PixelIdentityCodec(nn.Module):
     """Pixel space: a latent is the image rescaled to [-1, 1]."""
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
@@ -28,7 +33,7 @@ class LatentCodec(nn.Module):
         return channels, resolution, resolution
 
 
-class VAECodec(LatentCodec):
+class VAECodec(nn.Module):
     """A diffusers VAE: latent = ``latent_dist.mean * scaling_factor`` (as MGD^3's official code)."""
 
     def __init__(self, vae: nn.Module, scaling_factor: float | None = None):
@@ -47,6 +52,9 @@ class VAECodec(LatentCodec):
     def latent_shape(self, channels: int, resolution: int) -> tuple[int, int, int]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return self.vae.config.latent_channels, resolution // factor, resolution // factor
+
+
+Codec = PixelIdentityCodec | VAECodec  # what a generator's latents are: pixels or a VAE's
 
 
 class DiffusionGenerator(nn.Module):
@@ -68,7 +76,7 @@ class DiffusionGenerator(nn.Module):
     def __init__(
         self,
         denoiser: nn.Module,
-        codec: LatentCodec,
+        codec: Codec,
         scheduler_config: dict,
         resolution: int,
         image_channels: int,
@@ -104,7 +112,7 @@ class DiffusionGenerator(nn.Module):
 
     @property
     def pixel_space(self) -> bool:
-        return type(self.codec) is LatentCodec
+        return isinstance(self.codec, PixelIdentityCodec)
 
     @property
     def learned_variance(self) -> bool:
@@ -214,3 +222,18 @@ def imagenet_class_map(class_ids: list[str], generator_name: str) -> list[int]:
             "trained on this dataset, e.g. generator=dit_tiny"
         )
     return [index[c] for c in class_ids]
+
+
+def map_classes(data: ImageClassificationData, model_classes: int, class_space: str, name: str) -> list[int]:
+    """Dataset label -> model class, checked against the model's class count: ``imagenet1k`` (by
+    wnid) or ``dataset`` (identity, the counts must match)."""
+    if class_space == "imagenet1k":
+        return imagenet_class_map(data.class_ids, name)
+    if class_space != "dataset":
+        raise UserError(f"unknown generator.class_space {class_space!r} (use imagenet1k or dataset)")
+    if model_classes != data.num_classes:
+        raise UserError(
+            f"generator {name} has {model_classes} classes but dataset {data.name} has "
+            f"{data.num_classes} (use a generator trained on {data.name})"
+        )
+    return list(range(model_classes))

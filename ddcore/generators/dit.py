@@ -14,12 +14,7 @@ from types import MappingProxyType
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 
 from ddcore.data.base import ImageClassificationData
-from ddcore.generators.base import (
-    ClassConditionalGenerator,
-    LatentCodec,
-    VAECodec,
-    imagenet_class_map,
-)
+from ddcore.generators.base import ClassConditionalGenerator, VAECodec, map_classes
 from ddcore.generators.hub import DIT_XL2_256, SD_VAE_FT_MSE
 from ddcore.generators.pretrained import load_component, torch_dtype
 
@@ -39,37 +34,6 @@ def build_dit(
         sample_size=sample_size,
         num_embeds_ada_norm=num_classes,
         **arch,
-    )
-
-
-def class_conditional(
-    denoiser,
-    codec: LatentCodec,
-    scheduler_config: dict,
-    *,
-    model_classes: int,
-    null_label: int,
-    class_map: list[int] | None,
-    resolution: int,
-    image_channels: int,
-    cfg_scale: float,
-    cfg_channels: int | None,
-    name: str,
-    timestep_spacing: dict | None = None,
-) -> ClassConditionalGenerator:
-    return ClassConditionalGenerator(
-        denoiser,
-        codec,
-        scheduler_config,
-        resolution=resolution,
-        image_channels=image_channels,
-        cfg_scale=cfg_scale,
-        cfg_channels=cfg_channels,
-        model_classes=model_classes,
-        null_label=null_label,
-        class_map=class_map,
-        name=name,
-        timestep_spacing=timestep_spacing,
     )
 
 
@@ -113,14 +77,13 @@ def load_dit(
     )
     scheduler = load_component(DDPMScheduler, path, "scheduler", model_dir=model_dir)
     model_classes = dit_null_label(transformer)
-    class_map = map_classes(data, model_classes, class_space, name)
-    return class_conditional(
+    return ClassConditionalGenerator(
         transformer,
         VAECodec(vae_model),
         dict(scheduler.config),
         model_classes=model_classes,
         null_label=dit_null_label(transformer),
-        class_map=class_map,
+        class_map=map_classes(data, model_classes, class_space, name),
         resolution=resolution,
         image_channels=data.channels,
         cfg_scale=cfg_scale,
@@ -128,19 +91,3 @@ def load_dit(
         name=name,
         timestep_spacing=timestep_spacing,
     )
-
-
-def map_classes(data: ImageClassificationData, model_classes: int, class_space: str, name: str) -> list[int]:
-    """Dataset label -> model class, checked against the model's class count."""
-    from ddcore.errors import UserError
-
-    if class_space == "imagenet1k":
-        return imagenet_class_map(data.class_ids, name)
-    if class_space != "dataset":
-        raise UserError(f"unknown generator.class_space {class_space!r} (use imagenet1k or dataset)")
-    if model_classes != data.num_classes:
-        raise UserError(
-            f"generator {name} has {model_classes} classes but dataset {data.name} has "
-            f"{data.num_classes} (use a generator trained on {data.name})"
-        )
-    return list(range(model_classes))

@@ -30,8 +30,7 @@ from torch import nn
 
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
-from ddcore.generators.base import ClassConditionalGenerator, VAECodec
-from ddcore.generators.dit import map_classes
+from ddcore.generators.base import ClassConditionalGenerator, VAECodec, map_classes
 from ddcore.generators.pretrained import load_component, load_config, resolve_model, torch_dtype
 
 LAYOUTS = (
@@ -106,7 +105,7 @@ def load_class_ldm(
     model_dir: str | None = None,
 ) -> ClassConditionalGenerator:
     """A class-conditional LDM in either layout (module docstring); ``class_space`` maps labels
-    to model classes (see dit.map_classes)."""
+    to model classes (see base.map_classes)."""
     dt = torch_dtype(dtype)
     folder = resolve_model(path, model_dir)
     found = load_config(folder, "unet", model_dir=model_dir).get("_class_name")

@@ -37,8 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.errors import UserError
 from ddcore.files import short_hash
-from ddcore.generators.base import ClassConditionalGenerator, LatentCodec, VAECodec
-from ddcore.generators.dit import build_dit, class_conditional
+from ddcore.generators.base import ClassConditionalGenerator, Codec, PixelIdentityCodec, VAECodec
+from ddcore.generators.dit import build_dit
 from ddcore.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -218,13 +218,13 @@ def train_denoiser(
     out_dir: Path,
     trainer_kwargs: dict,
     callbacks: list | None = None,
-    codec: LatentCodec | None = None,
+    codec: Codec | None = None,
 ):
     """Train and save into ``out_dir`` (denoiser/, scheduler/, checkpoints/, logs/ CSV curves).
     ``codec``: pixel space (default) or a ``VAECodec`` (a latent generator, ``generator.vae``)."""
     train = spec["train"]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
-    codec = codec or LatentCodec()
+    codec = codec or PixelIdentityCodec()
     channels, size, _ = codec.latent_shape(data.channels, spec["resolution"])
     denoiser = build_denoiser(spec["family"], channels, size, data.num_classes, spec["arch"])
     scheduler = DDPMScheduler(**spec["schedule"])
@@ -425,24 +425,22 @@ def saved_generator(
     timestep_spacing: dict | None = None,
 ) -> ClassConditionalGenerator:
     denoiser, scheduler_config = load_saved(folder, spec["family"])
-    codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae")) if "vae" in spec else LatentCodec()
-    return class_conditional(
+    codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae")) if "vae" in spec else PixelIdentityCodec()
+    return ClassConditionalGenerator(
         denoiser,
         codec,
         scheduler_config,
         model_classes=data.num_classes,
         null_label=null_label_of(denoiser),
-        class_map=None,
         resolution=spec["resolution"],
         image_channels=data.channels,
         cfg_scale=cfg_scale,
-        cfg_channels=None,
         name=spec["name"],
         timestep_spacing=timestep_spacing,
     )
 
 
-def latent_codec(data, spec: dict, cache_dir: str, trainer_kwargs) -> LatentCodec | None:
+def latent_codec(data, spec: dict, cache_dir: str, trainer_kwargs) -> VAECodec | None:
     """The VAE codec a latent generator trains on (trained and cached first), else None."""
     if "vae" not in spec:
         return None

@@ -17,7 +17,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
-from ddcore.generators.base import DiffusionGenerator, LatentCodec, VAECodec
+from ddcore.generators.base import Codec, DiffusionGenerator, VAECodec
 from ddcore.generators.hub import SD15
 from ddcore.generators.pretrained import component_error, load_component, resolve_model, torch_dtype
 
@@ -35,7 +35,7 @@ class TextConditionalGenerator(DiffusionGenerator):
     def __init__(
         self,
         denoiser: nn.Module,
-        codec: LatentCodec,
+        codec: Codec,
         scheduler_config: dict,
         *,
         text_encoder: nn.Module,

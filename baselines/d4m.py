@@ -1,0 +1,45 @@
+"""The ``d4m`` baseline (docs/baselines.md): k-means prototypes of the class latents, denoised
+from there (img2img) by the ``unguided`` sampler, without mode guidance."""
+
+from __future__ import annotations
+
+import torch
+
+from baselines.unguided import UnguidedSampling
+from ddcore.latent_cache import ENCODE_BATCH, LatentCache
+from ddcore.sampling import start_index
+from mgd3.modes import LatentModesMixin, ModeDiscovery
+
+
+class D4M(LatentModesMixin, UnguidedSampling):
+    """D4M-style prototypes (docs/baselines.md): k-means prototypes of the class latents (k = IPC),
+    each noised to ``strength`` of the schedule and denoised by the same sampler (img2img),
+    conditioned on the class (a class-name prompt for Stable Diffusion). No mode guidance.
+
+    Args:
+        strength: 0.7 as D4M: with 50 steps the prototypes are noised to step index 34 and the
+            last 35 steps run.
+    """
+
+    name = "d4m"
+
+    def __init__(
+        self,
+        strength: float = 0.7,
+        kmeans_backend: str = "auto",
+        latent_cache: bool = True,
+        latent_cache_dir: str | None = None,
+        latent_batch_size: int = ENCODE_BATCH,
+        latent_workers: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        start_index(self.steps, strength)  # range check: a UserError now, not mid-run
+        self.strength = float(strength)
+        self.discovery = ModeDiscovery("kmeans", kmeans_backend)
+        self.cache = LatentCache.from_settings(
+            latent_cache, latent_cache_dir, latent_batch_size, latent_workers
+        )
+
+    def start_latents(self, modes: torch.Tensor) -> torch.Tensor:
+        return modes
