@@ -1,9 +1,12 @@
 """Command-line front: one-line errors for unknown config choices and for UserErrors, and a
 refused job's run folder tidied: removed only if this process made it, by rank 0 only; a folder
-that was there before keeps everything, its ``.hydra/`` record put back."""
+that was there before keeps everything, its ``.hydra/`` record put back. A run folder is held
+(``ddcore.folder_lock``) by the processes of one set of overrides from before Hydra writes into
+it until they exit: a process of other overrides is refused without writing anything there."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -12,6 +15,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from ddcore import folder_lock
+from ddcore.errors import UserError
 
 GROUPS = (
     "task",
@@ -142,6 +150,7 @@ def claim_run_folder(output_dir: Path) -> bool:
 def holds_only_this_job(folder: Path) -> bool:
     """Nothing in ``folder`` but ``.hydra/`` and this process's log, written since it started."""
     ours = {folder / ".hydra"} | {p for p in log_files() if p.parent == folder}
+    ours |= {folder / name for name in LOCK_FILES}
     try:
         entries = list(folder.iterdir())
         written = entries + list((folder / ".hydra").glob("*"))
@@ -167,6 +176,9 @@ def restore(folder: Path, before: Snapshot | None) -> None:
     for path in log_files():
         if path.parent == folder and path.name not in before.entries:
             path.unlink(missing_ok=True)
+    if folder_lock.LOCK not in before.entries:
+        _HELD.close()  # this job's hold first: the files go only if no other process holds them
+        folder_lock.remove_if_idle(folder)
 
 
 def tidy_run_folder(output_dir: Path) -> None:
@@ -183,6 +195,46 @@ def tidy_run_folder(output_dir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
     else:
         restore(folder, _BEFORE.get(folder))
+
+
+# -- one job's record per run folder: held before Hydra writes into it ---------------------------
+LOCK_FILES = (folder_lock.LOCK, folder_lock.SETTINGS, folder_lock.MUTEX)
+_HELD = contextlib.ExitStack()  # the run folder's lock: released when the process exits
+
+
+def override_differences(ours: dict, theirs: dict) -> list[str]:
+    """``overrides: <theirs only> there, <ours only> here`` if the two jobs' overrides differ."""
+    a, b = ours.get("overrides") or [], theirs.get("overrides") or []
+    if a == b:
+        return []
+    there, here = [o for o in b if o not in a], [o for o in a if o not in b]
+    return [f"overrides: {' '.join(there) or '(none)'} there, {' '.join(here) or '(none)'} here"]
+
+
+def hold_run_folder(folder: Path, overrides: list[str]) -> None:
+    """Hold ``folder`` for this job until the process exits: the processes of one launch (same
+    overrides: torchrun ranks) share it; a process of other overrides gets one line, exit 2,
+    and has written nothing into the folder (Hydra has not yet written its record or log)."""
+    try:
+        settings = {"overrides": sorted(overrides)}
+        _HELD.enter_context(folder_lock.writing(folder, settings, override_differences))
+    except OSError:
+        return  # a folder that cannot be made or written: Hydra's own mkdir reports it
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if folder in _BEFORE and _BEFORE[folder] is None:  # absent at startup: made since by another
+        now = snapshot(folder)  # job that has finished? then its record is what a refusal restores
+        if now is not None and not now.entries <= set(LOCK_FILES):
+            _BEFORE[folder] = now
+
+
+class RunFolderLock(Callback):
+    """``hydra.callbacks``: ``on_run_start`` runs after the config is composed and before Hydra
+    makes the run folder, writes ``.hydra/`` and opens ``run.log`` (``hydra.core.utils.run_job``)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        hold_run_folder(Path(str(config.hydra.run.dir)).resolve(), list(config.hydra.overrides.task))
 
 
 WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"  # torch DataLoader's re-raise

@@ -6,7 +6,9 @@ other writers compares its settings with theirs: the ranks of one sharded run (s
 join, a process with other settings is refused at once. The check-and-join step runs under a
 short exclusive lock on ``<folder>/.lock.mutex``, so two processes cannot both find the folder
 idle. A killed process's locks vanish with it (the kernel releases them); its ``.lock.json`` is
-simply overwritten by the next writer that finds no other.
+simply overwritten by the next writer that finds no other. ``remove_if_idle`` deletes the three
+files when nobody holds the lock (a refused job leaving a folder as it found it); a process
+that was waiting for the mutex it deleted finds the path names another file, and starts over.
 """
 
 from __future__ import annotations
@@ -29,17 +31,52 @@ def writing(folder: Path, settings: dict, differences: Callable[[dict, dict], li
     """Hold ``folder`` for writing with ``settings`` (``differences(ours, theirs)`` names what
     differs from another writer's settings, for the error line)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / MUTEX, "a+") as mutex, open(folder / LOCK, "a+") as lock:
-        fcntl.flock(mutex, fcntl.LOCK_EX)
+    with mutex(folder), contextlib.ExitStack() as on_error:
+        lock = on_error.enter_context(open(folder / LOCK, "a+"))
+        join(folder, lock, settings, differences)
+        on_error.pop_all()
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+@contextlib.contextmanager
+def mutex(folder: Path) -> Iterator[None]:
+    """The short exclusive lock of the check-and-join step, on the file its path names once it
+    is held (``remove_if_idle`` may delete that file while another process waits for it)."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / MUTEX, "a+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            if same_file(held, folder / MUTEX):
+                try:
+                    yield
+                finally:
+                    fcntl.flock(held, fcntl.LOCK_UN)
+                return
+
+
+def same_file(handle, path: Path) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def remove_if_idle(folder: Path) -> None:
+    """Delete the lock's files from ``folder`` unless some process holds the lock."""
+    folder = Path(folder)
+    if not (folder / LOCK).is_file():
+        return
+    with mutex(folder), open(folder / LOCK, "a+") as lock:
         try:
-            join(folder, lock, settings, differences)
-        finally:
-            fcntl.flock(mutex, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        for name in (LOCK, SETTINGS, MUTEX):
+            (folder / name).unlink(missing_ok=True)
 
 
 def join(folder: Path, lock, settings: dict, differences) -> None:

@@ -52,6 +52,32 @@ def test_a_rewritten_test_split_retrains_the_students(tmp_path, cache_dir):
     shutil.rmtree(tmp_path / "A")
 
 
+# -- concurrent jobs in one run folder -------------------------------------------------------------
+def test_two_jobs_started_at_once_in_one_folder_leave_one_record_and_log(tmp_path, cache_dir):
+    """Two jobs of other settings (ipc 1 and 2) started together into one run folder: one runs,
+    the other is refused in one line; the folder's ``.hydra/`` record is the winner's, and
+    ``run.log`` holds no line of the refused job among the winner's (each job logs one
+    ``dataset ...`` line; the winner's last is its ``result:`` line)."""
+    run_dir = tmp_path / "run"
+    base = [sys.executable, str(ROOT / "run.py"), "logger=none", "debug=tiny", "method=random"]
+    base += [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
+    procs = {
+        ipc: subprocess.Popen(
+            [*base, f"ipc={ipc}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
+        for ipc in (1, 2)
+    }
+    results = {ipc: (proc.communicate(timeout=300), proc.returncode) for ipc, proc in procs.items()}
+    [winner] = [ipc for ipc, (_, rc) in results.items() if rc == 0]
+    (_, stderr), rc = results[3 - winner]
+    assert_refused(rc, stderr, str(run_dir), "overrides:", f"ipc={winner} there, ipc={3 - winner} here")
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text().count(f"- ipc={winner}\n") == 1
+    assert f"ipc: {winner}\n" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert json.loads((run_dir / "distilled" / "manifest.json").read_text())["ipc"] == winner
+    log_text = (run_dir / "run.log").read_text()
+    assert log_text.split("result: ")[0].count("] - dataset ") == 1, log_text
+
+
 # -- 5. checks before any work, for every method ---------------------------------------------------
 def no_cuda() -> bool:
     import torch
