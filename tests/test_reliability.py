@@ -250,7 +250,7 @@ def failures(tmp_path_factory, cache_dir, fresh, fresh_folder_run):
     png_bomb(bomb / "val" / "b" / "3.png")  # the test split is read before any work
     case("decompression_bomb", *folder_case, f"dataset.root={bomb}")
     clean = image_tree(work / "clean")
-    case("image_over_max_pixels", *folder_case, f"dataset.root={clean}", "+dataset.max_pixels=100")
+    case("image_over_max_pixels", *folder_case, f"dataset.root={clean}", "dataset.max_pixels=100")
     bad_file = image_tree(work / "bad_file")
     os.rename(bad_file / "train" / "a" / "0.png", os.fsencode(bad_file / "train" / "a") + b"/\xff.png")
     case("non_utf8_file_name", *folder_case, f"dataset.root={bad_file}")
@@ -434,6 +434,31 @@ def test_resume_after_only_the_cache_folder_moved_finishes_the_same_set(fresh, c
         proc = run(resumed, moved, "task=distill")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert pngs(resumed / "distilled") == expected  # every class from one setting
+
+
+def test_dataset_max_pixels_is_declared_where_it_is_read(tmp_path):
+    """Every dataset config whose target takes ``max_pixels`` declares it with the code's default
+    (PIL's bomb threshold), so ``dataset.max_pixels=N`` is set without a ``+``."""
+    import inspect
+
+    import yaml
+    from hydra.utils import get_method
+
+    from ddcore.data.base import MAX_PIXELS
+
+    declared = {}
+    for path in sorted((ROOT / "conf" / "dataset").glob("*.yaml")):
+        conf = yaml.safe_load(path.read_text())
+        if "max_pixels" in inspect.signature(get_method(conf["_target_"])).parameters:
+            declared[path.stem] = conf.get("max_pixels")
+    assert "image_folder" in declared and "tinyimagenet" in declared
+    assert set(declared.values()) == {MAX_PIXELS}, declared
+    cmd = [sys.executable, str(ROOT / "run.py"), "dataset=image_folder", f"dataset.root={tmp_path}"]
+    proc = subprocess.run(
+        [*cmd, "dataset.max_pixels=100", "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "  max_pixels: 100\n" in proc.stdout
 
 
 # -- a refused job keeps what it did not make ------------------------------------------------------
