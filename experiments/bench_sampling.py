@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import ddcore  # noqa: E402,F401
 from ddcore.data.small import digits  # noqa: E402
 from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec  # noqa: E402
-from ddcore.generators.self_trained import build_denoiser, null_label_of  # noqa: E402
+from ddcore.generators.self_trained.denoiser import build_denoiser, null_label_of  # noqa: E402
 from ddcore.sampling import sample_latents  # noqa: E402
 from ddcore.seeding import rng_for  # noqa: E402
 from mgd3.guidance import ModeGuidance  # noqa: E402

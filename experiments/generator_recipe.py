@@ -37,7 +37,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from ddapp.schemas import register  # noqa: E402
 from ddcore.generators.probe import probe_report  # noqa: E402
-from ddcore.generators.self_trained import saved_generator, train_denoiser  # noqa: E402
+from ddcore.generators.self_trained.cache import saved_generator  # noqa: E402
+from ddcore.generators.self_trained.training import train_denoiser  # noqa: E402
 
 
 class Snapshots(pl.Callback):

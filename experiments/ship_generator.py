@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddcore.generators.self_trained import (  # noqa: E402
+from ddcore.generators.self_trained.shipped import (  # noqa: E402
     SHIPPED_DIR,
     VAE_WEIGHTS_FILE,
     WEIGHTS_FILE,

@@ -13,24 +13,23 @@ from omegaconf import OmegaConf
 from ddapp.tasks import build
 from ddcore.data.small import digits
 from ddcore.errors import UserError
-from ddcore.generators import self_trained
 from ddcore.generators.probe import (
     _features,
     fit_probe,
     mean_pairwise_distance,
     real_test_accuracy,
 )
-from ddcore.generators.self_trained import (
+from ddcore.generators.self_trained import cache, load_or_train, shipped
+from ddcore.generators.self_trained.cache import cache_key
+from ddcore.generators.self_trained.shipped import (
     SHIPPED_DIR,
     VAE_WEIGHTS_FILE,
     WEIGHTS_FILE,
-    cache_key,
     file_sha256,
-    fit_length,
-    load_or_train,
     shipped_folder,
     shipped_hashes,
 )
+from ddcore.generators.self_trained.training import fit_length
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
 from tests.test_self_trained import TINY
@@ -126,7 +125,7 @@ def test_shipped_weights_are_used_by_default_hash_checked_and_retrain_ignores_th
     data = digits()
     trained = load_or_train(data, cache_dir=str(tmp_path / "a"), **TINY)
     root, _ = ship(tmp_path, trained)
-    monkeypatch.setattr(self_trained, "SHIPPED_DIR", root)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", root)
     start = time.perf_counter()
     used = load_or_train(data, cache_dir=str(tmp_path / "b"), **TINY)
     assert used.folder == root / trained.folder.name and time.perf_counter() - start < 5
@@ -180,7 +179,7 @@ def test_shipped_digits_weights_sample_accuracy_on_a_small_probe(folder, make_cf
     meta = json.loads((folder / "meta.json").read_text())
     data = digits()
     config = make_cfg(f"generator={meta['spec']['name']}", tiny=False).generator  # as composed
-    generator = self_trained.saved_generator(
+    generator = cache.saved_generator(
         folder,
         meta["spec"],
         data,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import ddcore.generators.self_trained as self_trained
+import ddcore.generators.self_trained.loader as self_trained_loader
 import ddcore.generators.vae as vae_module
 from ddapp.tasks import build, prepare_distillation
 from ddcore.data.base import ImageClassificationData, TensorSource
@@ -25,7 +25,7 @@ def test_train_vae_then_train_generator_are_cached_and_reused(make_cfg, monkeypa
     monkeypatch.setattr(vae_module, "train_vae", lambda *a, **k: pytest.fail("VAE retrained"))
     gen_metrics = run_task(make_cfg, "train_generator")  # trains the denoiser on cached latents
     assert gen_metrics["vae"]["scaling_factor"] == vae_metrics["vae/scaling_factor"]
-    monkeypatch.setattr(self_trained, "train_denoiser", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(self_trained_loader, "train_denoiser", lambda *a, **k: pytest.fail("retrained"))
     _, _, generator = prepare_distillation(make_cfg("generator=ldm_tiny", "method=mgd3"))
     assert isinstance(generator.codec, VAECodec) and generator.latent_shape == (2, 8, 8)
 

@@ -19,7 +19,7 @@ from ddcore.data.small import digits
 from ddcore.distilled import load_distilled
 from ddcore.errors import UserError
 from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec
-from ddcore.generators.self_trained import build_denoiser, null_label_of
+from ddcore.generators.self_trained.denoiser import build_denoiser, null_label_of
 from ddcore.sharding import Shard, distill_to_folder
 from patchsel.distiller import PatchSelection
 from patchsel.patches import best_windows, cells_to_pixels, compose, tile_2x2, window_cells

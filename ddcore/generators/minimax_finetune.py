@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
 from ddcore.files import short_hash
-from ddcore.generators.self_trained import fit_length
+from ddcore.generators.self_trained.training import fit_length
 from ddcore.latent_cache import LatentCache, dataset_identity, generator_identity, state_dict_hash
 from ddcore.progress import ProgressLog
 

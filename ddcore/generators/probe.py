@@ -9,6 +9,9 @@ the diversity of the samples: the mean pairwise L2 distance within each class (p
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import torch
 
@@ -16,6 +19,8 @@ from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.generators.base import DiffusionGenerator
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
+
+log = logging.getLogger(__name__)
 
 PROBE_RESOLUTION = 16
 MAX_PROBE_TRAIN = 10000  # a seeded subset of larger train splits: the fit stays seconds
@@ -107,3 +112,17 @@ def generated_sample_accuracy(
     seed: int = 12345,
 ) -> float:
     return probe_report(generator, data, per_class, steps, seed)["sample_accuracy"]
+
+
+def run_probe(generator, data: ImageClassificationData, per_class: int) -> dict:
+    """The end-of-training probe, logged in one line; ``sample_accuracy`` + the full report."""
+    start = time.perf_counter()
+    report = probe_report(generator, data, per_class)
+    report["probe_seconds"] = round(time.perf_counter() - start, 1)
+    log.info(
+        f"{generator.name}: generated-sample accuracy {report['sample_accuracy']:.3f} "
+        f"(probe trained on real {data.name}, {report['probe_real_accuracy']:.3f} on its "
+        f"test split); per-class mean pairwise distance {report['diversity_generated']:.3f} "
+        f"generated vs {report['diversity_real']:.3f} real"
+    )
+    return {"sample_accuracy": report["sample_accuracy"], "probe": report}
