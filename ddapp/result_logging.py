@@ -51,7 +51,9 @@ register_resolvers()
 
 # -- wandb without a network ------------------------------------------------------------------
 WANDB_URL = "https://api.wandb.ai"
-REACH_TIMEOUT_S = 5.0  # a wandb run online without a network hangs ~95 s, then raises
+REACH_TIMEOUT_S = 3.0  # a wandb run online without a network hangs ~95 s, then raises
+INIT_TIMEOUT_S = 10.0  # wandb's own wait for an online run to start (its default is 90 s)
+FINISH_TIMEOUT_S = 10.0  # and for uploads at the end (its default: no limit)
 
 
 def reachable(url: str, timeout_s: float = REACH_TIMEOUT_S) -> bool:
@@ -68,6 +70,11 @@ def reachable(url: str, timeout_s: float = REACH_TIMEOUT_S) -> bool:
         return False
 
 
+def offline_line(why: str, save_dir) -> str:
+    """The one line an online wandb run that falls back to offline prints."""
+    return f"wandb: {why}, logging offline instead (upload later with wandb sync {save_dir}/wandb)"
+
+
 def offline_unless_reachable(cfg) -> None:
     """``logger=wandb`` online with wandb's server out of reach: logged offline instead (one
     warning; ``wandb sync`` uploads it later), decided before any work rather than after it."""
@@ -81,10 +88,7 @@ def offline_unless_reachable(cfg) -> None:
     url = os.environ.get("WANDB_BASE_URL", WANDB_URL)
     if reachable(url):
         return
-    log.warning(
-        f"wandb: {url} is not reachable, logging offline instead "
-        f"(upload later with wandb sync {logger.get('save_dir', '<run dir>')}/wandb)"
-    )
+    log.warning(offline_line(f"{url} is not reachable", logger.get("save_dir", "<run dir>")))
     OmegaConf.update(cfg, "logger.mode", "offline")
     os.environ["WANDB_MODE"] = "offline"
 

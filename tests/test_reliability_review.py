@@ -102,16 +102,17 @@ def test_a_bad_train_file_fails_before_distilling(tmp_path, cache_dir, content):
     assert not (tmp_path / "run" / "distilled").exists()
 
 
-def test_wandb_online_without_a_network_logs_offline(tmp_path, cache_dir):
-    """WANDB_MODE=online on a machine without a network (this one): decided before any work,
-    one warning line, the run finishes offline (it used to hang ~95 s, then print a traceback)."""
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9", "http://10.255.255.1"], ids=["closed_port", "non_routable"]
+)
+def test_wandb_online_without_a_network_logs_offline(tmp_path, cache_dir, url):
+    """WANDB_MODE=online with wandb's server out of reach (a closed port: refused at once; an
+    address that is not routed: no answer, or, behind an intercepting proxy, not wandb's): one
+    line saying the run is logged offline, and the whole run within 30 s (it used to hang ~95 s,
+    then print a traceback; behind a proxy it printed wandb's traceback)."""
     import time
 
-    from ddapp.result_logging import WANDB_URL, reachable
-
-    if reachable(WANDB_URL):
-        pytest.skip("wandb's server is reachable from here")
-    env = {"WANDB_MODE": "online", "WANDB_SILENT": "true"}
+    env = {"WANDB_MODE": "online", "WANDB_SILENT": "true", "WANDB_BASE_URL": url}
     start = time.monotonic()
     proc = subprocess.run(
         [
@@ -131,11 +132,12 @@ def test_wandb_online_without_a_network_logs_offline(tmp_path, cache_dir):
     )
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log_text = (tmp_path / "run" / "run.log").read_text()
-    assert log_text.count("is not reachable, logging offline instead") == 1
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "offline" in line.lower()]
+    assert len(lines) == 1 and "logging offline instead" in lines[0], lines
+    assert (tmp_path / "run" / "run.log").read_text().count("logging offline instead") == 1
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert seconds < 80, seconds  # the whole run; the check itself takes at most 5 s
+    assert seconds < 30, seconds  # the whole run: the probe <= 3 s, wandb's start <= 10 s
 
 
 # -- 4. signals and interrupts ---------------------------------------------------------------------
