@@ -28,7 +28,7 @@ from ddcore.data.base import ImageClassificationData
 from ddcore.data.folders import check_headers
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.distributed import init_process_group, launcher_shard, main_first, team
-from ddcore.errors import UserError
+from ddcore.errors import CacheUnreadable, UserError
 from ddcore.files import write_json
 from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
 from eval.batches import check_decodable
@@ -226,49 +226,18 @@ def prepare_distillation(cfg: DictConfig, check_data=None):
     return data, method, generator
 
 
-# where a self-trained generator's cached files are read (ddcore/generators/self_trained.py)
-CACHE_READERS = frozenset({"load_saved", "read_meta", "saved_generator"})
-
-
 def build_generator(cfg: DictConfig, data):
-    """The generator; a cached self-trained one whose files cannot be read is a one-line error
-    that says how to train it again, not a traceback from deep inside diffusers."""
+    """The generator; a cached one whose files cannot be read (``CacheUnreadable``, raised where
+    they are read) is a one-line error that says how to train it again, not a traceback from
+    deep inside diffusers."""
     try:
         return build(cfg.generator, data=data)
-    except UserError:
-        raise
-    except Exception as exc:
-        if "load_or_train" not in str(cfg.generator.get("_target_", "")) or not raised_in(exc, CACHE_READERS):
-            raise
-        first = (str(innermost(exc)).strip().splitlines() or [type(exc).__name__])[0][:160]
+    except CacheUnreadable as exc:
         raise UserError(
             f"the cached generator {cfg.generator.get('name')} under "
-            f"{cfg.generator.get('cache_dir')} cannot be read ({first}): rerun with "
+            f"{cfg.generator.get('cache_dir')} cannot be read ({exc.reason}): rerun with "
             "generator.retrain=true to train it again"
         ) from exc
-
-
-def exception_chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def innermost(exc: BaseException) -> BaseException:
-    return list(exception_chain(exc))[-1]
-
-
-def raised_in(exc: BaseException, functions: frozenset) -> bool:
-    """Whether any exception of the chain passed through a function named in ``functions``."""
-    import traceback
-
-    return any(
-        frame.name in functions
-        for e in exception_chain(exc)
-        for frame in traceback.extract_tb(e.__traceback__)
-    )
 
 
 def manifest_base(cfg: DictConfig, data, method, generator) -> dict:

@@ -10,10 +10,14 @@ fails in one line naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +52,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def built_in_temp(folder: str | Path, setting: str) -> Iterator[Path]:
+    """Build the folder ``folder`` (a cache entry) in ``<folder>.tmp``, renamed to ``folder`` at
+    the end: a failed or interrupted build leaves neither (a SIGKILL leaves the temp folder, which
+    the next build removes first). A full disk is one line naming the cache folder and the setting
+    that chooses it (``setting``, e.g. ``generator.cache_dir``), not the temp path."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(
+            f"cannot write {folder.name} in the cache folder {folder.parent}: "
+            f"{exc.strerror or exc} (free space there or set {setting} to another folder)"
+        ) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, payload, indent: int | None = 2) -> Path:

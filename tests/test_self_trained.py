@@ -1,11 +1,17 @@
 """The self-trained generator: trained once per (dataset, config), then reused from the cache."""
 
+import errno
 import json
 import time
 from pathlib import Path
 
-from ddapp.tasks import build
+import pytest
+from diffusers import DDPMScheduler
+from omegaconf import OmegaConf
+
+from ddapp.tasks import build, build_generator
 from ddcore.data.small import digits
+from ddcore.errors import CacheUnreadable, UserError
 from ddcore.generators.self_trained import load_or_train
 
 TINY = dict(
@@ -38,3 +44,59 @@ def test_train_generator_task_reports_the_folder(make_cfg):
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["class_ids"] == [str(d) for d in range(10)] and metrics["train_seconds"] > 0
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["generator"] == "unet_tiny"
+
+
+def disk_full(path):
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_while_training_into_the_cache_names_the_cache_and_leaves_no_temp(tmp_path, monkeypatch):
+    """The generator's last save hits a full disk: one line naming the cache folder and its
+    setting (not the ``.tmp`` folder it was written in), and nothing left in the cache."""
+
+    def save_config(self, folder, *args, **kwargs):
+        raise disk_full(Path(folder) / "scheduler_config.json")
+
+    monkeypatch.setattr(DDPMScheduler, "save_config", save_config)
+    with pytest.raises(UserError) as error:
+        load_or_train(digits(), cache_dir=str(tmp_path), **TINY)
+    line = str(error.value)
+    assert f"in the cache folder {tmp_path}: No space left on device" in line
+    assert "generator.cache_dir" in line and ".tmp" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_vae_training_leaves_no_temp_folder(tmp_path, monkeypatch):
+    import ddcore.generators.vae as vae_module
+    from tests.test_vae import TINY as VAE
+
+    def train_vae(data, spec, out_dir, trainer_kwargs):
+        (out_dir / "vae").mkdir(parents=True)
+        raise disk_full(out_dir / "vae" / "diffusion_pytorch_model.safetensors")
+
+    monkeypatch.setattr(vae_module, "train_vae", train_vae)
+    with pytest.raises(UserError, match=f"cache folder {tmp_path}: No space left on device"):
+        vae_module.load_or_train_vae(digits(), cache_dir=str(tmp_path), **VAE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_cached_generator_is_one_line_saying_how_to_retrain(tmp_path):
+    """Truncated weights in the cache: ``CacheUnreadable`` where they are read, and from
+    ``build_generator`` the one line naming the generator, its cache and the fix."""
+    data = digits()
+    folder = load_or_train(data, cache_dir=str(tmp_path), **TINY).folder
+    for weights in folder.glob("denoiser/*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CacheUnreadable) as unreadable:
+        load_or_train(data, cache_dir=str(tmp_path), **TINY)
+    assert unreadable.value.folder == folder
+    cfg = OmegaConf.create(
+        {"generator": {"_target_": "ddcore.generators.self_trained.load_or_train", "name": "dit_tiny"}}
+    )
+    cfg.generator.update(cache_dir=str(tmp_path), **TINY)
+    with pytest.raises(UserError) as error:
+        build_generator(cfg, data)
+    assert str(error.value) == (
+        f"the cached generator dit_tiny under {tmp_path} cannot be read "
+        f"({unreadable.value.reason}): rerun with generator.retrain=true to train it again"
+    )

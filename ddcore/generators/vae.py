@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 from ddcore.data.base import ImageClassificationData
 from ddcore.data.identity import data_identity
 from ddcore.errors import UserError
-from ddcore.files import short_hash, write_json
+from ddcore.files import built_in_temp, short_hash, write_json
 from ddcore.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,9 @@ def load_or_train_vae(
     elif retrain:
         shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "meta.json").is_file():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        meta = {"data": identity, "spec": spec, **train_vae(data, spec, tmp, dict(trainer_kwargs or {}))}
-        write_json(tmp / "meta.json", meta)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        with built_in_temp(folder, "generator.cache_dir") as tmp:  # a failed run leaves no .tmp
+            meta = {"data": identity, "spec": spec, **train_vae(data, spec, tmp, dict(trainer_kwargs or {}))}
+            write_json(tmp / "meta.json", meta)
         log.info(
             f"VAE on {data.name}: test reconstruction MSE {meta['test_reconstruction_mse']:.4f}"
             f", scaling factor {meta['scaling_factor']:.3f}"

@@ -1,5 +1,6 @@
 """A self-trained generator's cache entry: its key (dataset identity + train-image digest +
-generator config) and reading the entry back as a generator."""
+generator config) and reading the entry back as a generator (``read_entry``: files that cannot be
+read are a ``CacheUnreadable`` naming the entry)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 
 from ddcore.data.base import ImageClassificationData
+from ddcore.errors import CacheUnreadable
 from ddcore.files import short_hash
 from ddcore.generators.base import ClassConditionalGenerator, PixelIdentityCodec, VAECodec
 from ddcore.generators.self_trained.denoiser import null_label_of
@@ -66,3 +68,13 @@ def saved_generator(
 
 def read_meta(generator_folder: Path) -> dict:
     return json.loads((Path(generator_folder) / "meta.json").read_text())
+
+
+def read_entry(
+    folder: Path, spec: dict, data: ImageClassificationData, cfg_scale: float, timestep_spacing: dict | None
+) -> tuple[ClassConditionalGenerator, dict]:
+    """The entry's generator and ``meta.json``; files that cannot be read raise ``CacheUnreadable``."""
+    try:
+        return saved_generator(folder, spec, data, cfg_scale, timestep_spacing), read_meta(folder)
+    except Exception as exc:
+        raise CacheUnreadable(folder, exc) from exc

@@ -12,9 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
+from ddcore.files import built_in_temp
 from ddcore.generators.base import ClassConditionalGenerator, VAECodec
 from ddcore.generators.probe import run_probe
-from ddcore.generators.self_trained.cache import cache_key, read_meta, saved_generator
+from ddcore.generators.self_trained.cache import cache_key, read_entry, saved_generator
 from ddcore.generators.self_trained.shipped import shipped_folder
 from ddcore.generators.self_trained.training import train_denoiser
 
@@ -80,8 +81,7 @@ def load_or_train(
         _train_into(folder, data, spec, _plain(trainer_kwargs or {}), probe_per_class, cfg_scale, grid, codec)
     else:
         log.info(f"reusing trained generator {folder}")
-    generator = saved_generator(folder, spec, data, cfg_scale, grid)
-    meta = read_meta(folder)
+    generator, meta = read_entry(folder, spec, data, cfg_scale, grid)
     if meta.get("class_ids") != data.class_ids:
         raise UserError(
             f"cached generator {folder} was trained on other classes than "
@@ -128,30 +128,27 @@ def latent_codec(data, spec: dict, cache_dir: str, trainer_kwargs) -> VAECodec |
 
 
 def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_scale, grid, codec=None):
-    """Train in a temporary folder and rename it at the end: a killed run leaves no cache entry."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {
-        "spec": spec,
-        "dataset": data.name,
-        "class_ids": data.class_ids,
-        "cache_key": folder.name,
-        **train_denoiser(data, spec, tmp, trainer_kwargs, codec=codec),
-    }
-    if codec is not None:  # the generator folder holds its own VAE
-        codec.vae.save_pretrained(tmp / "vae")
-        meta["vae"] = {
-            k: codec.meta[k]
-            for k in (
-                "scaling_factor",
-                "test_reconstruction_mse",
-                "train_reconstruction_mse",
-                "train_seconds",
-            )
+    """Train in a temporary folder and rename it at the end: a killed or failed run leaves no
+    cache entry and no temp folder (``built_in_temp``)."""
+    with built_in_temp(folder, "generator.cache_dir") as tmp:
+        meta = {
+            "spec": spec,
+            "dataset": data.name,
+            "class_ids": data.class_ids,
+            "cache_key": folder.name,
+            **train_denoiser(data, spec, tmp, trainer_kwargs, codec=codec),
         }
-    if probe_per_class > 0:
-        meta.update(run_probe(saved_generator(tmp, spec, data, cfg_scale, grid), data, probe_per_class))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+        if codec is not None:  # the generator folder holds its own VAE
+            codec.vae.save_pretrained(tmp / "vae")
+            meta["vae"] = {
+                k: codec.meta[k]
+                for k in (
+                    "scaling_factor",
+                    "test_reconstruction_mse",
+                    "train_reconstruction_mse",
+                    "train_seconds",
+                )
+            }
+        if probe_per_class > 0:
+            meta.update(run_probe(saved_generator(tmp, spec, data, cfg_scale, grid), data, probe_per_class))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
