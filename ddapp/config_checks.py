@@ -133,6 +133,9 @@ FLIP = ("auto", "true", "false", "True", "False")
 
 RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
     "seed": integer(0),
+    "score_on": choice("test", "validation"),
+    "validation.fraction": number(0, 1, above=True),
+    "validation.seed": integer(0),
     "sample_precision": choice(*PRECISIONS),
     # report (ddapp/result_logging.py)
     "report.space": choice("pixels", "latents", "tsne"),

@@ -13,14 +13,14 @@ from ddcore.errors import UserError
 def train_teacher(cfg: DictConfig, retrain: bool = True) -> dict:
     """Train the soft-label protocol's teacher on the full real data into the teacher cache
     (later soft-label runs load it) and copy it to ``<run>/checkpoints/teacher.pt``."""
-    from ddapp.tasks import build, check_launch, finish, make_logger, output_dir
+    from ddapp.tasks import build, check_launch, finish, make_logger, output_dir, scored_split
 
     check_launch(cfg)  # trainer=ddp: launched by torchrun/SLURM, never re-executed by Lightning
     if cfg.eval.get("teacher") is None:
         raise UserError("task=train_teacher needs eval=soft_label (the teacher is eval.teacher)")
     if cfg.eval.teacher.get("pretrained_dir"):
         raise UserError("eval.teacher.pretrained_dir is set: that teacher is loaded, not trained")
-    data = build(cfg.dataset)
+    data = scored_split(cfg, build(cfg.dataset))  # the teacher never sees a validation split
     teacher = build(cfg.eval.teacher)
     trainer_factory = build(cfg.trainer)
     path = teacher.cache_path(data)

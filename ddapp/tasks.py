@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddapp.figures import save_grid
 from ddapp.result_logging import Report, log_results, offline_unless_reachable, report_run
-from ddcore.data.base import ImageClassificationData
+from ddcore.data.base import ImageClassificationData, hold_out_validation
 from ddcore.data.folders import check_headers
 from ddcore.distilled import DistilledSet, load_distilled, read_manifest
 from ddcore.distributed import init_process_group, launcher_shard, main_first, team
@@ -210,7 +210,8 @@ def prepare_distillation(cfg: DictConfig, check_data=None):
     ``check_data(data)`` runs before the generator is loaded or trained."""
     ipc = check_ipc(cfg.ipc)
     method = build(cfg.method)
-    data: ImageClassificationData = build(cfg.dataset)
+    full: ImageClassificationData = build(cfg.dataset)
+    data = scored_split(cfg, full)
     log.info(f"dataset {data.name}: {data.description or len(data.train)}")
     method.validate(data, ipc)
     check_headers(data.train)  # a file that is not an image fails now, not after distilling
@@ -221,9 +222,17 @@ def prepare_distillation(cfg: DictConfig, check_data=None):
     if method.uses_generator:
         device = bind_device(resolve_device(cfg.trainer.accelerator))  # cuda:<local rank>
         # rank 0 first: a generator trained into the cache is trained once, then read
-        generator = main_first("generator", lambda: build_generator(cfg, data)).to(device)
+        generator = main_first("generator", lambda: build_generator(cfg, full)).to(device)
         method.check_generator(generator, data)  # e.g. a text model needs class names
     return data, method, generator
+
+
+def scored_split(cfg: DictConfig, data: ImageClassificationData) -> ImageClassificationData:
+    """The data as methods and students see it: with ``score_on=validation``, a held-out share
+    of the train split replaces the test split (``hold_out_validation``)."""
+    if cfg.get("score_on", "test") != "validation":
+        return data
+    return hold_out_validation(data, cfg.validation.fraction, cfg.validation.seed)
 
 
 def build_generator(cfg: DictConfig, data):
@@ -312,7 +321,8 @@ def evaluate(cfg: DictConfig, distilled: DistilledSet, data, logger, protocol=No
     shard = current_shard()
     protocol.record_in(output_dir(cfg), shard, together=is_ddp(cfg.trainer))
     trainer_factory = rank_trainer(build(cfg.trainer), shard)
-    return protocol.evaluate(distilled, data, cfg.ipc, cfg.seed, trainer_factory, logger)
+    metrics = protocol.evaluate(distilled, data, cfg.ipc, cfg.seed, trainer_factory, logger)
+    return {"set/digest": distilled.digest(), **metrics}  # which jobs' sets are the same images
 
 
 def report(cfg: DictConfig, data, distilled: DistilledSet, generator, metrics: dict) -> Report | None:
@@ -438,7 +448,7 @@ def _evaluate_only(cfg: DictConfig) -> dict:
     folder = cfg.eval.get("distilled_dir")
     if not folder:
         raise UserError("task=evaluate needs eval.distilled_dir=<folder of class folders>")
-    data = build(cfg.dataset)
+    data = scored_split(cfg, build(cfg.dataset))
     check_test_split(data)
     distilled = load_distilled(Path(folder), data)
     ipc = distilled_ipc(distilled, data, folder)

@@ -6,6 +6,7 @@ readers skip hidden entries, so any class-per-folder image set loads the same wa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,16 @@ class DistilledSet:
 
     def per_class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+    def digest(self, chunk: int = 256) -> str:
+        """A digest of the set as stored (uint8 images, labels): equal for two methods that
+        chose the same images, fresh or read back. Hashed ``chunk`` images at a time, so a float
+        set is never copied whole."""
+        digest = hashlib.sha256(self.labels.cpu().numpy().astype(np.int64).tobytes())
+        for start in range(0, len(self.images), chunk):
+            part = to_uint8(self.images[start : start + chunk].cpu()).contiguous()
+            digest.update(part.numpy().tobytes())
+        return digest.hexdigest()
 
 
 def random_positions(data: ImageClassificationData, label: int, ipc: int, seed: int) -> torch.Tensor:

@@ -1,23 +1,22 @@
-"""The reference experiment: the papers' comparisons on real data, as the project's own tables.
+"""The reference experiment's driver: runs the plan's jobs (``experiments/reference_plan.py``),
+then writes the report (``experiments/reference_report.py``).
 
     python experiments/reference.py            # `make reference`: every job, then the report
     python experiments/reference.py --smoke    # `make reference-smoke`: a tiny subset, same path
-    python experiments/reference.py --report   # rebuild results/reference.md from finished jobs
+    python experiments/reference.py --report   # rebuild the report from finished jobs
 
-Every job is one ``run.py`` configuration: ``experiment=reference`` (the shared student
-schedule, chosen before any method was compared) plus the job's own overrides, composed through
-Hydra's compose API. With ``--workers 1`` the jobs run in this process one after another; with
-more, each in a process of its own, forked from a worker that imported the framework once.
-A job is finished when its folder holds ``metrics.json`` and a ``job.json`` with the same
-overrides; a rerun skips finished jobs and resumes a half-distilled one class by class. The full
-run's folder, ``results/reference_runs/``, is committed with each job's records and set grid
-(not the sets), so a fresh clone rebuilds the report and resumes where the last run stopped.
+Jobs are composed through Hydra's compose API. With ``--workers 1`` they run in this process
+one after another; with more, each in a process of its own, forked from a worker that imported
+the framework once. A job is finished when its folder holds ``metrics.json`` and a ``job.json``
+with the same overrides and composed configuration; a rerun skips finished jobs and resumes a
+half-distilled one class by class. The full run's folder, ``results/reference/runs/``, is
+committed with each job's records and set grid (not the sets), so a fresh clone rebuilds the
+report and resumes where the last run stopped.
 
-Phases: every dataset's t_SG and lam sweeps at IPC 10 (the first job of each dataset also
-builds its shared generator cache and full-data reference), then all the other jobs: the method
-tables (MGD^3 "best" takes the sweep's best (t_sg, lam) by final top-1, a choice made on test
-accuracy, which the report says) and the ablations. In each phase the datasets' jobs run side
-by side.
+Phases: every dataset's t_SG and lam sweeps on its validation split (the first job of each
+dataset also builds its shared generator cache), then all the other jobs: the method tables
+(MGD^3 "best" at the sweeps' choice), the ablations and the schedule check. In each phase the
+datasets' jobs run side by side.
 """
 
 from __future__ import annotations
@@ -28,246 +27,25 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments.reference_plan import (  # noqa: E402
+    DATASETS,
+    PAPER_SETTING,
+    ROOT,
+    SET_OF,
+    Job,
+    best_setting,
+    other_jobs,
+    plan,
+    read_json,
+    run_order,
+    sweep_jobs,
+)
+
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(ROOT))
-
-# -- the plan ------------------------------------------------------------------------------
-DATASETS = ("digits", "fashion_mnist")
-RUN_FIRST = ("fashion_mnist",)  # its jobs start first: the long ones (every train image scored,
-# the full-data references) early, the other dataset's short ones beside them
-IPCS = (1, 10, 50)
-GENERATORS = {  # one shared generator per dataset: the shipped self-trained weights
-    "digits": ["generator=dit_tiny"],
-    # the shipped weights' settings (MODEL_CARD.md): trained at 16 px with a 20-minute budget
-    "fashion_mnist": ["generator=unet_tiny", "generator.resolution=16", "generator.train.max_minutes=20"],
-}
-LATENT = {  # the latent generator's rows: its own VAE + a DiT on its latents, at the pixel one's size
-    "digits": ["generator=ldm_tiny"],
-    "fashion_mnist": ["generator=ldm_tiny", "generator.resolution=16"],
-}
-# The student schedule (conf/experiment/reference.yaml + these epochs), chosen on random real
-# subsets before any method was compared: 500 / 200 / 100 epochs are about 500-800 SGD steps at
-# each IPC (whether they converge: the convergence jobs and the report's schedule check).
-EPOCHS = {1: 500, 10: 200, 50: 100}
-# Soft-label students train SOFT_EPOCHS_FACTOR x as long: at 1 x, random real subsets were still
-# climbing at the end (Fashion-MNIST IPC 10: 44 % halfway, 60 % at 200 epochs; 71 % at 400 and
-# 77 % at 800), so the soft-label tables measured how fast a set is learnt, not how well. Chosen
-# on random real subsets alone; the convergence jobs below check it in every run.
-SOFT_EPOCHS_FACTOR = 4
-CHECK_FACTOR = 2  # the convergence check: random real subsets trained CHECK_FACTOR x as long
-FULL_EPOCHS = {"digits": 30, "fashion_mnist": 10}  # full-data students: ~600 / ~9400 steps
-PROTOCOLS = {  # both protocols train the same ConvNet student; the teacher is a ConvNet too
-    "hard_label": ["eval=hard_label"],
-    "soft_label": [
-        "eval=soft_label",
-        "eval/student=convnet",
-        "eval/student@eval.teacher.model=convnet",
-        "eval.teacher.model.width=32",  # ConvNet-128 would cost ~5x the student per batch
-        "eval.teacher.train.epochs=10",
-        # HLR's hard-label students: the hard-label table's protocol (eval=hard_label defaults test
-        # 100 times), so they are that table's students, read from the accuracy cache
-        "+eval.hard_label.evals=2",
-    ],
-}
-METHODS = {  # label -> overrides
-    "random real": ["method=random"],
-    "k-means real": ["method=kmeans_real"],
-    "herding": ["method=herding"],
-    "unguided": ["method=unguided"],
-    "D4M": ["method=d4m"],
-    "MGD^3 (paper defaults)": ["method=mgd3"],
-    "patch selection (single)": ["method=patchsel", "method.tile_max_ipc=0"],
-    "patch selection (2x2 tiles)": ["method=patchsel", "method.tile_max_ipc=1000"],
-    "ManifoldGD": ["method=manifoldgd"],
-}
-GENERATED = (  # the methods that sample or score with the generator: they get latent rows
-    "unguided",
-    "D4M",
-    "MGD^3 (paper defaults)",
-    "MGD^3 (best t_SG, lam)",
-    "patch selection (single)",
-    "patch selection (2x2 tiles)",
-    "ManifoldGD",
-)
-LATENT_SUFFIX = " [latent]"
-SET_OF = "@set:"  # eval.distilled_dir=@set:<job>: that job's distilled/ folder (resolve_jobs)
-T_SG = tuple(range(0, 55, 5))
-LAMS = (0.01, 0.05, 0.1, 0.2, 0.5)
-COMPONENTS = {  # MGD^3 Table 3
-    "k-means real (mode discovery only)": ["method=kmeans_real", "method.space=latents"],
-    "+ mode guidance (t_SG = 0)": ["method=mgd3", "method.t_sg=0"],
-    "+ stop guidance (t_SG = 25)": ["method=mgd3", "method.t_sg=25"],
-}
-PATCHSEL_ABLATIONS = {
-    "DIFT clustering, all images": ["method=patchsel", "method.tile_max_ipc=0"],
-    "no clustering, all images": ["method=patchsel", "method.tile_max_ipc=0", "method.clustering=false"],
-    "DIFT clustering, 50 images per class": [
-        "method=patchsel",
-        "method.tile_max_ipc=0",
-        "method.images_per_class=50",
-    ],
-}
-SMOKE = {
-    "datasets": ("digits",),
-    "ipcs": (2,),
-    "methods": ("random real", "unguided"),
-    "t_sg": (0, 50),
-    "lams": (),
-    "extra": ["debug=tiny"],
-    "latent": (),
-}
-
-
-@dataclass
-class Job:
-    name: str  # folder under the runs directory, and the key of its results
-    overrides: list[str]
-    group: str = "table"  # table | tsg | lam | components | patchsel | convergence
-    same_as: str | None = None  # another job's name: the same configuration, run once
-    source: str | None = None  # the job whose distilled/ this one evaluates (set by resolve_jobs)
-    config: str | None = None  # digest of its composed configuration (set by resolve_jobs)
-
-    def folder(self, runs: Path) -> Path:
-        return runs / self.name
-
-    def finished(self, runs: Path) -> bool:
-        """Done with these overrides and, once ``resolve_jobs`` has composed it, this composed
-        configuration (a schedule changed in ``conf/experiment/reference.yaml`` leaves the
-        overrides as they were): its metrics are written, or it stopped with a one-line error (a
-        setting this dataset cannot take, such as more patches than images)."""
-        folder = self.folder(runs)
-        record = read_json(folder / "job.json")
-        done = (folder / "metrics.json").is_file() or "error" in record
-        recorded = record.get("overrides", [])
-        same = without_set(recorded) == without_set(self.overrides)
-        if self.source:  # the set's folder may have moved with the runs folder (a fresh clone)
-            same = same and any(o.endswith(f"/{self.source}/distilled") for o in recorded)
-        if self.config:
-            same = same and record.get("config") == self.config
-        return done and same
-
-
-def without_set(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.startswith("eval.distilled_dir=")]
-
-
-def slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
-
-
-def epochs(protocol: str, ipc: int) -> int:
-    """The students' epochs of a table cell (``EPOCHS``, x ``SOFT_EPOCHS_FACTOR`` for soft labels)."""
-    return EPOCHS[ipc] * (SOFT_EPOCHS_FACTOR if protocol == "soft_label" else 1)
-
-
-def base(
-    dataset: str, protocol: str, ipc: int, plan: dict, latent: bool = False, longer: int = 1
-) -> list[str]:
-    """A job's shared overrides; ``longer``: its students train that many times the epochs."""
-    generator = (LATENT if latent else GENERATORS)[dataset]
-    schedule = []
-    if not plan["smoke"]:
-        schedule = [
-            f"eval.epochs={epochs(protocol, ipc) * longer}",
-            f"eval.reference.full_epochs={FULL_EPOCHS[dataset]}",
-        ]
-        if protocol == "soft_label":  # HLR's hard-label students: the hard-label table's
-            schedule.append(f"+eval.hard_label.epochs={EPOCHS[ipc]}")
-    return [
-        f"dataset={dataset}",
-        "experiment=reference",
-        *generator,
-        *PROTOCOLS[protocol],
-        f"ipc={ipc}",
-        *schedule,
-        *plan["extra"],
-    ]
-
-
-def sweep_jobs(dataset: str, plan: dict) -> list[Job]:
-    common = base(dataset, "hard_label", plan["sweep_ipc"], plan) + ["method=mgd3"]
-    jobs = [Job(f"{dataset}/sweep/tsg{t}", common + [f"method.t_sg={t}"], "tsg") for t in plan["t_sg"]]
-    return jobs + [
-        Job(f"{dataset}/sweep/lam{lam}", common + [f"method.lam={lam}"], "lam") for lam in plan["lams"]
-    ]
-
-
-def table_name(dataset: str, protocol: str, ipc: int, label: str) -> str:
-    return f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}"
-
-
-def table_jobs(dataset: str, plan: dict, best: list[str] | None) -> list[Job]:
-    """Hard-label jobs distil and evaluate; each soft-label job evaluates the same set, read
-    back from its hard-label job's folder (``task=evaluate``), so every set is distilled once."""
-    rows = {m: METHODS[m] for m in plan["methods"]}
-    if best is not None:
-        rows["MGD^3 (best t_SG, lam)"] = ["method=mgd3", *best]
-    variants = [(label, overrides, False) for label, overrides in rows.items()]
-    variants += [(label + LATENT_SUFFIX, rows[label], True) for label in GENERATED if label in rows]
-    jobs = []
-    for generator in (False, True):  # the latent generator's rows last
-        hard, soft = [], []
-        for ipc in plan["ipcs"]:
-            for label, overrides, latent in variants:
-                if latent != generator or (latent and ipc not in plan["latent"]):
-                    continue
-                name = table_name(dataset, "hard_label", ipc, label)
-                hard.append(Job(name, base(dataset, "hard_label", ipc, plan, latent) + overrides))
-                soft.append(
-                    Job(
-                        table_name(dataset, "soft_label", ipc, label),
-                        base(dataset, "soft_label", ipc, plan, latent)
-                        + overrides
-                        + ["task=evaluate", f"eval.distilled_dir={SET_OF}{name}"],
-                    )
-                )
-        jobs += hard + soft
-    return jobs
-
-
-def ablation_jobs(dataset: str, plan: dict) -> list[Job]:
-    ipc = plan["sweep_ipc"]
-    jobs = [
-        Job(f"{dataset}/components/{slug(k)}", base(dataset, "hard_label", ipc, plan) + v, "components")
-        for k, v in COMPONENTS.items()
-    ]
-    same = {"DIFT clustering, all images": table_name(dataset, "soft_label", ipc, "patch selection (single)")}
-    return jobs + [
-        Job(
-            f"{dataset}/patchsel/{slug(k)}",
-            base(dataset, "soft_label", ipc, plan) + v,
-            "patchsel",
-            same_as=same.get(k) if ipc in plan["ipcs"] else None,
-        )
-        for k, v in PATCHSEL_ABLATIONS.items()
-    ]
-
-
-def convergence_jobs(dataset: str, plan: dict) -> list[Job]:
-    """The schedule check: each table's random real set evaluated again with students trained
-    ``CHECK_FACTOR`` x as long (no references: only the students' accuracy is compared). The
-    schedule has converged where the longer students' final top-1 is within 1 point of the table's."""
-    jobs = []
-    for protocol in PROTOCOLS:
-        for ipc in plan["ipcs"]:
-            real = table_name(dataset, "hard_label", ipc, "random real")
-            overrides = base(dataset, protocol, ipc, plan, longer=CHECK_FACTOR) + METHODS["random real"]
-            overrides += [
-                "eval.reference.enabled=false",
-                "task=evaluate",
-                f"eval.distilled_dir={SET_OF}{real}",
-            ]
-            jobs.append(Job(convergence_name(dataset, protocol, ipc), overrides, "convergence"))
-    return jobs
-
-
-def convergence_name(dataset: str, protocol: str, ipc: int) -> str:
-    return f"{dataset}/convergence/{protocol}/ipc{ipc}"
 
 
 def resolve_jobs(jobs: list[Job], runs: Path, aliases: dict[str, str], seen: dict[str, str]) -> list[Job]:
@@ -609,84 +387,12 @@ def run_one(spec: str, runs: Path) -> int:
     return 0
 
 
-def best_setting(runs: Path, dataset: str, t_sgs, lams, aliases: dict[str, str]) -> list[str]:
-    """(t_sg, lam) with the highest mean final top-1 in the two sweeps (lam sweep at t_sg 25)."""
-    candidates = [(f"sweep/tsg{t}", [f"method.t_sg={t}"]) for t in t_sgs]
-    candidates += [(f"sweep/lam{lam}", [f"method.lam={lam}"]) for lam in lams]
-    scored = []
-    for name, overrides in candidates:
-        name = f"{dataset}/{name}"
-        metrics = read_metrics(runs / aliases.get(name, name))
-        if metrics:
-            scored.append((metrics["student/final_acc_mean"], overrides))
-    return max(scored, key=lambda s: s[0])[1] if scored else ["method.t_sg=25"]
-
-
-def read_metrics(folder: Path) -> dict | None:
-    return read_json(folder / "metrics.json") or None
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def run_order(datasets: list[str]) -> list[str]:
-    """The datasets in the order their jobs are offered to the workers (``RUN_FIRST`` first)."""
-    return sorted(datasets, key=lambda d: d not in RUN_FIRST)
-
-
-def other_jobs(dataset: str, plan: dict, best: list[str]) -> list[Job]:
-    """The jobs after the sweeps: the tables, then the ablations; patch selection last (its
-    first job scores every train image, about 23 min for Fashion-MNIST on one thread, and
-    ``first_to_start`` starts it first anyway), the latent rows after the pixel ones."""
-    jobs = table_jobs(dataset, plan, best) + (ablation_jobs(dataset, plan) if plan["ablations"] else [])
-    jobs += convergence_jobs(dataset, plan) if plan["convergence"] else []
-    jobs.sort(key=lambda j: ("method=patchsel" in j.overrides, LATENT[dataset][0] in j.overrides))
-    return jobs
-
-
-def plan(smoke: bool, extended: bool = False) -> dict:
-    """The jobs' settings: ``latent`` is the IPCs that get the latent generator's rows (issue
-    17's pixel-vs-latent comparison), only with ``extended``: at IPC 10 alone they are 0.46 h of
-    job time, and with them the plan's job time (3.97 h measured) cannot fit 2 h on two workers."""
-    if smoke:
-        return {
-            "datasets": SMOKE["datasets"],
-            "ipcs": SMOKE["ipcs"],
-            "methods": SMOKE["methods"],
-            "t_sg": SMOKE["t_sg"],
-            "lams": SMOKE["lams"],
-            "extra": SMOKE["extra"],
-            "latent": SMOKE["latent"],
-            "ablations": False,
-            "convergence": False,
-            "sweep_ipc": 2,
-            "smoke": True,
-        }
-    return {
-        "datasets": DATASETS,
-        "ipcs": IPCS,
-        "methods": tuple(METHODS),
-        "t_sg": T_SG,
-        "lams": LAMS,
-        "extra": [],
-        "latent": IPCS if extended else (),
-        "ablations": True,
-        "convergence": True,
-        "sweep_ipc": 10,
-        "smoke": False,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny subset (CI)")
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
-    parser.add_argument("--runs", type=Path, default=None, help="job folders (results/reference_runs)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (results)")
+    parser.add_argument("--runs", type=Path, default=None, help="job folders (results/reference/runs)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (results/reference)")
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=None, help="run only these datasets' jobs"
     )
@@ -708,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.smoke, args.extended)
     # the full run's folder is committed (records and grids only: .gitignore keeps the sets out)
     runs = (
-        args.runs or ROOT / ("logs/reference-smoke" if args.smoke else "results/reference_runs")
+        args.runs or ROOT / ("logs/reference-smoke" if args.smoke else "results/reference/runs")
     ).resolve()
-    out = args.out or (runs / "results" if args.smoke else ROOT / "results")
+    out = args.out or (runs / "results" if args.smoke else ROOT / "results" / "reference")
     import ddcore  # noqa: F401  (torchvision import fix)
     from ddapp.schemas import register
 
@@ -728,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     planned, rest = [], {}
     for dataset in p["datasets"]:
         planned += [j.name for j in sweep_jobs(dataset, p)]
-        jobs = other_jobs(dataset, p, best_setting(runs, dataset, p["t_sg"], p["lams"], aliases))
+        best = best_setting(
+            lambda n: read_json(runs / aliases.get(n, n) / "metrics.json"), dataset, p["t_sg"], p["lams"]
+        )
+        jobs = other_jobs(dataset, p, best[1] if best else PAPER_SETTING)
         planned += [j.name for j in jobs]
         rest[dataset] = resolve_jobs(jobs, runs, aliases, seen)
         by_name.update((j.name, j) for j in rest[dataset])
@@ -740,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = run_all(todo, runs, done, done + len(todo), by_name, args.workers, warm)
     from experiments.reference_report import write_report
 
-    stale = [n for n, j in by_name.items() if read_metrics(j.folder(runs)) and not j.finished(runs)]
+    stale = [
+        n for n, j in by_name.items() if (j.folder(runs) / "metrics.json").is_file() and not j.finished(runs)
+    ]
     path = write_report(runs, out, p, aliases, planned, stale)
     print(f"report: {path}")
     return 0 if ok else 1

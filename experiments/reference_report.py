@@ -1,52 +1,83 @@
-"""``results/reference.md`` from the reference experiment's finished jobs (experiments/reference.py).
+"""The reference experiment's report (``results/reference/reference.md`` and ``reference.json``)
+from its finished jobs (the plan: ``experiments/reference_plan.py``).
 
-Tables are mean +- std over each job's student repeats. A claim "held" when the difference of
-means exceeds the spread sqrt(std_a^2 + std_b^2), is "contradicted" when it is below minus the
-spread, and is "not resolved" in between: three repeats cannot separate smaller gaps.
+A table cell is mean +- std over the set seeds, one student each; rows are compared seed by
+seed (the student of seed s is the same for every method). Every claim states its paired
+differences, their 95% confidence interval (``experiments/paired.py``) and the verdict by
+``RULE``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from ddapp.figures import save_figure
+from experiments.paired import t_interval
+from experiments.reference_plan import (
+    BEST,
+    CHECK_FACTOR,
+    COMPONENTS,
+    GENERATED,
+    GUIDANCE_OFF,
+    LATENT_SUFFIX,
+    METHODS,
+    PATCHSEL_ABLATIONS,
+    ROOT,
+    SELECTION_SEED,
+    VALIDATION,
+    best_setting,
+    convergence_name,
+    seed_name,
+    slug,
+    sweep_name,
+    table_name,
+)
+
+RULE = (
+    "a claim A > B **held** when the 95% confidence interval of the mean paired difference A - B "
+    "(Student t with n - 1 degrees of freedom over the n seeds both rows finished) lies above 0, "
+    "is **contradicted** when it lies below 0, and is **not resolved** when it contains 0 (or n < 2)"
+)
 
 HEADER = """# Reference experiment
 
 Produced by `make reference` (`python experiments/reference.py --workers 2`: two jobs at a time,
-one thread each, on this 2-core machine); every number below is read from a job folder's
-`metrics.json` under `{runs}`. Mean +- std over the job's 3 student repeats;
-"final" is the last evaluation, "best" the better of the 2 test evaluations (halfway and at the
-end; it peeks at the test set).
-Jobs: {finished} of {planned} finished; total job time {hours:.2f} h on this machine, {wall}.
+one thread each, on a 2-core machine); every number below is read from a job folder's
+`metrics.json` under `{runs}`.
+Jobs: {finished} of {planned} finished; total job time {hours:.2f} h, {wall}.
+
+**Seeds and the test.** Every table set is distilled with each of the {n_seeds} set seeds
+{seeds} and evaluated by one student; the student of seed s is the same for every method
+(paired). A cell is mean ± std over the seeds (n = {n_seeds}, one student each). "final" is the
+last of 2 test evaluations, "best" the better of the two (it peeks at the test set). Rule: {rule}.
+Smallest resolvable difference (one test image): {resolution}.
+
+**Selection off the test set.** The t_SG and lam sweeps run on a validation split held out of
+the train split ({validation}; the method and the students never see it; the shipped generator
+was trained on the whole train split) with set seed {selection_seed} and the schedule's 3
+students, paired by student. "{best}" is the sweeps' best mean final top-1 on that split,
+reported on the test split. No other setting was chosen on any split.
 
 **Student schedule** (`conf/experiment/reference.yaml`, `EPOCHS` and `SOFT_EPOCHS_FACTOR` in
-`experiments/reference.py`): one ConvNet-16 (depth 2 at 16 px, 3 at 28 px) for every method and
-both protocols; hard labels 500 / 200 / 100 epochs at IPC 1 / 10 / 50 (about 500-800 optimizer
-steps each), soft labels 4x as many (2000 / 800 / 400); 2 test evaluations; 3 repeats; full-data
-references 30 epochs (digits) and 10 (Fashion-MNIST).
-The epochs and protocols were chosen on random real subsets before any method was compared, with
-a ConvNet-32 and 5 evaluations. The width went to 16 and the evaluations to 2 later, for the
-budget alone and after the earlier tables had been seen: with the old ones the whole experiment measured
-about 3 h on this machine (those tables are in commit 0d9a83c). The new settings were picked from
-measured costs, not rankings: a ConvNet-16 training step or test pass costs about 1/2.3 of a
-ConvNet-32 one. They apply to every method and both protocols. With them, soft-label students
-trained for the hard-label epochs were still climbing at the end (Fashion-MNIST random real IPC
-10: 44 % halfway, 60 % at 200 epochs; a probe on that set gave 71 % at 400 epochs and 77 % at 800),
-so soft labels got 4x the epochs, chosen on random real subsets alone (the 1x tables are in commit
-9033a31). Whether the students converge is checked in every run: see the check below.
-Hard labels: SGD lr 0.01, momentum 0.9, MultiStepLR
-at 2/3 and 5/6; soft labels: AdamW and RDED's cosine, with a ConvNet-32 teacher trained 10
-epochs on the full train split (`task=train_teacher`'s code path, cached). Each set is distilled
-once: the soft-label job evaluates the hard-label job's `distilled/` folder (`task=evaluate`).
-One shared generator per dataset: the shipped `dit_tiny` (digits) and `unet_tiny` at 16 px
-(Fashion-MNIST); `[latent]` rows use `generator=ldm_tiny` (a VAE + latent DiT the framework
-trains, at the same 16 px).
+`experiments/reference_plan.py`): one ConvNet-16 (depth 2 at 16 px, 3 at 28 px) for every method
+and both protocols; hard labels 500 / 200 / 100 epochs at IPC 1 / 10 / 50, soft labels 4x as
+many; full-data references 30 epochs (digits) and 10 (Fashion-MNIST). Hard labels: SGD lr 0.01,
+momentum 0.9, MultiStepLR at 2/3 and 5/6; soft labels: AdamW and RDED's cosine, with a
+ConvNet-32 teacher trained 10 epochs on the train split (`task=train_teacher`'s code path,
+cached). The schedule was chosen on random real subsets before any method was compared
+(docs/reference.md tells how); whether the students converge is checked below.
+Each set is distilled once per seed, under its row's first protocol; the other protocol's job
+evaluates that set (`task=evaluate`). Minimax is in the hard-label tables and RDED in the
+soft-label ones, as in the papers that compare with them; Minimax fine-tunes {minimax_steps}
+steps (the official recipe: 8 epochs, at most 12,000 steps). One generator per dataset: the
+shipped `dit_tiny` (digits) and `unet_tiny` at 16 px (Fashion-MNIST).
 """
 
 
+# -- records --------------------------------------------------------------------------------
 def load(runs: Path, aliases: dict[str, str] | None = None) -> dict[str, dict]:
     """job name -> {"metrics", "seconds", "folder", "overrides", "config"} for every finished job under
     ``runs``; an alias (a job with the configuration of another) shares that job's entry."""
@@ -87,78 +118,344 @@ def wall_time(jobs: dict[str, dict]) -> str:
     return f"wall time {hours:.2f} h ({len(timed)} jobs with end times, overlaps counted once)"
 
 
-def stat(job: dict | None, key: str = "final") -> tuple[float, float] | None:
+def acc(job: dict | None, key: str = "final") -> float | None:
+    """A job's mean top-1 over its students, in %."""
     if not job:
         return None
-    m = job["metrics"]
-    mean, std = m.get(f"student/{key}_acc_mean"), m.get(f"student/{key}_acc_std")
-    return None if mean is None else (100 * mean, 100 * (std or 0.0))
+    value = job["metrics"].get(f"student/{key}_acc_mean")
+    return None if value is None else 100 * value
 
 
-def fmt(s: tuple[float, float] | None) -> str:
-    return "-" if s is None else f"{s[0]:.1f} ± {s[1]:.1f}"
+def stat(job: dict | None, key: str = "final") -> tuple[float, float] | None:
+    """Mean and std over one job's students (a sweep job's 3), in %."""
+    if acc(job, key) is None:
+        return None
+    return acc(job, key), 100 * (job["metrics"].get(f"student/{key}_acc_std") or 0.0)
 
 
-def cell(job: dict | None, key: str = "final") -> str:
+def per_seed(jobs: dict, cell: str, seeds, key: str = "final") -> dict[int, float]:
+    """seed -> top-1 (%) of the cell's finished seed jobs."""
+    found = {s: acc(jobs.get(seed_name(cell, s)), key) for s in seeds}
+    return {s: v for s, v in found.items() if v is not None}
+
+
+def cell_stat(jobs: dict, cell: str, seeds, key: str = "final") -> tuple[float, float, int] | None:
+    values = list(per_seed(jobs, cell, seeds, key).values())
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def fmt(s) -> str:
+    if s is None:
+        return "-"
+    text = f"{s[0]:.1f} ± {s[1]:.1f}"
+    return text if len(s) < 3 or s[2] == 0 else text + ("" if s[2] >= 3 else f" (n={s[2]})")
+
+
+def failed(jobs: dict, cell: str, seeds) -> str | None:
+    """The one-line error of a cell whose setting the dataset cannot take."""
+    for s in seeds:
+        job = jobs.get(seed_name(cell, s))
+        if job and job.get("error"):
+            return job["error"]
+    return None
+
+
+def same_sets(jobs: dict, a: str, b: str, seeds) -> bool:
+    """Whether two cells hold the same images at every seed (``set/digest``)."""
+    digests = [
+        (jobs.get(seed_name(a, s), {}).get("metrics", {}), jobs.get(seed_name(b, s), {}).get("metrics", {}))
+        for s in seeds
+    ]
+    return all(x.get("set/digest") and x.get("set/digest") == y.get("set/digest") for x, y in digests)
+
+
+def cell(jobs: dict, name: str, seeds, key: str = "final") -> str:
     """A table cell: mean ± std, "n/a" for a setting the dataset cannot take, "-" when not run."""
-    return "n/a" if job and job.get("error") else fmt(stat(job, key))
+    return "n/a" if failed(jobs, name, seeds) else fmt(cell_stat(jobs, name, seeds, key))
 
 
-def verdict(a: tuple | None, b: tuple | None) -> str:
-    if a is None or b is None:
+# -- the paired test ------------------------------------------------------------------------
+def compare(claim: str, a: dict[int, float], b: dict[int, float]) -> dict:
+    """A claim A > B from per-pair values: the differences over the pairs both have, their
+    mean, 95% CI and verdict by ``RULE``."""
+    pairs = sorted(set(a) & set(b))
+    diffs = [a[p] - b[p] for p in pairs]
+    ci = t_interval(diffs)
+    return {
+        "claim": claim,
+        "pairs": pairs,
+        "a": [a[p] for p in pairs],
+        "b": [b[p] for p in pairs],
+        "diffs": diffs,
+        "mean": statistics.fmean(diffs) if diffs else None,
+        "ci": list(ci) if ci else None,
+        "verdict": verdict(ci, len(diffs)),
+    }
+
+
+def verdict(ci: tuple[float, float] | None, n: int) -> str:
+    if n == 0:
         return "not run"
-    diff, spread = a[0] - b[0], math.hypot(a[1], b[1])
-    word = "held" if diff > spread else "contradicted" if diff < -spread else "not resolved"
-    return f"{word} ({fmt(a)} vs {fmt(b)}, difference {diff:+.1f})"
+    if ci is None:
+        return "not resolved"
+    return "held" if ci[0] > 0 else "contradicted" if ci[1] < 0 else "not resolved"
 
 
-def method_table(jobs: dict, dataset: str, protocol: str, ipcs, labels) -> list[str]:
-    from experiments.reference import slug
+def claim_line(c: dict) -> str:
+    if not c["pairs"]:
+        return f"- {c['claim']}: not run"
+    a, b = statistics.fmean(c["a"]), statistics.fmean(c["b"])
+    ci = f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c["ci"] else "n/a"
+    diffs = ", ".join(f"{d:+.1f}" for d in c["diffs"])
+    return (
+        f"- {c['claim']}: **{c['verdict']}** ({a:.1f} vs {b:.1f}; differences {diffs}; "
+        f"mean {c['mean']:+.2f}, 95% CI {ci}, n = {len(c['pairs'])})"
+    )
 
+
+def student_runs(job: dict | None) -> dict[int, float]:
+    """A sweep job's students by repeat index (the same student seeds at every sweep point), in %."""
+    runs = (job or {}).get("metrics", {}).get("student/final_acc_runs") or []
+    return {r: 100 * v for r, v in enumerate(runs)}
+
+
+def claims(jobs: dict, dataset: str, plan: dict) -> list[dict]:
+    seeds = plan["seeds"]
+
+    def rows(protocol, ipc, a, b):
+        return (
+            per_seed(jobs, table_name(dataset, protocol, ipc, a), seeds),
+            per_seed(jobs, table_name(dataset, protocol, ipc, b), seeds),
+        )
+
+    pairs = [
+        ("hard_label", "MGD^3 (paper defaults)", "unguided", "MGD^3 beats unguided"),
+        ("hard_label", "MGD^3 (paper defaults)", "random real", "generated (MGD^3) beats random real"),
+        ("hard_label", "MGD^3 (paper defaults)", "Minimax", "MGD^3 beats Minimax"),
+        (
+            "soft_label",
+            "patch selection (single)",
+            "random real",
+            "patch selection (single) beats random real",
+        ),
+        ("soft_label", "patch selection (single)", "RDED", "patch selection (single) beats RDED"),
+    ]
+    out = []
+    for ipc in plan["ipcs"]:
+        for protocol, a, b, text in pairs:
+            if a in plan["methods"] and b in plan["methods"]:
+                label = f"{text} ({protocol.replace('_', ' ')}s, IPC {ipc})"
+                out.append(compare(label, *rows(protocol, ipc, a, b)))
+    curve = [(t, jobs.get(sweep_name(dataset, f"tsg{t}"))) for t in plan["t_sg"]]
+    curve = [(t, j) for t, j in curve if acc(j) is not None]
+    if len(curve) >= 3:
+        t_best, best = max(curve, key=lambda c: acc(c[1]))
+        where = "interior" if curve[0][0] < t_best < curve[-1][0] else "an end point"
+        for t, job in (curve[0], curve[-1]):
+            if t != t_best:
+                text = f"t_SG = {t_best} ({where}) beats t_SG = {t} (validation split, students paired)"
+                out.append(compare(text, student_runs(best), student_runs(job)))
+    if plan["ablations"]:
+        names = list(COMPONENTS)
+        for i in (1, 2):
+            a, b = (per_seed(jobs, f"{dataset}/components/{slug(names[j])}", seeds) for j in (i, i - 1))
+            out.append(compare(f"component '{names[i]}' adds over '{names[i - 1]}'", a, b))
+        a, b = (per_seed(jobs, f"{dataset}/patchsel/{slug(k)}", seeds) for k in list(PATCHSEL_ABLATIONS)[:2])
+        out.append(compare(f"clustering helps (patch selection, soft labels, IPC {plan['sweep_ipc']})", a, b))
+    return out
+
+
+# -- tables ---------------------------------------------------------------------------------
+def method_table(jobs: dict, dataset: str, protocol: str, ipcs, labels, seeds) -> list[str]:
+    """One row per method; a row whose sets are another row's at every seed says so once."""
     lines = [
         "| method | " + " | ".join(f"IPC {i} final | IPC {i} best" for i in ipcs) + " |",
         "|---|" + "---|---|" * len(ipcs),
     ]
-    for label in labels:
+    for row, label in enumerate(labels):
         cells = []
         for ipc in ipcs:
-            job = jobs.get(f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}")
-            cells += [cell(job), cell(job, "best")]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            name = table_name(dataset, protocol, ipc, label)
+            twin = next(
+                (
+                    o
+                    for o in labels[:row]
+                    if same_sets(jobs, table_name(dataset, protocol, ipc, o), name, seeds)
+                ),
+                None,
+            )
+            if twin is not None:
+                cells += [f"= {twin} (same sets)", ""]
+            elif failed(jobs, name, seeds):
+                cells += ["n/a", "n/a"]
+            else:
+                cells += [cell(jobs, name, seeds), cell(jobs, name, seeds, "best")]
+        if any(c not in ("-", "") for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
-def ranking_table(jobs: dict, dataset: str, protocol: str, ipc: int, labels) -> list[str]:
-    from experiments.reference import slug
-
+def ranking_table(jobs: dict, dataset: str, protocol: str, ipc: int, labels, seeds) -> list[str]:
     lines = ["| method | full data | random real | HLR | IOR | LRS |", "|---|---|---|---|---|---|"]
     for label in labels:
-        job = jobs.get(f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}")
-        if not job:
+        found = [jobs.get(seed_name(table_name(dataset, protocol, ipc, label), s)) for s in seeds]
+        found = [j["metrics"] for j in found if j]
+        if not found:
             continue
-        m = job["metrics"]
-        pct = lambda k, m=m: "-" if m.get(k) is None else f"{100 * m[k]:.1f}"  # noqa: E731
-        lrs = "-" if m.get("ddranking/lrs") is None else f"{m['ddranking/lrs']:.3f}"
+
+        def mean(key, scale=100.0, digits=1, found=found):
+            values = [m[key] for m in found if m.get(key) is not None]
+            return "-" if not values else f"{scale * statistics.fmean(values):.{digits}f}"
+
         lines.append(
-            f"| {label} | {pct('reference/full_hard_acc')} | {pct('reference/random_acc')}"
-            f" | {pct('ddranking/hlr')} | {pct('ddranking/ior')} | {lrs} |"
+            f"| {label} | {mean('reference/full_hard_acc')} | {mean('reference/random_acc')}"
+            f" | {mean('ddranking/hlr')} | {mean('ddranking/ior')} | {mean('ddranking/lrs', 1.0, 3)} |"
         )
     return lines
 
 
-def rows_table(jobs: dict, names: dict[str, str], title: str) -> list[str]:
+def rows_table(jobs: dict, names: dict[str, str], title: str, seeds=None) -> list[str]:
+    """Rows of single jobs (``seeds`` None: a sweep job's students) or of seed cells."""
     lines = [f"| {title} | final | best |", "|---|---|---|"]
-    lines += [
-        f"| {label} | {fmt(stat(jobs.get(name)))} | {fmt(stat(jobs.get(name), 'best'))} |"
-        for label, name in names.items()
-    ]
+    for label, name in names.items():
+        if seeds is None:
+            final, best = fmt(stat(jobs.get(name))), fmt(stat(jobs.get(name), "best"))
+        else:
+            final, best = cell(jobs, name, seeds), cell(jobs, name, seeds, "best")
+        lines.append(f"| {label} | {final} | {best} |")
     return lines
 
 
+def sweep_rows(dataset: str, plan: dict) -> tuple[dict[str, str], dict[str, str]]:
+    tsg = {
+        f"t_SG = {t}" + (" (= unguided: guidance never applies)" if t == GUIDANCE_OFF else ""): sweep_name(
+            dataset, f"tsg{t}"
+        )
+        for t in plan["t_sg"]
+    }
+    lam = {
+        f"lam = {v}" + (" (= t_SG 25 above)" if v == 0.1 else ""): sweep_name(dataset, f"lam{v}")
+        for v in plan["lams"]
+    }
+    return tsg, lam
+
+
+def schedule_check(jobs: dict, plan: dict) -> list[str]:
+    """Did the students converge? Each table's random real sets evaluated again by students
+    trained ``CHECK_FACTOR`` x as long (the convergence jobs): converged where their final top-1
+    is within 1 point of the table's. Then the largest final-minus-best gap of any row (a test
+    accuracy that peaked halfway and fell)."""
+    seeds = plan["seeds"]
+    lines = [
+        "## Student schedule check\n",
+        f"Random real: the table's final top-1 -> the final top-1 of students trained {CHECK_FACTOR}x as",
+        "long on the same sets (the `<dataset>/convergence/...` jobs), and the difference; the schedule",
+        "has converged where it is within 1 point. Then the largest final-minus-best gap of any",
+        "method's row in the same table: a large negative gap means test accuracy peaked halfway and",
+        "fell while the student kept fitting the set.\n",
+        "| dataset | protocol | " + " | ".join(f"IPC {i}" for i in plan["ipcs"]) + " |",
+        "|---|---|" + "---|" * len(plan["ipcs"]),
+    ]
+    for dataset in plan["datasets"]:
+        for protocol in ("hard_label", "soft_label"):
+            cells = []
+            for ipc in plan["ipcs"]:
+                gaps = {}
+                for label in [*METHODS, BEST]:
+                    name = table_name(dataset, protocol, ipc, label)
+                    final, best = cell_stat(jobs, name, seeds), cell_stat(jobs, name, seeds, "best")
+                    if final and best:
+                        gaps[slug(label)] = final[0] - best[0]
+                table = cell_stat(jobs, table_name(dataset, protocol, ipc, "random real"), seeds)
+                longer = cell_stat(jobs, convergence_name(dataset, protocol, ipc), seeds)
+                text = "-"
+                if table and longer:
+                    text = f"{table[0]:.1f} -> {longer[0]:.1f} ({longer[0] - table[0]:+.1f})"
+                worst = min(gaps.items(), key=lambda g: g[1]) if gaps else None
+                cells.append(text + (f"; worst {worst[1]:+.1f} ({worst[0]})" if worst else ""))
+            lines.append(f"| {dataset} | {protocol.replace('_', ' ')}s | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def named(names: list[str], more: str = "", shown: int = 8) -> str:
+    """The first ``shown`` job names in backticks, then how many more (for a header line)."""
+    rest = len(names) - shown
+    return ", ".join(f"`{n}`" for n in names[:shown]) + (f" and {rest} more{more}" if rest > 0 else "")
+
+
+def teacher_check(jobs: dict, datasets) -> list[str]:
+    """One teacher per dataset: soft-label jobs whose teacher (told apart by its recorded test
+    accuracy; the cache key is the same for a build trained again elsewhere) is not the one
+    most of the dataset's jobs used are named, so a table never silently mixes two teachers."""
+    lines = []
+    for dataset in datasets:
+        builds: dict[float, list[str]] = {}
+        for name, job in sorted(jobs.items()):
+            value = job["metrics"].get("teacher/test_acc")
+            if name.startswith(f"{dataset}/") and value is not None and "same_as" not in job:
+                builds.setdefault(round(value, 6), []).append(name)
+        if len(builds) > 1:
+            ranked = sorted(builds.items(), key=lambda b: -len(b[1]))
+            others = [n for _, names in ranked[1:] for n in names]
+            counts = ", ".join(f"{100 * a:.2f}% in {len(names)}" for a, names in ranked)
+            lines.append(
+                f"**{dataset}'s soft-label jobs used {len(builds)} teacher builds** (test accuracy "
+                f"{counts} jobs; one cache key, but a teacher trained again elsewhere can differ): "
+                + named(others)
+                + " used another teacher than the rest; delete their folders and rerun `make reference`.\n"
+            )
+    return lines
+
+
+def pixel_vs_latent(jobs: dict, dataset: str, ipc: int, seeds) -> list[str]:
+    """The pixel and the latent generator side by side under hard labels (``--extended``)."""
+    rows = [("random real", "real images", "random real")]
+    for label in ("unguided", "MGD^3 (paper defaults)"):
+        rows += [(label, "pixel", label), (label, "latent (ldm_tiny)", label + LATENT_SUFFIX)]
+    lines = [
+        f"### Pixel vs latent generator (IPC {ipc}, hard labels)\n",
+        "| method | generator | final | best |",
+        "|---|---|---|---|",
+    ]
+    for label, generator, row in rows:
+        name = table_name(dataset, "hard_label", ipc, row)
+        lines.append(
+            f"| {label} | {generator} | {cell(jobs, name, seeds)} | {cell(jobs, name, seeds, 'best')} |"
+        )
+    return lines + [""]
+
+
+def commands(jobs: dict, planned: list[str], stale=()) -> list[str]:
+    """How each job ran: its ``run.py`` overrides (``experiments/reference.py`` runs them in-process)."""
+    lines = [
+        "## Commands\n",
+        "Each job is `python run.py logger=csv <overrides> hydra.run.dir=<runs>/<job>`; the driver",
+        "runs them through Hydra's compose API, each in a process of its own with `--workers N`.",
+        'A job marked "same as" has the configuration of another and reads its results.\n',
+        "<details><summary>every job's overrides</summary>\n",
+    ]
+    for name in planned:
+        job = jobs.get(name)
+        if job is None:
+            lines.append(f"- `{name}`: not run")
+        elif job.get("same_as"):
+            lines.append(f"- `{name}`: same as `{job['same_as']}`")
+        elif job.get("error"):
+            lines.append(f"- `{name}`: n/a, {job['error']} (`{' '.join(job['overrides'])}`)")
+        elif name in stale:
+            lines.append(f"- `{name}` ({job['seconds']:.0f} s, stale): `{' '.join(job['overrides'])}`")
+        else:
+            lines.append(f"- `{name}` ({job['seconds']:.0f} s): `{' '.join(job['overrides'])}`")
+    return lines + ["\n</details>", ""]
+
+
+# -- figures --------------------------------------------------------------------------------
 def tsg_curve(jobs: dict, dataset: str, t_sgs, path: Path) -> Path | None:
     from matplotlib.figure import Figure
 
-    points = [(t, stat(jobs.get(f"{dataset}/sweep/tsg{t}"))) for t in t_sgs]
+    points = [(t, stat(jobs.get(sweep_name(dataset, f"tsg{t}")))) for t in t_sgs]
     points = [(t, s) for t, s in points if s]
     if not points:
         return None
@@ -172,9 +469,9 @@ def tsg_curve(jobs: dict, dataset: str, t_sgs, path: Path) -> Path | None:
         capsize=3,
         label="MGD^3, lam 0.1",
     )
-    ax.set_xlabel("t_SG (guidance while step index > t_SG; 50 = unguided)")
-    ax.set_ylabel("final test top-1 (%)")
-    ax.set_title(f"{dataset}, IPC 10, hard labels (MGD^3 Fig. 4a)", fontsize=10)
+    ax.set_xlabel(f"t_SG (guidance while step index > t_SG; {GUIDANCE_OFF} = unguided)")
+    ax.set_ylabel("final top-1 on the validation split (%)")
+    ax.set_title(f"{dataset}, hard labels, validation split (MGD^3 Fig. 4a)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -225,167 +522,29 @@ def scatter(jobs: dict, names: dict[str, str], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def schedule_check(jobs: dict, plan: dict) -> list[str]:
-    """Did the students converge? Each table's random real set evaluated again by students
-    trained ``CHECK_FACTOR`` x as long (the convergence jobs): converged where their final top-1
-    is within 1 point of the table's. Then the largest final-minus-best gap of any row (a test
-    accuracy that peaked halfway and fell)."""
-    from experiments.reference import CHECK_FACTOR, convergence_name
+# -- the report -----------------------------------------------------------------------------
+def split_sizes(dataset: str) -> tuple[int, int] | None:
+    """(test images, validation images) of a dataset as the plan uses it; None if absent here."""
+    from ddcore.data.base import hold_out_validation
+    from ddcore.data.small import digits, fashion_mnist
+    from ddcore.errors import UserError
 
-    lines = [
-        "## Student schedule check\n",
-        f"Random real: the table's final top-1 -> the final top-1 of students trained {CHECK_FACTOR}x as",
-        "long on the same set (the `<dataset>/convergence/...` jobs), and the difference; the schedule",
-        "has converged where it is within 1 point. Then the largest final-minus-best gap of any",
-        "method's row in the same table: a large negative gap means test accuracy peaked halfway and",
-        "fell while the student kept fitting the set.\n",
-        "| dataset | protocol | " + " | ".join(f"IPC {i}" for i in plan["ipcs"]) + " |",
-        "|---|---|" + "---|" * len(plan["ipcs"]),
-    ]
-    for dataset in plan["datasets"]:
-        for protocol in ("hard_label", "soft_label"):
-            cells = []
-            for ipc in plan["ipcs"]:
-                prefix = f"{dataset}/{protocol}/ipc{ipc}/"
-                gaps = {}
-                for name, job in jobs.items():
-                    final, best = stat(job), stat(job, "best")
-                    if name.startswith(prefix) and final and best:
-                        gaps[name[len(prefix) :]] = final[0] - best[0]
-                table, longer = (
-                    stat(jobs.get(prefix + "random_real")),
-                    stat(jobs.get(convergence_name(dataset, protocol, ipc))),
-                )
-                text = "-"
-                if table and longer:
-                    text = f"{table[0]:.1f} -> {longer[0]:.1f} ({longer[0] - table[0]:+.1f})"
-                worst = min(gaps.items(), key=lambda g: g[1]) if gaps else None
-                cells.append(text + (f"; worst {worst[1]:+.1f} ({worst[0]})" if worst else ""))
-            lines.append(f"| {dataset} | {protocol.replace('_', ' ')}s | " + " | ".join(cells) + " |")
-    return lines + [""]
+    try:
+        data = {"digits": digits, "fashion_mnist": fashion_mnist}[dataset]()
+    except (KeyError, UserError):
+        return None
+    held = hold_out_validation(data, VALIDATION.get(dataset, 0.2), 0)
+    return len(data.test), len(held.test)
 
 
-def named(names: list[str], more: str = "", shown: int = 8) -> str:
-    """The first ``shown`` job names in backticks, then how many more (for a header line)."""
-    rest = len(names) - shown
-    return ", ".join(f"`{n}`" for n in names[:shown]) + (f" and {rest} more{more}" if rest > 0 else "")
-
-
-def teacher_check(jobs: dict, datasets) -> list[str]:
-    """One teacher per dataset: soft-label jobs whose teacher (told apart by its recorded test
-    accuracy; the cache key is the same for a build trained again elsewhere) is not the one
-    most of the dataset's jobs used are named, so a table never silently mixes two teachers."""
-    lines = []
+def resolution_text(datasets) -> tuple[str, str]:
+    one, split = [], []
     for dataset in datasets:
-        builds: dict[float, list[str]] = {}
-        for name, job in sorted(jobs.items()):
-            acc = job["metrics"].get("teacher/test_acc")
-            if name.startswith(f"{dataset}/") and acc is not None and "same_as" not in job:
-                builds.setdefault(round(acc, 6), []).append(name)
-        if len(builds) > 1:
-            ranked = sorted(builds.items(), key=lambda b: -len(b[1]))
-            others = [n for _, names in ranked[1:] for n in names]
-            counts = ", ".join(f"{100 * acc:.2f}% in {len(names)}" for acc, names in ranked)
-            lines.append(
-                f"**{dataset}'s soft-label jobs used {len(builds)} teacher builds** (test accuracy "
-                f"{counts} jobs; one cache key, but a teacher trained again elsewhere can differ): "
-                + named(others)
-                + " used another teacher than the rest; delete their folders and rerun `make reference`.\n"
-            )
-    return lines
-
-
-def pixel_vs_latent(jobs: dict, dataset: str, ipc: int) -> list[str]:
-    """Issue 17's side-by-side: the pixel and the latent generator under hard labels."""
-    from experiments.reference import LATENT_SUFFIX, slug
-
-    rows = [("random real", "real images", "random real")]
-    for label in ("unguided", "MGD^3 (paper defaults)"):
-        rows += [(label, "pixel", label), (label, "latent (ldm_tiny)", label + LATENT_SUFFIX)]
-    lines = [
-        f"### Pixel vs latent generator (IPC {ipc}, hard labels)\n",
-        "Diversity: mean over classes of the smallest distance between two images of the class;",
-        "representativeness: mean distance to the 50 nearest real images (lower = closer).\n",
-        "| method | generator | final | best | diversity | representativeness |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, generator, row in rows:
-        job = jobs.get(f"{dataset}/hard_label/ipc{ipc}/{slug(row)}")
-        m = job["metrics"] if job else {}
-        num = lambda k, m=m: "-" if m.get(k) is None else f"{m[k]:.3f}"  # noqa: E731
-        lines.append(
-            f"| {label} | {generator} | {fmt(stat(job))} | {fmt(stat(job, 'best'))}"
-            f" | {num('set/diversity_mean')} | {num('set/representativeness_mean')} |"
-        )
-    return lines + [""]
-
-
-def commands(jobs: dict, planned: list[str], stale=()) -> list[str]:
-    """How each job ran: its ``run.py`` overrides (``experiments/reference.py`` runs them in-process)."""
-    lines = [
-        "## Commands\n",
-        "Each job is `python run.py logger=csv <overrides> hydra.run.dir=<runs>/<job>`; the driver",
-        "runs them in one process through Hydra's compose API (with `--workers N`, each in a",
-        'process of its own). A job marked "same as" has the',
-        "configuration of another and reads its results.\n",
-        "<details><summary>every job's overrides</summary>\n",
-    ]
-    for name in planned:
-        job = jobs.get(name)
-        if job is None:
-            lines.append(f"- `{name}`: not run")
-        elif job.get("same_as"):
-            lines.append(f"- `{name}`: same as `{job['same_as']}`")
-        elif job.get("error"):
-            lines.append(f"- `{name}`: n/a, {job['error']} (`{' '.join(job['overrides'])}`)")
-        elif name in stale:
-            lines.append(f"- `{name}` ({job['seconds']:.0f} s, stale): `{' '.join(job['overrides'])}`")
-        else:
-            lines.append(f"- `{name}` ({job['seconds']:.0f} s): `{' '.join(job['overrides'])}`")
-    return lines + ["\n</details>", ""]
-
-
-def claims(jobs: dict, dataset: str, ipcs, t_sgs) -> list[str]:
-    from experiments.reference import COMPONENTS, PATCHSEL_ABLATIONS, slug
-
-    key = lambda protocol, ipc, label: f"{dataset}/{protocol}/ipc{ipc}/{slug(label)}"  # noqa: E731
-    out = []
-    for ipc in ipcs:
-        mgd3 = stat(jobs.get(key("hard_label", ipc, "MGD^3 (paper defaults)")))
-        out.append(
-            f"- MGD^3 beats unguided (hard labels, IPC {ipc}): "
-            + verdict(mgd3, stat(jobs.get(key("hard_label", ipc, "unguided"))))
-        )
-        out.append(
-            f"- generated (MGD^3) vs random real (hard labels, IPC {ipc}): "
-            + verdict(mgd3, stat(jobs.get(key("hard_label", ipc, "random real"))))
-        )
-        out.append(
-            f"- patch selection (single) beats random real under soft labels (IPC {ipc}): "
-            + verdict(
-                stat(jobs.get(key("soft_label", ipc, "patch selection (single)"))),
-                stat(jobs.get(key("soft_label", ipc, "random real"))),
-            )
-        )
-    curve = [(t, stat(jobs.get(f"{dataset}/sweep/tsg{t}"))) for t in t_sgs]
-    curve = [(t, s) for t, s in curve if s]
-    if len(curve) >= 3:
-        t_best, s_best = max(curve, key=lambda c: c[1][0])
-        ends = [curve[0][1], curve[-1][1]]
-        interior = curve[0][0] < t_best < curve[-1][0]
-        text = "; ".join(verdict(s_best, e) for e in ends)
-        out.append(
-            f"- an interior t_SG optimum: best at t_SG = {t_best} "
-            f"({'interior' if interior else 'an end point'}); against t_SG = "
-            f"{curve[0][0]} and {curve[-1][0]}: {text}"
-        )
-    steps = [stat(jobs.get(f"{dataset}/components/{slug(k)}")) for k in COMPONENTS]
-    names = list(COMPONENTS)
-    for i in (1, 2):
-        out.append(f"- component '{names[i]}' adds over '{names[i - 1]}': " + verdict(steps[i], steps[i - 1]))
-    ab = [stat(jobs.get(f"{dataset}/patchsel/{slug(k)}")) for k in PATCHSEL_ABLATIONS]
-    out.append("- clustering helps (patch selection, soft labels, IPC 10): " + verdict(ab[0], ab[1]))
-    return out
+        sizes = split_sizes(dataset)
+        if sizes:
+            one.append(f"{100 / sizes[0]:.2f} points on {dataset} ({sizes[0]} test images)")
+            split.append(f"{dataset}: {sizes[1]} images, {VALIDATION.get(dataset, 0.2):g} of each class")
+    return "; ".join(one) or "-", "; ".join(split) or "-"
 
 
 def write_report(
@@ -393,27 +552,32 @@ def write_report(
 ) -> Path:
     """``stale``: finished jobs whose recorded overrides are not the plan's now (the plan changed
     after they ran); their rows stay, the header names them, and ``make reference`` reruns them."""
-    from experiments.reference import COMPONENTS, GENERATED, LATENT_SUFFIX, METHODS, PATCHSEL_ABLATIONS, slug
-
     jobs = load(runs, aliases)
-    labels = list(plan["methods"]) + ["MGD^3 (best t_SG, lam)"]
-    latent = bool(plan["latent"]) or any(name.endswith("_latent") for name in jobs)  # or --extended's records
+    seeds = plan["seeds"]
+    labels = list(plan["methods"]) + [BEST]
+    latent = bool(plan["latent"]) or any(name.split("/")[3:4] == ["latent"] for name in jobs)
     if latent:
         labels += [m + LATENT_SUFFIX for m in GENERATED]
     mine = {name: jobs[name] for name in planned if name in jobs}
-    hours = sum(j["seconds"] for j in mine.values()) / 3600
-    from experiments.reference import ROOT
-
     shown = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
-    wall = wall_time(mine)
-    lines = [HEADER.format(runs=shown, finished=len(mine), planned=len(planned), hours=hours, wall=wall)]
-    others = [j for name, j in jobs.items() if name not in mine and "same_as" not in j]
-    if others:
-        lines.append(
-            f"Also shown: {len(others)} finished jobs outside this plan (`make reference-extended` adds "
-            "the `[latent]` rows), "
-            f"{sum(j['seconds'] for j in others) / 3600:.2f} h of job time.\n"
+    resolution, validation = resolution_text(plan["datasets"])
+    lines = [
+        HEADER.format(
+            runs=shown,
+            finished=len(mine),
+            planned=len(planned),
+            hours=sum(j["seconds"] for j in mine.values()) / 3600,
+            wall=wall_time(mine),
+            n_seeds=len(seeds),
+            seeds=", ".join(map(str, seeds)),
+            rule=RULE,
+            resolution=resolution,
+            validation=validation,
+            selection_seed=SELECTION_SEED,
+            best=BEST,
+            minimax_steps=next((o.split("=")[1] for o in METHODS["Minimax"].overrides if "steps" in o), "-"),
         )
+    ]
     if stale:
         lines.append(
             f"**{len(stale)} finished jobs ran with other settings than the plan now gives**; their rows "
@@ -424,24 +588,28 @@ def write_report(
     lines += teacher_check(jobs, plan["datasets"])
     lines += schedule_check(jobs, plan)
     figures = out / "figures"
+    every_claim = {}
     for dataset in plan["datasets"]:
+        chosen = best_choice(jobs, dataset, plan)
         lines.append(f"## {dataset}\n")
+        if chosen:
+            lines.append(f"{BEST}: {chosen}, chosen on the validation split.\n")
         for protocol in ("hard_label", "soft_label"):
             lines += [
                 f"### {protocol.replace('_', ' ')}s\n",
-                *method_table(jobs, dataset, protocol, plan["ipcs"], labels),
+                *method_table(jobs, dataset, protocol, plan["ipcs"], labels, seeds),
                 "",
-                f"References and DD-Ranking scores at IPC {plan['ipcs'][-1]} (%, LRS as a fraction):\n",
-                *ranking_table(jobs, dataset, protocol, plan["ipcs"][-1], labels),
+                f"References and DD-Ranking scores at IPC {plan['ipcs'][-1]}, mean over seeds "
+                "(%, LRS as a fraction):\n",
+                *ranking_table(jobs, dataset, protocol, plan["ipcs"][-1], labels, seeds),
                 "",
             ]
-        tsg = {f"t_SG = {t}": f"{dataset}/sweep/tsg{t}" for t in plan["t_sg"]}
-        lam = {f"lam = {v}": f"{dataset}/sweep/lam{v}" for v in plan["lams"]}
+        tsg, lam = sweep_rows(dataset, plan)
         lines += [
-            "### t_SG sweep (MGD^3, lam 0.1, IPC 10, hard labels)\n",
+            f"### t_SG sweep (MGD^3, lam 0.1, IPC {plan['sweep_ipc']}, hard labels; validation split)\n",
             *rows_table(jobs, tsg, "t_SG"),
             "",
-            "### lam sweep (MGD^3, t_SG 25, IPC 10, hard labels)\n",
+            f"### lam sweep (MGD^3, t_SG 25, IPC {plan['sweep_ipc']}, hard labels; validation split)\n",
             *rows_table(jobs, lam, "lam"),
             "",
         ]
@@ -450,44 +618,63 @@ def write_report(
             patch = {k: f"{dataset}/patchsel/{slug(k)}" for k in PATCHSEL_ABLATIONS}
             lines += [
                 "### Components (MGD^3 Table 3; IPC 10, hard labels)\n",
-                *rows_table(jobs, comp, "row"),
+                "'+ stop guidance (t_SG = 25)' is MGD^3 (paper defaults) at IPC 10: the same jobs.\n",
+                *rows_table(jobs, comp, "row", seeds),
                 "",
                 "### Patch-selection ablations (IPC 10, soft labels)\n",
-                *rows_table(jobs, patch, "row"),
+                "'DIFT clustering, all images' is patch selection (single) at IPC 10: the same jobs.\n",
+                *rows_table(jobs, patch, "row", seeds),
                 "",
             ]
         ipc = 10 if 10 in plan["ipcs"] else plan["ipcs"][-1]
+        first = seeds[0]
         made = [
             tsg_curve(jobs, dataset, plan["t_sg"], figures / f"{dataset}_tsg.png"),
             side_by_side(
                 jobs,
                 [
-                    f"{dataset}/hard_label/ipc{ipc}/unguided",
-                    f"{dataset}/hard_label/ipc{ipc}/{slug('MGD^3 (paper defaults)')}",
+                    seed_name(table_name(dataset, "hard_label", ipc, m), first)
+                    for m in ("unguided", "MGD^3 (paper defaults)")
                 ],
                 figures / f"{dataset}_unguided_vs_mgd3.png",
             ),
             scatter(
                 jobs,
-                {
-                    m: f"{dataset}/hard_label/ipc{ipc}/{slug(m)}"
-                    for m in labels
-                    if m in METHODS or m.startswith("MGD")
-                },
+                {m: seed_name(table_name(dataset, "hard_label", ipc, m), first) for m in labels},
                 figures / f"{dataset}_scatter.png",
             ),
         ]
-        lines += ["### Figures\n"] + [f"![{p.stem}](figures/{p.name})" for p in made if p] + [""]
+        lines += ["### Figures (set seed %d)\n" % first] + [
+            f"![{p.stem}](figures/{p.name})" for p in made if p
+        ]
+        lines.append("")
         if latent:
-            lines += pixel_vs_latent(jobs, dataset, ipc)
-        lines += ["### Claims\n", *claims(jobs, dataset, plan["ipcs"], plan["t_sg"]), ""]
+            lines += pixel_vs_latent(jobs, dataset, ipc, seeds)
+        found = claims(jobs, dataset, plan)
+        every_claim[dataset] = found
+        lines += ["### Claims\n", f"Rule: {RULE}.\n", *map(claim_line, found), ""]
     lines += commands(jobs, planned, stale)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "reference.md"
     path.write_text("\n".join(lines))
     summary = {
-        name: {k: v for k, v in j["metrics"].items() if isinstance(v, (int, float, str))}
-        for name, j in sorted(jobs.items())
+        "rule": RULE,
+        "seeds": list(seeds),
+        "claims": every_claim,
+        "jobs": {
+            name: {k: v for k, v in j["metrics"].items() if isinstance(v, (int, float, str))}
+            for name, j in sorted(jobs.items())
+        },
     }
     (out / "reference.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     return path
+
+
+def best_choice(jobs: dict, dataset: str, plan: dict) -> str | None:
+    """Which sweep point the best row took (``best_setting``, as the driver chose it)."""
+    best = best_setting(lambda n: (jobs.get(n) or {}).get("metrics"), dataset, plan["t_sg"], plan["lams"])
+    if best is None:
+        return None
+    value = acc(jobs.get(sweep_name(dataset, best[0])))
+    same = ", that is unguided sampling" if best[0] == f"tsg{GUIDANCE_OFF}" else ""
+    return f"{' '.join(best[1])}{same} ({value:.1f}% final top-1 on validation)"

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import reference as R  # noqa: E402
+from experiments import reference_plan as P  # noqa: E402
 
 
 def timed_jobs(names: list[str], folders: list[Path], aliases: dict, startup: float) -> tuple[list, int]:
@@ -25,14 +26,18 @@ def timed_jobs(names: list[str], folders: list[Path], aliases: dict, startup: fl
     for name in names:
         if name in aliases:
             continue
-        records = [R.read_json(f / name / "job.json") for f in folders]
+        records = [P.read_json(f / name / "job.json") for f in folders]
         record = next((r for r in records if "seconds" in r), None)
         if record is None:
             missing += 1
             continue
-        job = R.Job(name, record["overrides"])
+        job = P.Job(name, record["overrides"])
         sets = [o.split("=", 1)[1] for o in record["overrides"] if o.startswith("eval.distilled_dir=")]
-        job.source = "/".join(Path(sets[0]).parent.parts[-4:]) if sets else None
+        if sets:  # <dataset>/<protocol>/ipc<n>/<row>[/seed<s>]/distilled
+            parts = Path(sets[0]).parent.parts
+            job.source = "/".join(parts[-5:] if parts[-1].startswith("seed") else parts[-4:])
+        else:
+            job.source = None
         job.seconds = record["seconds"] + startup
         jobs.append(job)
     return jobs, missing
@@ -57,11 +62,11 @@ def replay(todo: list, warm: set, workers: int, now: float) -> float:
 def replayed_seconds(runs: Path, fallback: Path | None, workers: int, startup: float, extended: bool):
     """(the replayed wall time in seconds, the number of planned jobs without a recorded time)"""
     folders = [runs] + ([fallback] if fallback else [])
-    aliases = R.read_json(runs / "aliases.json")
-    p = R.plan(False, extended)
-    order = R.run_order(list(p["datasets"]))
-    sweeps = [j.name for d in order for j in R.sweep_jobs(d, p)]
-    rest = [j.name for d in order for j in R.other_jobs(d, p, ["method.t_sg=25"])]
+    aliases = P.read_json(runs / "aliases.json")
+    p = P.plan(False, extended)
+    order = P.run_order(list(p["datasets"]))
+    sweeps = [j.name for d in order for j in P.sweep_jobs(d, p)]
+    rest = [j.name for d in order for j in P.other_jobs(d, p, ["method.t_sg=25"])]
     warm, missing, now = set(), 0, 0.0
     for names in (sweeps, rest):
         jobs, lost = timed_jobs(names, folders, aliases, startup)

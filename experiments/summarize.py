@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments.paired import t_interval  # noqa: E402
 
 # overrides that do not change what a job computes, or that a row averages over
 NOT_CONFIG = ("seed", "logger", "paths.", "hydra.", "dataset.root", "eval.distilled_dir")
@@ -369,17 +371,6 @@ def compare_config(row: dict, base: Baseline, partners: dict, metric: str) -> tu
     # a seed run twice (two sweeps in one folder tree) is one pair, at the mean of its jobs
     pairs = {pair: (statistics.fmean(v), statistics.fmean(partners[pair])) for pair, v in values.items()}
     return Comparison(row["config"], pairs), unpaired
-
-
-def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """mean ± t(1 - (1 - level)/2, n-1) · sd/√n; None when n < 2 (no spread to estimate)."""
-    if len(diffs) < 2:
-        return None
-    from scipy.stats import t  # scipy comes with scikit-learn
-
-    mean = statistics.fmean(diffs)
-    half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return mean - half, mean + half
 
 
 def verdict(ci: tuple[float, float] | None) -> str:

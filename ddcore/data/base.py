@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -43,6 +43,10 @@ class ImageSource(Protocol):
         """A content digest of the images at ``indices``: it changes when any of them does."""
         ...
 
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        """A source of the images at ``indices`` only (``hold_out_validation``)."""
+        ...
+
 
 class TensorSource:
     """Images already in memory as uint8 (N, C, R, R): small datasets (digits, MNIST, CIFAR)."""
@@ -68,6 +72,10 @@ class TensorSource:
     def digest(self, indices: Sequence[int]) -> str:
         pick = self.images[torch.as_tensor(list(indices), dtype=torch.long)].contiguous()
         return hashlib.sha256(pick.numpy().tobytes()).hexdigest()
+
+    def subset(self, indices: Sequence[int]) -> TensorSource:
+        pick = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorSource(self.images[pick], self.labels[pick])
 
 
 # Modes PIL's convert("L") would clip to 0..255 instead of scaling: decoded as float planes.
@@ -227,6 +235,16 @@ class FileSource:
             digest.update(os.fsencode(self.paths[i]) + f":{stat.st_size}:{stat.st_mtime_ns};".encode())
         return digest.hexdigest()
 
+    def subset(self, indices: Sequence[int]) -> FileSource:
+        pick = list(indices)
+        return FileSource(
+            [self.paths[i] for i in pick],
+            self.labels[pick].tolist(),
+            self.resolution,
+            self.channels,
+            self.max_pixels,
+        )
+
 
 class SourceDataset(torch.utils.data.Dataset):
     """A torch Dataset view of a source, for DataLoaders (workers decode files in parallel):
@@ -306,6 +324,38 @@ class ImageClassificationData:
         """Content digest of one class's images (see ``ImageSource.digest``)."""
         source = self.train if split == "train" else self.test
         return source.digest(self.class_indices(label, split).tolist())
+
+
+def hold_out_validation(
+    data: ImageClassificationData, fraction: float, seed: int = 0
+) -> ImageClassificationData:
+    """The dataset with a validation split in place of its test split: ``fraction`` of each
+    class's train images (at least one, never all; drawn with ``seed``) become the test split,
+    and the train split keeps the rest. Choosing a setting on it keeps the test split unseen
+    until the chosen setting is reported there."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"validation.fraction={fraction} must lie strictly between 0 and 1 (e.g. 0.1)")
+    rng = torch.Generator().manual_seed(int(seed))
+    keep, held = [], []
+    for label in range(data.num_classes):
+        idx = data.class_indices(label)
+        if len(idx) < 2:
+            raise UserError(
+                f"class {data.class_ids[label]!r} of {data.name} has {len(idx)} train image(s): a validation "
+                "split needs 2 or more per class (set score_on=test)"
+            )
+        idx = idx[torch.randperm(len(idx), generator=rng)]
+        n = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    keep, held = torch.cat(keep).sort().values.tolist(), torch.cat(held).sort().values.tolist()
+    return replace(
+        data,
+        train=data.train.subset(keep),
+        test=data.train.subset(held),
+        description=f"{data.description or data.name}; validation: {len(held)} of the train images held out "
+        f"({fraction:g} per class, seed {seed}), students tested on them, not on the test split",
+    )
 
 
 def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
