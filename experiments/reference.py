@@ -213,6 +213,11 @@ def run_all(
     return True
 
 
+# methods whose first job builds a cache every later job of its dataset and generator reads:
+# patch selection's scores of every train image, Minimax's fine-tuned weights, RDED's crop scores
+SHARED_CACHES = ("method=patchsel", "method=minimax", "method=rded")
+
+
 def cache_groups(job: Job) -> list[tuple[str, ...]]:
     """The shared things a job builds on first use: the full-data reference per dataset and
     protocol (a soft-label job reads the hard-label one too, for HLR and for a source set it
@@ -228,8 +233,9 @@ def cache_groups(job: Job) -> list[tuple[str, ...]]:
     groups = [pick("dataset=", "eval="), pick("dataset=", "generator=")]
     if "eval=soft_label" in job.overrides:
         groups.append((*pick("dataset="), "eval=hard_label"))
-    if "method=patchsel" in job.overrides:
-        groups.append(("method=patchsel", *pick("dataset=", "generator=")))
+    for method in SHARED_CACHES:
+        if method in job.overrides:
+            groups.append((method, *pick("dataset=", "generator=")))
     return groups
 
 

@@ -298,15 +298,18 @@ def test_a_source_rerun_stopped_part_way_is_done_again_and_keeps_the_first_recor
 
 def test_latent_rows_run_only_extended():
     """The 2-hour plan has one generator per dataset; ``--extended`` adds the latent generator's
-    rows at IPC 1, 10 and 50 (the pixel-vs-latent comparison)."""
+    rows at every IPC of the dataset's tables (the pixel-vs-latent comparison)."""
     from experiments.reference_plan import plan, table_jobs
 
     def latent_ipcs(p):
-        return sorted({j.name.split("/")[2] for j in table_jobs("digits", p, None) if "latent" in j.name})
+        return sorted({j.name.split("/")[2] for j in table_jobs(dataset, p, None) if "latent" in j.name})
 
+    dataset = "fashion_mnist"
     assert latent_ipcs(plan(False)) == []
     assert latent_ipcs(plan(False, extended=True)) == ["ipc1", "ipc10", "ipc50"]
     assert latent_ipcs(plan(True)) == []
+    dataset = "digits"  # no IPC 50 tables: 50 images are 37 % of a class
+    assert latent_ipcs(plan(False, extended=True)) == ["ipc1", "ipc10"]
 
 
 def test_the_schedule_replay_runs_a_groups_first_job_alone_then_the_rest_side_by_side(tmp_path):
@@ -314,7 +317,7 @@ def test_the_schedule_replay_runs_a_groups_first_job_alone_then_the_rest_side_by
     first sweep job builds the dataset's caches alone, the next two then share the two workers."""
     from experiments.replay_schedule import replayed_seconds
 
-    for name, seconds in (("tsg0", 100.0), ("tsg5", 50.0), ("tsg10", 40.0)):
+    for name, seconds in (("tsg0", 100.0), ("tsg10", 50.0), ("tsg20", 40.0)):
         folder = tmp_path / "digits" / "sweep" / name
         folder.mkdir(parents=True)
         overrides = ["dataset=digits", "eval=hard_label", "generator=dit_tiny"]
@@ -354,7 +357,8 @@ def test_the_convergence_jobs_train_the_tables_random_real_set_longer_and_the_re
         for s in p["seeds"]
     }
     row = next(line for line in schedule_check(done, p) if line.startswith("| fashion_mnist | soft"))
-    assert "| 61.0 -> 73.0 (+12.0); worst -3.0 (unguided) |" in row  # means over the 3 seeds
+    # the check's seed 0 against the table's seed 0; the gap of final to best over the 3 seeds
+    assert "| 60.0 -> 72.0 (+12.0); worst -3.0 (unguided) |" in row
     assert row.startswith("| fashion_mnist | soft labels | - |")
 
 
