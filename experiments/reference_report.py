@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
-from ddapp.figures import save_figure
-from experiments.paired import t_interval
-from experiments.reference_plan import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ddapp.figures import save_figure  # noqa: E402
+from experiments.paired import t_interval  # noqa: E402
+from experiments.reference_plan import (  # noqa: E402
     BEST,
     CHECK_FACTOR,
     COMPONENTS,
@@ -666,6 +668,10 @@ def write_report(
     summary = {
         "rule": RULE,
         "seeds": list(seeds),
+        "finished": len(mine),
+        "planned": len(planned),
+        "job_hours": round(sum(j["seconds"] for j in mine.values()) / 3600, 2),
+        "wall": wall_time(mine),
         "claims": every_claim,
         "jobs": {
             name: {k: v for k, v in j["metrics"].items() if isinstance(v, (int, float, str))}
@@ -684,3 +690,69 @@ def best_choice(jobs: dict, dataset: str, plan: dict) -> str | None:
     value = acc(jobs.get(sweep_name(dataset, best[0])))
     same = ", that is unguided sampling" if best[0] == f"tsg{GUIDANCE_OFF}" else ""
     return f"{' '.join(best[1])}{same} ({value:.1f}% final top-1 on validation)"
+
+
+# -- the README's headline: quoted from reference.json, never typed --------------------------
+README_BEGIN = (
+    "<!-- headline: written by `python experiments/reference_report.py --readme` "
+    "from results/reference/reference.json -->"
+)
+README_END = "<!-- end of headline -->"
+HEADLINE = (  # (protocol, IPC, rows): the seed papers' main comparisons, at IPC 10
+    ("hard_label", 10, ("MGD^3 (paper defaults)", "unguided", "Minimax", "random real")),
+    ("soft_label", 10, ("patch selection (single)", "RDED", "random real")),
+)
+
+
+def headline(summary: dict) -> str:
+    """The README's headline lines from a report's ``reference.json``: the main cells, the
+    claims' verdicts and the run's cost."""
+    jobs = {name: {"metrics": metrics} for name, metrics in summary["jobs"].items()}
+    seeds = summary["seeds"]
+    lines = []
+    for dataset in sorted({name.split("/")[0] for name in jobs}):
+        for protocol, ipc, labels in HEADLINE:
+            cells = [
+                f"{label} {fmt(cell_stat(jobs, table_name(dataset, protocol, ipc, label), seeds))}"
+                for label in labels
+            ]
+            lines.append(f"- {dataset}, {protocol.replace('_', ' ')}s, IPC {ipc}: " + "; ".join(cells) + ".")
+    claims = [c for found in summary["claims"].values() for c in found if c["verdict"] != "not run"]
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in ("held", "contradicted", "not resolved")}
+    lines.append(
+        f"- Of {len(claims)} claims tested ({len(seeds)} set seeds, paired 95% t intervals): "
+        + ", ".join(f"{n} {v}" for v, n in counts.items())
+        + ". Held: "
+        + ("; ".join(c["claim"] for c in claims if c["verdict"] == "held") or "none")
+        + "."
+    )
+    lines.append(
+        f"- The run: {summary['finished']} of {summary['planned']} jobs, {summary['job_hours']:.2f} h of job "
+        f"time, {summary['wall']}, on two workers."
+    )
+    return "\n".join([README_BEGIN, *lines, README_END])
+
+
+def update_readme(readme: Path, summary: dict) -> bool:
+    """Replace the README's headline block with ``headline(summary)``; True if it changed."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    new = text[:start] + headline(summary) + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write the README's headline block from reference.json")
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's headline block")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "reference" / "reference.json")
+    args = parser.parse_args()
+    summary = json.loads(args.json.read_text())
+    if args.readme:
+        print("README.md " + ("updated" if update_readme(ROOT / "README.md", summary) else "unchanged"))
+    else:
+        print(headline(summary))
+    sys.exit(0)

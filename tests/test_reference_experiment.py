@@ -469,3 +469,34 @@ def test_the_validation_split_is_held_out_of_train_by_class_and_seed():
     assert not torch.equal(hold_out_validation(data, 0.2, 1).test.images, held.test.images)
     with pytest.raises(UserError, match="validation.fraction=1"):
         hold_out_validation(data, 1.0, 0)
+
+
+def test_the_readme_headline_is_written_from_the_reports_json(tmp_path):
+    """The README quotes the report: its headline block is generated from reference.json (cells
+    as mean ± std over the seeds, the claims' verdicts, the run's cost) and only that block is
+    rewritten."""
+    from experiments.reference_report import README_BEGIN, README_END, headline, update_readme
+
+    jobs = {}
+    for s, (mgd3, real) in enumerate([(0.90, 0.80), (0.92, 0.81), (0.91, 0.79)]):
+        jobs[f"digits/hard_label/ipc10/mgd_3__paper_defaults/seed{s}"] = {"student/final_acc_mean": mgd3}
+        jobs[f"digits/hard_label/ipc10/random_real/seed{s}"] = {"student/final_acc_mean": real}
+    claim = {"claim": "MGD^3 beats random real", "verdict": "held"}
+    summary = {
+        "jobs": jobs,
+        "seeds": [0, 1, 2],
+        "claims": {"digits": [claim, {"claim": "x", "verdict": "not run"}]},
+        "finished": 6,
+        "planned": 9,
+        "job_hours": 0.5,
+        "wall": "wall time 0.30 h",
+    }
+    text = headline(summary)
+    assert "- digits, hard labels, IPC 10: MGD^3 (paper defaults) 91.0 ± 1.0; unguided -;" in text
+    assert "random real 80.0 ± 1.0." in text
+    assert "Of 1 claims tested (3 set seeds, paired 95% t intervals): 1 held, 0 contradicted" in text
+    assert "Held: MGD^3 beats random real." in text and "6 of 9 jobs, 0.50 h of job time" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{README_BEGIN}\nold\n{README_END}\n\n## Next\n")
+    assert update_readme(readme, summary) and not update_readme(readme, summary)
+    assert readme.read_text() == f"# Title\n\n{text}\n\n## Next\n"
