@@ -10,7 +10,8 @@ import torch
 
 from baselines.d4m import D4M
 from baselines.real import herding
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.stages import prepare_distillation
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from ddcore.kmeans import kmeans

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.stages import prepare_distillation
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.hierarchical import Node, bisecting_tree, hierarchical_centres, pick_by_levels

@@ -10,7 +10,7 @@ from omegaconf import open_dict
 
 from baselines.minimax import Minimax, loaded
 from baselines.unguided import UnguidedSampling
-from ddapp.tasks import build
+from ddapp.jobs import build
 from ddcore.errors import UserError
 from ddcore.generators import minimax_finetune as mf
 from ddcore.generators.dit import build_dit

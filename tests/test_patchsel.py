@@ -419,7 +419,7 @@ def test_trained_tiny_dit_finds_the_digit_more_relevant_than_the_empty_border(ma
     session) must rank the digit above the empty border; the paper's R (the negation) would
     rank them the other way round.
     """
-    from ddapp.tasks import build
+    from ddapp.jobs import build
 
     cfg = make_cfg("generator.probe_per_class=0", tiny=False)
     data = digits()
