@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg)  # every setting, before any work (and before torch is imported)
     except UserError as exc:
         fail(str(exc), Path(cfg.paths.output_dir))
-    from ddapp.tasks import build, close_loggers, quiet_lightning
+    from ddapp.jobs import build, close_loggers, quiet_lightning
 
     quiet_lightning()
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from baselines.unguided import UnguidedSampling
-from ddcore.latent_cache import ENCODE_BATCH, LatentCache
+from ddcore.latent_cache import LatentCache
 from ddcore.sampling import start_index
 from mgd3.modes import LatentModesMixin, ModeDiscovery
 
@@ -25,12 +25,13 @@ class D4M(LatentModesMixin, UnguidedSampling):
 
     def __init__(
         self,
-        strength: float = 0.7,
-        kmeans_backend: str = "auto",
-        latent_cache: bool = True,
-        latent_cache_dir: str | None = None,
-        latent_batch_size: int = ENCODE_BATCH,
-        latent_workers: int = 0,
+        *,
+        strength: float,
+        kmeans_backend: str,
+        latent_cache: bool,
+        latent_cache_dir: str | None,
+        latent_batch_size: int,
+        latent_workers: int,
         **kwargs,
     ):
         super().__init__(**kwargs)

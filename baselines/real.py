@@ -58,12 +58,13 @@ class FeatureSelection(RealSelection):
 
     def __init__(
         self,
-        space: str = "pixels",
-        feature_resolution: int | None = None,
-        latent_cache: bool = True,
-        latent_cache_dir: str | None = None,
-        latent_batch_size: int = 64,
-        latent_workers: int = 0,
+        *,
+        space: str,
+        feature_resolution: int | None,
+        latent_cache: bool,
+        latent_cache_dir: str | None,
+        latent_batch_size: int,
+        latent_workers: int,
     ):
         if space not in SPACES:
             raise UserError(f"unknown method.space {space!r} (use one of: {', '.join(SPACES)})")
@@ -90,7 +91,7 @@ class KMeansReal(FeatureSelection):
     name = "kmeans_real"
     why = "k-means needs at least k = ipc images per class"
 
-    def __init__(self, kmeans_backend: str = "auto", **kwargs):
+    def __init__(self, *, kmeans_backend: str, **kwargs):
         super().__init__(**kwargs)
         self.kmeans_backend = kmeans_backend
 

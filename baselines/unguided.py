@@ -48,13 +48,14 @@ class UnguidedSampling(MethodBase):
 
     def __init__(
         self,
-        steps: int = 50,
-        sampler: str = "ddpm",
-        cfg_scale: float | None = None,
-        batch_size: int | None = None,
-        timestep_spacing: str = "auto",
-        x0_from: str = "cfg",
-        class_batch: int = 1,
+        *,
+        steps: int,
+        sampler: str,
+        cfg_scale: float | None,
+        batch_size: int | None,
+        timestep_spacing: str,
+        x0_from: str,
+        class_batch: int,
     ):
         if steps < 1:
             raise UserError(f"method.steps must be >= 1, got {steps}")

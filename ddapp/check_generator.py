@@ -32,8 +32,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ddapp.devices import resolve_device
 from ddapp.figures import save_grid
-from ddapp.tasks import build, build_generator, finish, job, make_logger, output_dir, resolve_device
+from ddapp.jobs import build, finish, job, make_logger, output_dir
+from ddapp.stages import build_generator
 from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.distilled import DistilledSet
 from ddcore.errors import UserError

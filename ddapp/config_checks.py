@@ -131,7 +131,7 @@ TRAINER_PRECISIONS = (
 )
 FLIP = ("auto", "true", "false", "True", "False")
 
-RULES: dict[str, Check] = {  # (ipc: ddapp.tasks.check_ipc, the same moment)
+RULES: dict[str, Check] = {  # (ipc: ddapp.stages.check_ipc, the same moment)
     "seed": integer(0),
     "score_on": choice("test", "validation"),
     "validation.fraction": number(0, 1, above=True),

@@ -13,7 +13,9 @@ from ddcore.errors import UserError
 def train_teacher(cfg: DictConfig, retrain: bool = True) -> dict:
     """Train the soft-label protocol's teacher on the full real data into the teacher cache
     (later soft-label runs load it) and copy it to ``<run>/checkpoints/teacher.pt``."""
-    from ddapp.tasks import build, check_launch, finish, make_logger, output_dir, scored_split
+    from ddapp.devices import check_launch
+    from ddapp.jobs import build, finish, make_logger, output_dir
+    from ddapp.stages import scored_split
 
     check_launch(cfg)  # trainer=ddp: launched by torchrun/SLURM, never re-executed by Lightning
     if cfg.eval.get("teacher") is None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II
+from hydra.utils import get_class
+from omegaconf import II, OmegaConf
 
 from ddcore.latent_cache import ENCODE_BATCH
 
@@ -206,9 +207,23 @@ def launch(fact: str) -> int:
     raise ValueError(f"dd.launch knows nodes and workers, not {fact!r}")
 
 
-def register() -> None:
-    from omegaconf import OmegaConf
+def schema_settings(schema: type, **settings) -> dict:
+    """A method's settings outside a composed config (tests, experiments/gpu_check.py): the
+    defaults ``schema`` declares, the one place they are written, with ``settings`` over them
+    (its ``_target_`` left out)."""
+    if not OmegaConf.has_resolver("dd.launch"):  # latent_workers: ${dd.launch:workers}
+        register()
+    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), settings), resolve=True)
+    merged.pop("_target_", None)
+    return merged
 
+
+def from_schema(schema: type, **settings):
+    """The method ``schema._target_`` names, built from ``schema_settings``."""
+    return get_class(schema._target_)(**schema_settings(schema, **settings))
+
+
+def register() -> None:
     from ddapp.result_logging import register_resolvers
 
     register_resolvers()  # ${dd.wandb_group:...} in conf/logger/wandb.yaml

@@ -17,7 +17,7 @@ class UserError(Exception):
 class CacheUnreadable(Exception):
     """A cache entry whose files cannot be read (truncated weights, broken JSON), raised where it
     is read: ``folder`` is the entry, ``reason`` the first line of the root cause. The application
-    says in one line how to rebuild it (``ddapp.tasks.build_generator``)."""
+    says in one line how to rebuild it (``ddapp.stages.build_generator``)."""
 
     def __init__(self, folder: str | Path, cause: BaseException):
         self.folder, self.reason = Path(folder), first_line(cause)

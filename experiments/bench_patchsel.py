@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from bench_sampling import timed_together, tiny_dit  # noqa: E402
 
 import ddcore  # noqa: E402,F401
+from ddapp.schemas import PatchSelectionSchema, from_schema  # noqa: E402
 from ddcore.data.small import digits  # noqa: E402
 from patchsel.distiller import PatchSelection  # noqa: E402
 from patchsel.relevance import relevance_maps  # noqa: E402
@@ -76,10 +77,10 @@ def main() -> None:
     )
 
     with tempfile.TemporaryDirectory() as cache:
-        first = PatchSelection(draws=args.draws, score_cache_dir=cache)
+        first = from_schema(PatchSelectionSchema, draws=args.draws, score_cache_dir=cache)
         t_first = select_all(first, data, 10, gen)
         calls = count_calls(gen)
-        again = PatchSelection(draws=args.draws, score_cache_dir=cache)
+        again = from_schema(PatchSelectionSchema, draws=args.draws, score_cache_dir=cache)
         t_again = select_all(again, data, 20, gen)
     print(
         f"first pass (score + select, ipc 10, {data.num_classes} classes, "

@@ -87,7 +87,7 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
     """Through the sampling methods' own path (``UnguidedSampling.class_latents``: per-sample
     noise generators): one sample, one class's IPC, and ``classes`` classes in one batch
     (``method.class_batch``), the last compared with the same classes sampled one at a time."""
-    from baselines.unguided import UnguidedSampling
+    from ddapp.schemas import UnguidedSchema, from_schema
 
     arch, latent = (DIT_TINY, 8) if tiny else (DIT_XL2, 32)
     rows = []
@@ -101,7 +101,7 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
             (f"IPC {ipc}", ipc, [0]),
             (f"{classes} classes x IPC {ipc} (class_batch {classes})", ipc, list(range(classes))),
         ):
-            method = UnguidedSampling(steps=steps, class_batch=len(labels))
+            method = from_schema(UnguidedSchema, steps=steps, class_batch=len(labels))
             n = per_class * len(labels)
 
             def sample(method=method, labels=labels, per_class=per_class, gen=gen):
@@ -126,10 +126,10 @@ def dit_rows(device, tiny: bool, steps: int, ipc: int, classes: int) -> list[tup
 def same_either_way(method, gen, labels: list[int], ipc: int) -> float:
     """Largest difference between the cross-class latents and those of each class on its own
     (0 where the denoiser's rows do not depend on the batch; float rounding otherwise)."""
-    from baselines.unguided import UnguidedSampling
+    from ddapp.schemas import UnguidedSchema, from_schema
 
     together = method.class_latents(gen, labels, ipc, seed=0)
-    alone = UnguidedSampling(steps=method.steps)
+    alone = from_schema(UnguidedSchema, steps=method.steps)
     return max(
         float((part - alone.class_latents(gen, [label], ipc, seed=0)[0]).abs().max())
         for label, part in zip(labels, together)

@@ -119,7 +119,7 @@ def run_job(job: Job, runs: Path, source_seconds: float = 0.0) -> dict:
     """What ``python run.py <overrides>`` does, in this process (``source_seconds``: the time
     spent distilling its source set again first, kept in its record)."""
     from ddapp.config_checks import check_config
-    from ddapp.tasks import build, close_loggers, quiet_lightning
+    from ddapp.jobs import build, close_loggers, quiet_lightning
     from ddcore.errors import UserError
 
     folder = job.folder(runs)

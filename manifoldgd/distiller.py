@@ -54,7 +54,7 @@ class ManifoldGD(MGD3):
         manifold_scale, radius, bandwidth, tangent_dim, neighbours, cloud_points,
         cloud_linspace_start, warm_steps, max_mult, radius_schedule: the manifold term
             (``manifoldgd/manifold.py``).
-        mode_discovery: ``divisive_levels`` (default), ``divisive``, ``agglomerative`` or any
+        mode_discovery: ``divisive_levels`` (the schema's), ``divisive``, ``agglomerative`` or any
             MGD^3 option; linkage, divisive_criterion, divisive_level, divisive_tree_leaves:
             its settings (``ddcore/hierarchical.py``); centres: ``centroid`` | ``closest_real``.
     """
@@ -63,21 +63,20 @@ class ManifoldGD(MGD3):
 
     def __init__(
         self,
-        manifold_scale: float = 0.1,
-        radius: float = 0.05,
-        bandwidth: float = 0.2,
-        tangent_dim: int = 3,
-        neighbours: int = 12,
-        cloud_points: int = 300,
-        cloud_linspace_start: float = 0.1,
-        warm_steps: int = 5,
-        max_mult: float = 2.0,
-        radius_schedule: str = "exp",
-        mode_discovery: str = "divisive_levels",
-        divisive_level: int = 6,
+        *,
+        manifold_scale: float,
+        radius: float,
+        bandwidth: float,
+        tangent_dim: int,
+        neighbours: int,
+        cloud_points: int,
+        cloud_linspace_start: float,
+        warm_steps: int,
+        max_mult: float,
+        radius_schedule: str,
         **kwargs,
     ):
-        super().__init__(mode_discovery=mode_discovery, divisive_level=divisive_level, **kwargs)
+        super().__init__(**kwargs)
         self.settings = check_settings(
             ManifoldSettings(
                 scale=float(manifold_scale),

@@ -11,7 +11,7 @@ import torch
 
 from baselines.unguided import UnguidedSampling
 from ddcore.errors import UserError
-from ddcore.latent_cache import ENCODE_BATCH, LatentCache
+from ddcore.latent_cache import LatentCache
 from mgd3.guidance import ModeGuidance, check_injection
 from mgd3.modes import LatentModesMixin, ModeDiscovery
 
@@ -39,22 +39,23 @@ class MGD3(LatentModesMixin, UnguidedSampling):
 
     def __init__(
         self,
-        lam: float = 0.1,
-        t_sg: int = 25,
-        injection: str = "posterior_mean",
-        mode_discovery: str = "kmeans",
-        kmeans_backend: str = "auto",
-        dbscan_eps: float | None = None,
-        dbscan_min_samples: int = 5,
-        linkage: str = "ward",
-        divisive_criterion: str = "sse",
-        divisive_level: int = 2,
-        divisive_tree_leaves: int | None = None,
-        centres: str = "centroid",
-        latent_cache: bool = True,
-        latent_cache_dir: str | None = None,
-        latent_batch_size: int = ENCODE_BATCH,
-        latent_workers: int = 0,
+        *,
+        lam: float,
+        t_sg: int,
+        injection: str,
+        mode_discovery: str,
+        kmeans_backend: str,
+        dbscan_eps: float | None,
+        dbscan_min_samples: int,
+        linkage: str,
+        divisive_criterion: str,
+        divisive_level: int,
+        divisive_tree_leaves: int | None,
+        centres: str,
+        latent_cache: bool,
+        latent_cache_dir: str | None,
+        latent_batch_size: int,
+        latent_workers: int,
         **kwargs,
     ):
         super().__init__(**kwargs)

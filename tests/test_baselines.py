@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.d4m import D4M
 from baselines.real import herding
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.schemas import D4MSchema, from_schema
+from ddapp.stages import prepare_distillation
 from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from ddcore.kmeans import kmeans
@@ -53,7 +54,7 @@ def test_d4m_starts_from_its_prototypes_with_the_unguided_sampler_and_seeds(make
 def test_d4m_with_stable_diffusion_uses_class_prompts_and_latents(sd_folder, tmp_path):  # noqa: F811
     data = make_data()  # 3 imagenette classes, 2 images each
     generator = load_stable_diffusion(data, path=str(sd_folder), resolution=RES)
-    method = D4M(steps=3, latent_cache_dir=str(tmp_path / "latents"))
+    method = from_schema(D4MSchema, steps=3, latent_cache_dir=str(tmp_path / "latents"))
     out = distill_set(method, data, 2, 0, generator)
     assert out.images.shape == (6, 3, RES, RES) and out.stats["modes"][0].shape == (2, 4, 16, 16)
     assert len(list((tmp_path / "latents").rglob("*.pt"))) == 3

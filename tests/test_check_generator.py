@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import ddcore  # noqa: F401  (torchvision import fix before timm)
-from ddapp.tasks import build
+from ddapp.jobs import build
 from ddcore.errors import UserError
 
 
@@ -82,7 +82,7 @@ def test_torchvision_classifier_layout(make_cfg, tmp_path):
 
 def test_probe_share_matches_a_hand_computation(make_cfg):
     from ddapp.check_generator import sample_classes, settings
-    from ddapp.tasks import build_generator
+    from ddapp.stages import build_generator
     from ddcore.generators.probe import _features, fit_probe
 
     metrics = run_check(make_cfg, "check.classifier=probe")

@@ -216,7 +216,7 @@ def test_each_rank_trains_on_its_own_gpu(monkeypatch):
     import lightning.pytorch as pl
     import torch
 
-    from ddapp.tasks import rank_trainer
+    from ddapp.devices import rank_trainer
     from ddcore.distributed import Shard
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -246,7 +246,7 @@ def test_trainer_ddp_keeps_the_set_on_each_rank_and_counts_the_nodes(make_cfg, m
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import DDPStrategy
 
-    from ddapp.tasks import check_launch, is_ddp
+    from ddapp.devices import check_launch, is_ddp
 
     for var in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "SUBMITIT_EXECUTOR", "SLURM_JOB_NUM_NODES"):
         monkeypatch.delenv(var, raising=False)

@@ -45,7 +45,7 @@ def test_importing_the_framework_leaves_the_allocator_alone():
     """Keeping freed memory holds a process's peak heap: at ImageNet scale that is the peak of
     reading a set back. Importing ddcore (and the app) changes nothing process-wide; the CPU
     trainer turns it on (``allocator.keep_freed: auto``)."""
-    from ddapp.tasks import keeps_freed_memory
+    from ddapp.jobs import keeps_freed_memory
     from ddcore.compat import keep_freed_memory
 
     if not keep_freed_memory():

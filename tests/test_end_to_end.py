@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ddapp.tasks import build
+from ddapp.jobs import build
 
 
 @pytest.mark.parametrize("method", ["mgd3", "unguided", "random"])
@@ -51,7 +51,7 @@ def test_distill_only_then_evaluate_the_folder(make_cfg, tmp_path):
 
 def test_wandb_logger_writes_an_offline_run(make_cfg):
     cfg = make_cfg("method=random", "logger=wandb")
-    from ddapp.tasks import close_loggers
+    from ddapp.jobs import close_loggers
 
     try:
         build(cfg.task)(cfg)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ddapp.tasks import build
+from ddapp.jobs import build
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.generators.probe import (

@@ -153,7 +153,7 @@ def test_student_on_full_digits_reaches_90_percent(data):
 
 
 def test_configured_students_run_through_hydra(make_cfg):
-    from ddapp.tasks import build
+    from ddapp.jobs import build
 
     data = digits()
     distilled = random_real_subset(data, ipc=2, seed=0)

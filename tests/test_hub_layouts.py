@@ -181,7 +181,7 @@ def test_sd15_names_the_maintained_mirror():
 
 
 def test_dit_xl2_config_reads_its_hub_ids_from_paths_model_dir(make_cfg, tmp_path):
-    from ddapp.tasks import build_generator
+    from ddapp.stages import build_generator
     from ddcore.data.small import digits
 
     model_dir = tmp_path / "models"

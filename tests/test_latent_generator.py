@@ -5,7 +5,8 @@ import torch
 
 import ddcore.generators.self_trained.loader as self_trained_loader
 import ddcore.generators.vae as vae_module
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.stages import prepare_distillation
 from ddcore.data.base import ImageClassificationData, TensorSource
 from ddcore.generators.base import VAECodec
 from ddcore.kmeans import kmeans

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.stages import prepare_distillation
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.hierarchical import Node, bisecting_tree, hierarchical_centres, pick_by_levels
@@ -296,13 +297,15 @@ def test_sweep_varies_the_four_knobs_around_the_scripts_defaults(make_cfg):
 
 def test_works_with_a_text_generator_and_a_latent_learned_variance_dit(sd_folder, tmp_path):  # noqa: F811
     """Stable Diffusion (prompts) and a DiT-XL/2-shaped model (VAE latents, learned sigma)."""
+    from ddapp.schemas import ManifoldGDSchema, from_schema
     from ddcore.generators.dit import load_dit
     from ddcore.generators.stable_diffusion import load_stable_diffusion
-    from manifoldgd.distiller import ManifoldGD
     from tests.test_generators_dit import save_tiny_dit
     from tests.test_generators_pretrained import RES, make_data
 
-    method = ManifoldGD(steps=4, t_sg=1, cloud_points=20, latent_cache_dir=str(tmp_path / "lat"))
+    method = from_schema(
+        ManifoldGDSchema, steps=4, t_sg=1, cloud_points=20, latent_cache_dir=str(tmp_path / "lat")
+    )
     sd_data = make_data()
     sd = load_stable_diffusion(sd_data, path=str(sd_folder), resolution=RES)
     images, info = method.distill_class(sd_data, 0, 2, 0, sd)

@@ -2,7 +2,7 @@
 
 import torch
 
-from ddapp.tasks import prepare_distillation
+from ddapp.stages import prepare_distillation
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
 from mgd3.guidance import ModeGuidance

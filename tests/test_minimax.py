@@ -9,8 +9,8 @@ import torch
 from omegaconf import open_dict
 
 from baselines.minimax import Minimax, loaded
-from baselines.unguided import UnguidedSampling
-from ddapp.tasks import build
+from ddapp.jobs import build
+from ddapp.schemas import UnguidedSchema, from_schema
 from ddcore.errors import UserError
 from ddcore.generators import minimax_finetune as mf
 from ddcore.generators.dit import build_dit
@@ -146,7 +146,7 @@ def test_sampling_is_unguideds_with_the_finetuned_weights(make_cfg):
     weights = method.tuned_weights(generator, data, method.chunk_of(data, 3))
     assert any(not torch.equal(weights[n], base[n]) for n in weights)
     with loaded(generator.denoiser, weights):
-        expected, _ = UnguidedSampling().distill_class(data, 3, 2, 0, generator)
+        expected, _ = from_schema(UnguidedSchema).distill_class(data, 3, 2, 0, generator)
     assert torch.equal(images, expected) and info["mode_id"] == [0, 1]
 
 

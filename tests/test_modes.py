@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import ddcore.kmeans as km
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.stages import prepare_distillation
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.kmeans import closest_points, dbscan_means, kmeans

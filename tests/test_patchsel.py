@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddapp.schemas import PatchSelectionSchema, from_schema, schema_settings
 from ddcore.data.base import ImageClassificationData, TensorSource
 from ddcore.data.classes import subset_wnids, wnid_names
 from ddcore.data.small import digits
@@ -84,7 +85,12 @@ SMALL = {
 
 def method(cache_dir=None, **kwargs):
     """Small settings: 24 images per class, 2 draws, M = 4, N = 2."""
-    return PatchSelection(score_cache=cache_dir is not None, score_cache_dir=cache_dir, **{**SMALL, **kwargs})
+    return from_schema(
+        PatchSelectionSchema,
+        score_cache=cache_dir is not None,
+        score_cache_dir=cache_dir,
+        **{**SMALL, **kwargs},
+    )
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -288,7 +294,14 @@ def test_two_ranks_and_a_resume_give_the_single_process_set(data, generator, tmp
     resumed = tmp_path / "resumed"
     with pytest.raises(Killed):
         distill_to_folder(
-            DiesAtClass4(score_cache=False, **SMALL), data, 2, 0, generator, resumed, BASE, shard=Shard()
+            DiesAtClass4(**schema_settings(PatchSelectionSchema, score_cache=False, **SMALL)),
+            data,
+            2,
+            0,
+            generator,
+            resumed,
+            BASE,
+            shard=Shard(),
         )
     again = method()
     distill_to_folder(again, data, 2, 0, generator, resumed, BASE, shard=Shard())
@@ -358,7 +371,7 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
         kmeans_backend="torch",
         score_cache_dir=str(tmp_path),
     )
-    sel = PatchSelection(**text_small)
+    sel = from_schema(PatchSelectionSchema, **text_small)
     sel.check_generator(generator, data)
     assert sel.conditions(generator, data, 0)[2] == f"text:An image of {data.class_names[0]}|An image of ."
     assert sel.feature_fn(generator, data).layer == "up_blocks.1"
@@ -366,7 +379,8 @@ def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):
     images, info = sel.distill_class(data, 1, 2, 0, generator)
     assert images.shape == (2, 3, 32, 32) and counter.calls > 0
     calls = counter.calls
-    again, _ = PatchSelection(
+    again, _ = from_schema(
+        PatchSelectionSchema,
         **text_small,
         tile_max_ipc=0,
     ).distill_class(data, 1, 3, 0, generator)
@@ -397,18 +411,18 @@ def test_text_conditioned_run_through_the_configs(make_cfg, sd_generator):
 # -- bad input --------------------------------------------------------------------------------
 def test_bad_input_is_one_clear_error(data, sd_generator):
     with pytest.raises(UserError, match="patch_size=300 is larger than the image"):
-        PatchSelection(patch_size=300)
+        from_schema(PatchSelectionSchema, patch_size=300)
     with pytest.raises(UserError, match=r"clusters=5 \(M\) is smaller than method.top_clusters=10"):
-        PatchSelection(clusters=5, top_clusters=10)
+        from_schema(PatchSelectionSchema, clusters=5, top_clusters=10)
     with pytest.raises(UserError, match="method.clip_model"):
-        PatchSelection(features="clip")
+        from_schema(PatchSelectionSchema, features="clip")
     with pytest.raises(UserError, match="ipc=50 needs 50 patches per class"):
-        PatchSelection(images_per_class=20).validate(data, 50)
+        from_schema(PatchSelectionSchema, images_per_class=20).validate(data, 50)
     with pytest.raises(UserError, match="dift_layer='nope'"):
         method(dift_layer="nope").check_generator(tiny_dit(data), data)
     generator, _ = sd_generator
     with pytest.raises(UserError, match="needs class names"):
-        PatchSelection().check_generator(generator, text_data(names=False))
+        from_schema(PatchSelectionSchema).check_generator(generator, text_data(names=False))
 
 
 # -- the relevance sign on a trained model ------------------------------------------------------
@@ -419,7 +433,7 @@ def test_trained_tiny_dit_finds_the_digit_more_relevant_than_the_empty_border(ma
     session) must rank the digit above the empty border; the paper's R (the negation) would
     rank them the other way round.
     """
-    from ddapp.tasks import build
+    from ddapp.jobs import build
 
     cfg = make_cfg("generator.probe_per_class=0", tiny=False)
     data = digits()
@@ -471,4 +485,6 @@ def test_clip_features_from_a_local_folder(data, generator, tmp_path):
     features = sel.feature_fn(generator, data)(data.class_images(5)[:3], None, [0, 1, 2])
     assert features.shape == (3, 8)
     with pytest.raises(UserError, match="cannot load a CLIP vision model"):
-        PatchSelection(features="clip", clip_model=str(tmp_path / "nothing")).feature_fn(generator, data)
+        from_schema(PatchSelectionSchema, features="clip", clip_model=str(tmp_path / "nothing")).feature_fn(
+            generator, data
+        )

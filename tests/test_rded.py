@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from baselines.rded import RDED, crop_boxes, keep_best, pad_center, rank, stitch
-from ddapp.tasks import build
+from ddapp.jobs import build
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for

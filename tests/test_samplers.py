@@ -4,7 +4,8 @@ when guidance is stopped; img2img starts; bad settings are one-line errors."""
 import pytest
 import torch
 
-from ddapp.tasks import build, prepare_distillation
+from ddapp.jobs import build
+from ddapp.stages import prepare_distillation
 from ddcore.errors import UserError
 from ddcore.sampling import StepContext, predicted_x0, sample_latents, start_index
 from ddcore.seeding import rng_for

@@ -9,7 +9,8 @@ import pytest
 from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 
-from ddapp.tasks import build, build_generator
+from ddapp.jobs import build
+from ddapp.stages import build_generator
 from ddcore.data.small import digits
 from ddcore.errors import CacheUnreadable, UserError
 from ddcore.generators.self_trained import load_or_train

@@ -14,9 +14,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from baselines.d4m import D4M
 from baselines.real import RandomReal
-from baselines.unguided import UnguidedSampling
+from ddapp.schemas import (
+    D4MSchema,
+    ManifoldGDSchema,
+    MGD3Schema,
+    UnguidedSchema,
+    from_schema,
+    schema_settings,
+)
 from ddcore import class_writer
 from ddcore.data.small import digits
 from ddcore.distilled import load_distilled
@@ -25,7 +31,6 @@ from ddcore.generators.dit import load_dit
 from ddcore.method import MethodBase
 from ddcore.seeding import rng_for
 from ddcore.sharding import Shard, autocast, current_shard, distill_to_folder
-from manifoldgd.distiller import ManifoldGD
 from mgd3.distiller import MGD3
 
 IPC = 2
@@ -52,7 +57,7 @@ def tiny_generator(folder: Path):
 
 
 def method():
-    return MGD3(lam=0.1, t_sg=2, steps=4, kmeans_backend="torch")
+    return from_schema(MGD3Schema, lam=0.1, t_sg=2, steps=4, kmeans_backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -270,19 +275,15 @@ def test_fingerprint_records_the_kmeans_backend_that_runs(monkeypatch):
 
 def test_task_distill_resumes_in_its_run_folder(make_cfg):
     """Through the task: a rerun in the same folder redoes only the class that was lost."""
-    import inspect
+    from ddapp.jobs import build
 
-    from ddapp import tasks
-
-    if "distill_to_folder" not in inspect.getsource(tasks.distill):
-        pytest.skip("tasks.distill does not write through ddcore.sharding yet")
     cfg = make_cfg("task=distill", "method=random")
-    tasks.build(cfg.task)(cfg)
+    build(cfg.task)(cfg)
     out = Path(cfg.paths.output_dir) / "distilled"
     first, before = pngs(out), (out / "0" / "000000.png").stat().st_mtime_ns
     (out / ".done" / "4.json").unlink()  # class 4 was being rewritten when the run died
     (out / "4" / "000001.png").unlink()
-    tasks.build(cfg.task)(cfg)
+    build(cfg.task)(cfg)
     assert pngs(out) == first and (out / ".done" / "4.json").is_file()
     assert (out / "0" / "000000.png").stat().st_mtime_ns == before
 
@@ -292,7 +293,11 @@ class Grouping(MGD3):
     """MGD^3 with several classes per denoiser batch, recording the groups it was given."""
 
     def __init__(self, class_batch: int):
-        super().__init__(lam=0.1, t_sg=2, steps=4, kmeans_backend="torch", class_batch=class_batch)
+        super().__init__(
+            **schema_settings(
+                MGD3Schema, lam=0.1, t_sg=2, steps=4, kmeans_backend="torch", class_batch=class_batch
+            )
+        )
         self.groups = []
 
     def distill_classes(self, data, labels, ipc, seed, generator):
@@ -338,9 +343,11 @@ def test_killed_inside_a_cross_class_batch_resumes_class_by_class(setup, referen
 @pytest.mark.parametrize(
     "make",
     [
-        lambda **kw: UnguidedSampling(steps=4, **kw),
-        lambda **kw: D4M(steps=4, kmeans_backend="torch", latent_cache=False, **kw),
-        lambda **kw: ManifoldGD(steps=4, t_sg=1, kmeans_backend="torch", latent_cache=False, **kw),
+        lambda **kw: from_schema(UnguidedSchema, steps=4, **kw),
+        lambda **kw: from_schema(D4MSchema, steps=4, kmeans_backend="torch", latent_cache=False, **kw),
+        lambda **kw: from_schema(
+            ManifoldGDSchema, steps=4, t_sg=1, kmeans_backend="torch", latent_cache=False, **kw
+        ),
     ],
     ids=["unguided", "d4m", "manifoldgd"],
 )
@@ -365,4 +372,4 @@ def test_bad_class_batch_is_one_line(make_cfg):
     with pytest.raises(UserError, match=r"method.class_batch must be >= 1"):
         check_config(make_cfg("method=mgd3", "method.class_batch=0"))
     with pytest.raises(UserError, match=r"method.class_batch must be an integer >= 1"):
-        UnguidedSampling(class_batch=0)
+        from_schema(UnguidedSchema, class_batch=0)

@@ -190,7 +190,7 @@ def test_tiny_soft_label_run_keeps_the_teacher_frozen(data, teacher_dir):
 def test_soft_label_config_and_train_teacher_task(make_cfg):
     from pathlib import Path
 
-    from ddapp.tasks import build
+    from ddapp.jobs import build
 
     overrides = [
         "eval=soft_label",
