@@ -86,7 +86,6 @@ def test_probe_share_matches_a_hand_computation(make_cfg):
     from ddcore.generators.probe import _features, fit_probe
 
     metrics = run_check(make_cfg, "check.classifier=probe")
-    assert 0.0 <= metrics["check/share"] <= 1.0
     cfg = make_cfg("task=check_generator", "check.images_per_class=2")
     data = build(cfg.dataset)
     samples = sample_classes(build_generator(cfg, data), data, list(range(10)), settings(cfg))

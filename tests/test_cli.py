@@ -1,5 +1,6 @@
 """run.py as a user types it: bad input gets one line, exit status 2 and no run folder."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,70 +10,86 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(tmp_path, *args, cache=None):
-    run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        *args,
-        "logger=none",
-        "debug=tiny",
-        f"hydra.run.dir={run_dir}",
-        f"paths.cache_dir={cache or tmp_path / 'cache'}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    return proc, run_dir
+BAD_INPUT = [
+    (["dataset=nope"], "unknown dataset 'nope'"),
+    (["method=mgd4"], "unknown method 'mgd4'"),
+    (["generator=dit_xxl"], "unknown generator 'dit_xxl'"),
+    (["dataset=imagenette", "paths.data_dir=/nonexistent"], "/nonexistent/imagenet/train"),
+    (["ipc=0"], "ipc must be a positive integer"),
+    (["method=random", "ipc=1000"], "ipc=1000 exceeds"),
+    (["method.t_sg=60"], "method.t_sg=60 is outside [0, 50]"),
+    (["method.lam=-0.1"], "method.lam must be >= 0"),
+    (["dataset=fashion_mnist", "dataset.root=/nonexistent"], "Fashion-MNIST folder not found"),
+    (["method=patchsel", "method.patch_size=300"], "method.patch_size=300 is larger than the image"),
+    (["method=patchsel", "method.clusters=4"], "method.clusters=4 (M) is smaller than"),
+    (["method=rded", "method.observer=/nonexistent/observer"], "no such folder"),
+]
+OTHER_CLASSES = "generator_with_other_classes"
 
 
-def error_lines(proc):
-    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["dataset=nope"], "unknown dataset 'nope'"),
-        (["method=mgd4"], "unknown method 'mgd4'"),
-        (["generator=dit_xxl"], "unknown generator 'dit_xxl'"),
-        (["dataset=imagenette", "paths.data_dir=/nonexistent"], "/nonexistent/imagenet/train"),
-        (["ipc=0"], "ipc must be a positive integer"),
-        (["method=random", "ipc=1000"], "ipc=1000 exceeds"),
-        (["method.t_sg=60"], "method.t_sg=60 is outside [0, 50]"),
-        (["method.lam=-0.1"], "method.lam must be >= 0"),
-        (["dataset=fashion_mnist", "dataset.root=/nonexistent"], "Fashion-MNIST folder not found"),
-        (["method=patchsel", "method.patch_size=300"], "method.patch_size=300 is larger than the image"),
-        (["method=patchsel", "method.clusters=4"], "method.clusters=4 (M) is smaller than"),
-    ],
-)
-def test_bad_input_one_line_exit_2_no_run_dir(tmp_path, args, expected):
-    proc, run_dir = run(tmp_path, *args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = error_lines(proc)
-    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert not run_dir.exists()
-
-
-def test_generator_with_other_classes_is_refused(tmp_path):
-    """A DiT folder whose class count differs from the dataset's, loaded as dit_xl2 would be."""
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory):
+    """Every bad input of this module as ``python run.py <args>`` runs it, each case forked from
+    one warm interpreter (tests/run_many.py): the imports are paid once, not once per case.
+    Returns {case: (rc, stderr, run_dir)}."""
     sys.path.insert(0, str(Path(__file__).parent))
     from test_generators_dit import save_tiny_dit
 
-    folder = save_tiny_dit(tmp_path / "dit3", num_classes=3, vae=True)
-    proc, run_dir = run(
-        tmp_path,
+    work = tmp_path_factory.mktemp("cli")
+    # a DiT folder whose class count differs from the dataset's, loaded as dit_xl2 would be
+    dit3 = save_tiny_dit(work / "dit3", num_classes=3, vae=True)
+    cases = {" ".join(args): args for args, _ in BAD_INPUT}
+    cases[OTHER_CLASSES] = [
         "generator=dit_xl2",
-        f"generator.path={folder}",
+        f"generator.path={dit3}",
         "generator.vae=null",
         "generator.class_space=dataset",
         "generator.resolution=16",
+    ]
+    run_dirs, spec = {}, []
+    for i, (name, args) in enumerate(cases.items()):
+        run_dirs[name] = work / f"case{i}" / "run"
+        run_dirs[name].parent.mkdir()
+        argv = [*args, "logger=none", "debug=tiny", f"hydra.run.dir={run_dirs[name]}"]
+        argv.append(f"paths.cache_dir={run_dirs[name].parent / 'cache'}")
+        spec.append({"argv": argv, "cwd": str(run_dirs[name].parent)})
+    (work / "cases.json").write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "run_many.py"), str(work / "cases.json")],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=900,
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "has 3 classes but dataset digits has 10" in error_lines(proc)[0]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return {name: (r["rc"], r["stderr"], run_dirs[name]) for name, r in zip(cases, results)}
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUT)
+def test_bad_input_one_line_exit_2_no_run_dir(refused, args, expected):
+    rc, stderr, run_dir = refused[" ".join(args)]
+    assert rc == 2, stderr[-2000:]
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and expected in lines[0], stderr[-2000:]
+    assert "Traceback" not in stderr
     assert not run_dir.exists()
 
 
-def test_multirun_makes_one_folder_per_override(tmp_path):
+def test_generator_with_other_classes_is_refused(refused):
+    rc, stderr, run_dir = refused[OTHER_CLASSES]
+    assert rc == 2, stderr[-2000:]
+    assert "has 3 classes but dataset digits has 10" in error_lines(stderr)[0]
+    assert not run_dir.exists()
+
+
+def test_multirun_makes_one_folder_per_override(tmp_path, cache_dir):
+    """Three mgd3 jobs with the session's cache: the tiny generator and the reference student are
+    trained once for the whole test session, not again here (paths are left out of the names)."""
     sweep = tmp_path / "sweep"
     cmd = [
         sys.executable,
@@ -86,7 +103,7 @@ def test_multirun_makes_one_folder_per_override(tmp_path):
         "logger=wandb",
         "eval.epochs=1",
         f"hydra.sweep.dir={sweep}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.cache_dir={cache_dir}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

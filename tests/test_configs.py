@@ -56,7 +56,10 @@ def test_methods_trainers_eval_instantiate(make_cfg, method, trainer):
     cfg = make_cfg(f"method={method}", f"trainer={trainer}")
     assert instantiate(cfg.method).name == method
     assert instantiate(cfg.eval).repeats == 1
-    assert callable(instantiate(cfg.trainer))
+    factory = instantiate(cfg.trainer)  # a Trainer with the group's hardware, built per student
+    assert factory.func.__name__ == "Trainer"
+    assert factory.keywords["accelerator"] == ("cpu" if trainer == "cpu" else "gpu")
+    assert factory.keywords.get("strategy") == ("ddp" if trainer == "ddp" else None)
 
 
 def test_misspelt_method_key_fails_at_composition(make_cfg):

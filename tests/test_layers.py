@@ -32,15 +32,33 @@ def imported_packages(path: Path) -> set[str]:
     return {n for n in names if n in LAYERS}
 
 
-def test_every_package_imports_only_its_own_layer_and_those_below():
+def wrong_imports(root: Path) -> list[str]:
     wrong = []
     for package, layer in LAYERS.items():
-        for path in sorted((ROOT / package).rglob("*.py")):
+        paths = sorted((root / package).rglob("*.py"))
+        if not paths:
+            wrong.append(f"{package}/ holds no module (the walk would pass by seeing nothing)")
+        for path in paths:
             for target in imported_packages(path):
                 if LAYERS[target] not in MAY_IMPORT[layer]:
-                    wrong.append(f"{path.relative_to(ROOT)} ({layer}) imports {target} ({LAYERS[target]})")
+                    wrong.append(f"{path.relative_to(root)} ({layer}) imports {target} ({LAYERS[target]})")
+    return wrong
+
+
+def test_every_package_imports_only_its_own_layer_and_those_below():
+    wrong = wrong_imports(ROOT)
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_layers_exist_as_folders():
-    assert all((ROOT / package / "__init__.py").is_file() for package in LAYERS)
+def test_the_walk_catches_an_upward_import_inside_a_function(tmp_path):
+    """The check can fail: a core module importing the application from inside a function, and a
+    package with no module, are both reported."""
+    for package in LAYERS:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("import ddcore\n" if package != "ddcore" else "")
+    (tmp_path / "ddcore" / "late.py").write_text("def f():\n    from ddapp.tasks import build\n")
+    (tmp_path / "eval" / "__init__.py").unlink()
+    assert wrong_imports(tmp_path) == [
+        "ddcore/late.py (core) imports ddapp (app)",
+        "eval/ holds no module (the walk would pass by seeing nothing)",
+    ]

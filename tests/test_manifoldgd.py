@@ -3,8 +3,6 @@ off gives the unguided images, chunking changes nothing, hierarchical centres, b
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,6 @@ from mgd3.guidance import ModeGuidance
 from mgd3.modes import ModeDiscovery
 from tests.manifold_reference import direct_normal_step
 from tests.test_generators_pretrained import sd_folder  # noqa: F401 (fixture)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_context(x, index=40, alpha_bar=0.3, sampler="ddpm"):
@@ -209,21 +205,15 @@ def test_levels_pick_one_leaf_per_depth_from_the_level_then_the_deepest():
 
 
 # -- configs, CLI, bad input --------------------------------------------------------------------
-def test_distill_through_run_py_writes_the_set_and_the_centres(tmp_path, cache_dir):
-    run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        "method=manifoldgd",
-        "debug=tiny",
-        "task=distill",
-        *FEW_STEPS,
-        "logger=none",
-        f"hydra.run.dir={run_dir}",
-        f"paths.cache_dir={cache_dir}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_distill_task_writes_the_set_and_the_centres(make_cfg):
+    """method=manifoldgd as run.py composes, checks and runs it, in this process (the run.py
+    wrapper itself is tested in test_cli.py and test_reliability.py)."""
+    from ddapp.config_checks import check_config
+
+    cfg = make_cfg("method=manifoldgd", "task=distill", *FEW_STEPS)
+    check_config(cfg)
+    build(cfg.task)(cfg)
+    run_dir = Path(cfg.paths.output_dir)
     assert len(list((run_dir / "distilled").glob("*/*.png"))) == 20
     manifest = json.loads((run_dir / "distilled" / "manifest.json").read_text())
     assert manifest["method"] == "manifoldgd"

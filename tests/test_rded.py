@@ -7,8 +7,6 @@ folders read back by task=evaluate in the framework's label order; one-line erro
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,6 @@ from ddapp.jobs import build
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Normalize(nn.Module):
@@ -292,22 +288,3 @@ def test_config_checks_name_the_setting(make_cfg):
         with pytest.raises(UserError, match=message):
             check_config(make_cfg("method=rded", override))
     check_config(make_cfg("method=rded", "method.factor=2"))
-
-
-def test_run_py_refuses_a_missing_observer_folder_with_exit_2(tmp_path):
-    run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        "method=rded",
-        f"method.observer={tmp_path / 'missing'}",
-        "logger=none",
-        "debug=tiny",
-        f"hydra.run.dir={run_dir}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "no such folder" in lines[0] and "Traceback" not in proc.stderr
-    assert not run_dir.exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reliability import ROOT, assert_refused, image_tree, run
+from tests.test_reliability import ROOT, TINY, assert_refused, image_tree, run
 
 FOLDER = ["method=random", "dataset=image_folder", "dataset.resolution=16"]
 
@@ -85,21 +85,56 @@ def no_cuda() -> bool:
     return not torch.cuda.is_available()
 
 
+BAD_FILES = {"empty": b"", "bad_header": b"not an image at all"}
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory, cache_dir):
+    """The jobs of the checks below, each ``run.py <argv>`` forked from one warm interpreter
+    (tests/run_many.py): the imports are paid once. Returns {case: (rc, stderr, folder)}."""
+    work = tmp_path_factory.mktemp("checked")
+    cases = {}
+    for trainer in ("gpu", "ddp"):
+        cases[trainer] = [*TINY, "method=random", f"trainer={trainer}"]
+    for name, content in BAD_FILES.items():
+        root = image_tree(work / name / "A")
+        (root / "train" / "b" / "1.png").write_bytes(content)
+        cases[name] = [*TINY, *FOLDER, f"dataset.root={root}"]
+    for name in cases:
+        cases[name] += [f"hydra.run.dir={work / name / 'run'}", f"paths.cache_dir={cache_dir}"]
+    sweep = ["-m", *TINY, "method=random", "task=distill", f"paths.cache_dir={cache_dir}"]
+    cases["bad_sweep"] = [*sweep, "eval.epochs=2,0", f"hydra.sweep.dir={work / 'bad_sweep' / 'run'}"]
+    cases["good_sweep"] = [*sweep, "ipc=1,2", f"hydra.sweep.dir={work / 'good_sweep' / 'run'}"]
+    spec = []
+    for name, argv in cases.items():
+        (work / name).mkdir(exist_ok=True)
+        spec.append({"argv": argv, "cwd": str(work / name)})
+    (work / "cases.json").write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "run_many.py"), str(work / "cases.json")],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return {name: (r["rc"], r["stderr"], work / name / "run") for name, r in zip(cases, results)}
+
+
 @pytest.mark.skipif(not no_cuda(), reason="a CUDA device is visible here")
 @pytest.mark.parametrize("trainer", ["gpu", "ddp"])
-def test_a_gpu_trainer_without_a_device_fails_before_distilling(tmp_path, cache_dir, trainer):
-    proc = run(tmp_path / "run", cache_dir, "method=random", f"trainer={trainer}")
-    assert_refused(proc.returncode, proc.stderr, f"trainer={trainer}", "no CUDA device", "trainer=cpu")
-    assert not (tmp_path / "run" / "distilled").exists()
+def test_a_gpu_trainer_without_a_device_fails_before_distilling(checked, trainer):
+    rc, stderr, run_dir = checked[trainer]
+    assert_refused(rc, stderr, f"trainer={trainer}", "no CUDA device", "trainer=cpu")
+    assert not (run_dir / "distilled").exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not an image at all"], ids=["empty", "bad_header"])
-def test_a_bad_train_file_fails_before_distilling(tmp_path, cache_dir, content):
-    root = image_tree(tmp_path / "A")
-    (root / "train" / "b" / "1.png").write_bytes(content)
-    proc = run(tmp_path / "run", cache_dir, *FOLDER, f"dataset.root={root}")
-    assert_refused(proc.returncode, proc.stderr, "1.png", "remove or replace the file")
-    assert not (tmp_path / "run" / "distilled").exists()
+@pytest.mark.parametrize("content", list(BAD_FILES))
+def test_a_bad_train_file_fails_before_distilling(checked, content):
+    rc, stderr, run_dir = checked[content]
+    assert_refused(rc, stderr, "1.png", "remove or replace the file")
+    assert not (run_dir / "distilled").exists()
 
 
 @pytest.mark.parametrize(
@@ -208,19 +243,13 @@ def test_ctrl_c_while_distilling_is_one_line(tmp_path, cache_dir):
     assert not (run_dir / "distilled" / "manifest.json").exists()
 
 
-def test_a_bad_value_in_a_later_sweep_job_fails_before_the_first_runs(tmp_path, cache_dir):
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "logger=none", "debug=tiny", "method=random"]
-    cmd += ["task=distill", "eval.epochs=2,0", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert_refused(proc.returncode, proc.stderr, "sweep job 2 of 2", "eval.epochs=0", "eval.epochs must be")
+def test_a_bad_value_in_a_later_sweep_job_fails_before_the_first_runs(checked):
+    rc, stderr, sweep = checked["bad_sweep"]
+    assert_refused(rc, stderr, "sweep job 2 of 2", "eval.epochs=0", "eval.epochs must be")
     assert not list(sweep.glob("*/distilled"))  # job 1 never ran
 
 
-def test_a_good_sweep_runs_every_job(tmp_path, cache_dir):
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "logger=none", "debug=tiny", "method=random"]
-    cmd += ["task=distill", "ipc=1,2", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_a_good_sweep_runs_every_job(checked):
+    rc, stderr, sweep = checked["good_sweep"]
+    assert rc == 0, stderr[-3000:]
     assert len(list(sweep.glob("*/metrics.json"))) == 2
