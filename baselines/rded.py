@@ -26,26 +26,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from baselines.observer import Observer, ObserverSource
 from ddcore.data.base import ImageClassificationData, resize_images
-from ddcore.distributed import bind_device, main_first
 from ddcore.errors import UserError
 from ddcore.method import MethodBase
 from ddcore.progress import RateLog
 from ddcore.seeding import rng_for
-from ddcore.sharding import full_precision
 from patchsel.score_cache import ScoreCache
 
 log = logging.getLogger(__name__)
 LOW_RES_MAX = 64  # factor=auto: 1 up to 64 px (CIFAR, Tiny-ImageNet, digits), 2 above (ImageNet subsets)
-SPACES = ("imagenet1k", "dataset")
-# the folder loader is task=check_generator's: its messages name that task's settings
-RENAMED = {"check.classifier_space": "method.observer_space", "check.classifier_arch": "method.observer_arch"}
 
 
 # -- geometry (pure functions: tested on hand-made inputs) ----------------------------------------
@@ -112,45 +106,7 @@ def stitch(patches: torch.Tensor, factor: int, ipc: int, resolution: int) -> tor
     return out
 
 
-# -- the observer -----------------------------------------------------------------------------------
-class Observer(nn.Module):
-    """A frozen classifier of [0, 1] images (normalization inside); ``outputs[label]`` is the
-    label's logit. Its state (weights and outputs) keys the score cache."""
-
-    def __init__(self, model: nn.Module, outputs: list[int], size: int, channels: int, name: str):
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        self.register_buffer("outputs", torch.tensor(outputs, dtype=torch.long))
-        self.size, self.channels, self.name = int(size), int(channels), name
-
-    def pad_fill(self, channels: int) -> torch.Tensor:
-        """Pixel value that the observer's normalization maps to 0: the official code pads the
-        *normalized* crops with zeros, i.e. with the normalization mean in pixels."""
-        for module in self.model.modules():
-            mean, std = getattr(module, "mean", None), getattr(module, "std", None)
-            if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
-                mean = mean.detach().float().flatten().cpu()
-                return mean[:channels] if len(mean) >= channels else mean.mean().repeat(channels)
-        return torch.zeros(channels)
-
-    @torch.no_grad()
-    def losses(self, canvases: torch.Tensor, label: int) -> torch.Tensor:
-        """Cross-entropy on ``label`` over the dataset's classes, for full-size [0, 1] canvases."""
-        x = resize_images(canvases, self.size)
-        if x.shape[1] != self.channels:
-            x = x.mean(dim=1, keepdim=True) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
-        device = self.outputs.device
-        with full_precision(device):  # fp32 scores, as the official code (no autocast)
-            logits = self.model(x.to(device)).float().index_select(1, self.outputs)
-        target = torch.full((len(x),), label, dtype=torch.long, device=device)
-        return F.cross_entropy(logits, target, reduction="none").cpu()
-
-
-def observer_device(trainer) -> torch.device:
-    """The trainer config's accelerator (hardware choices live in conf/trainer)."""
-    accelerator = str((getattr(trainer, "keywords", None) or {}).get("accelerator", "auto"))
-    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return bind_device(torch.device("cuda")) if cuda and torch.cuda.is_available() else torch.device("cpu")
+# the observer (a frozen classifier, its loading and device): baselines/observer.py
 
 
 # -- the method -------------------------------------------------------------------------------------
@@ -188,10 +144,9 @@ class RDED(MethodBase):
         classifier=None,
         trainer=None,
     ):
-        if not str(observer or "").strip():
-            raise UserError("method.observer is empty: use teacher or a classifier folder")
-        if observer_space not in SPACES:
-            raise UserError(f"method.observer_space={observer_space!r}: use one of {', '.join(SPACES)}")
+        self.source = ObserverSource(
+            self.name, observer, observer_space, observer_arch, teacher, classifier, trainer
+        )
         for key, value in (("mipc", mipc), ("num_crop", num_crop), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise UserError(f"method.{key} must be >= 1, got {value}")
@@ -199,11 +154,6 @@ class RDED(MethodBase):
         scale = tuple(float(s) for s in scale)
         if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
             raise UserError(f"method.scale={list(scale)} must be [low, high] with 0 < low <= high <= 1")
-        self.observer_name, self.observer_space, self.observer_arch = (
-            str(observer),
-            observer_space,
-            observer_arch,
-        )
         self.mipc, self.num_crop, self.scale, self.batch_size = (
             int(mipc),
             int(num_crop),
@@ -211,8 +161,7 @@ class RDED(MethodBase):
             int(batch_size),
         )
         self.score_cache_dir = score_cache_dir if score_cache else None
-        self.teacher, self.classifier, self.trainer = teacher, classifier, trainer
-        self._observer: tuple[ImageClassificationData, Observer] | None = None
+        self.teacher = teacher
         self._cache: ScoreCache | None = None
         self.timings = {"score_seconds": 0.0, "scored_images": 0, "observer_calls": 0}
 
@@ -256,43 +205,11 @@ class RDED(MethodBase):
         self.observer(data)  # loads (a missing teacher: trained, rank 0 first), checks classes
 
     def check_observer_source(self) -> None:
-        if self.observer_name == "teacher":
-            if self.teacher is None:
-                raise UserError(
-                    "method.observer=teacher uses the soft-label teacher, but this eval has none "
-                    "(use eval=soft_label, or method.observer=<classifier folder>)"
-                )
-        elif not Path(self.observer_name).exists():
-            raise UserError(
-                f"method.observer={self.observer_name}: no such folder (use teacher, or a folder "
-                "with a timm or torchvision classifier)"
-            )
+        self.source.check()
 
     # -- the observer ---------------------------------------------------------------------------------
     def observer(self, data: ImageClassificationData) -> Observer:
-        if self._observer is None or self._observer[0] is not data:
-            self.check_observer_source()
-            observer = main_first("rded-observer", lambda: self.load_observer(data))
-            self._observer = (data, observer.to(observer_device(self.trainer)))
-        return self._observer[1]
-
-    def load_observer(self, data: ImageClassificationData) -> Observer:
-        if self.observer_name == "teacher":
-            model, meta = self.teacher.get(data, self.trainer)
-            log.info(f"rded observer: the teacher {meta.get('teacher/source', '')}")
-            return Observer(model, list(range(data.num_classes)), data.resolution, data.channels, "teacher")
-        folder = Path(self.observer_name)
-        settings = {"classifier_arch": self.observer_arch, "classifier_space": self.observer_space}
-        try:
-            found = self.classifier(folder, settings, data)
-        except UserError as exc:
-            message = str(exc)
-            for old, new in RENAMED.items():
-                message = message.replace(old, new)
-            raise UserError(f"method.observer: {message}") from None
-        size = found.size or data.resolution
-        log.info(f"rded observer: {folder} ({observer_space_note(self.observer_space)}, {size} px)")
-        return Observer(found.model, list(found.outputs), size, found.channels or data.channels, folder.name)
+        return self.source.get(data)
 
     def cache(self, data: ImageClassificationData, seed: int) -> ScoreCache:
         settings = self.settings(data, seed)
@@ -385,7 +302,3 @@ def parse_factor(factor) -> str | int:
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"method.factor={factor!r}: use auto or an integer >= 1 (patches per side)")
     return int(text)
-
-
-def observer_space_note(space: str) -> str:
-    return "outputs by ImageNet-1k wnid" if space == "imagenet1k" else "output = label"

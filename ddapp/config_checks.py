@@ -116,6 +116,17 @@ def factor_setting(value) -> str | None:
     return None if ok else "must be auto or an integer >= 1"
 
 
+def auto_or_integer(low: int) -> Check:
+    """``auto`` or an integer >= low (method=sre2l's iterations and jitter; strings in the schema)."""
+
+    def check(value) -> str | None:
+        text = str(value).strip().lower()
+        ok = text == "auto" or (text.isdigit() and int(text) >= low)
+        return None if ok else f"must be auto or an integer >= {low}"
+
+    return check
+
+
 PRECISIONS = ("fp32", "32", "32-true", "bf16", "bf16-mixed", "bf16-true", "bfloat16")
 TRAINER_PRECISIONS = (
     "32",
@@ -231,6 +242,10 @@ RULES: dict[str, Check] = {  # (ipc: ddapp.stages.check_ipc, the same moment)
     "method.num_crop": integer(1),
     "method.factor": factor_setting,
     "method.observer_space": choice("imagenet1k", "dataset"),
+    "method.iterations": auto_or_integer(1),  # sre2l
+    "method.jitter": auto_or_integer(0),
+    "method.r_bn": number(0),
+    "method.first_bn_multiplier": number(0),
 }
 SECTIONS = ("method", "eval", "report", "generator", "trainer")  # every number in them is finite
 

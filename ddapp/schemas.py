@@ -157,6 +157,26 @@ class RDEDSchema:
 
 
 @dataclass
+class SRe2LSchema:
+    _target_: str = "baselines.sre2l.SRe2L"
+    observer: str = "teacher"  # teacher (eval.teacher) | a classifier folder (with BatchNorm)
+    observer_space: str = "imagenet1k"  # folder observers: imagenet1k (by wnid) | dataset (= label)
+    observer_arch: Optional[str] = None  # folder observers: architecture if the folder does not say
+    iterations: str = "auto"  # steps per batch: auto (1000 up to 64 px, 4000 above) | an integer >= 1
+    lr: float = 0.25  # Adam, cosine to 0
+    betas: Any = (0.5, 0.9)
+    r_bn: float = 0.01  # BatchNorm statistics loss weight
+    first_bn_multiplier: float = 10.0  # the first BatchNorm layer's weight in it
+    jitter: str = "auto"  # largest roll (px of the observer's input): auto (side // 7) | an integer >= 0
+    crop: Any = (0.08, 1.0)  # RandomResizedCrop area range each iteration (null: none)
+    flip: bool = True  # random horizontal flip each iteration
+    batch_size: int = 100  # images of a class optimised together
+    teacher: Any = None  # injected by the yaml: ${oc.select:eval.teacher,null}
+    classifier: Any = None  # injected by the yaml: the folder classifier loader
+    trainer: Any = None  # injected by the yaml: ${trainer}
+
+
+@dataclass
 class MinimaxFinetuneSchema:  # conf/method/minimax.yaml; the official recipe (baselines/minimax.py)
     epochs: Optional[int] = 8  # passes over every train image of the chunk
     steps: Optional[int] = 12000  # cap: the official script samples the step-12,000 checkpoint
@@ -239,3 +259,4 @@ def register() -> None:
     store.store(group="method", name="patchsel_schema", node=PatchSelectionSchema)
     store.store(group="method", name="minimax_schema", node=MinimaxSchema)
     store.store(group="method", name="rded_schema", node=RDEDSchema)
+    store.store(group="method", name="sre2l_schema", node=SRe2LSchema)
