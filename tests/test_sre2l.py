@@ -264,7 +264,10 @@ def test_tiny_run_end_to_end_read_back_by_task_evaluate(make_cfg, tmp_path, monk
     folder = Path(cfg.paths.output_dir) / "distilled"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["method"] == "sre2l"
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted(manifest["class_ids"])
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(
+        manifest["classes"]
+    )
+    assert len(manifest["images"]) == 10 * cfg.ipc and all("observer_loss" in e for e in manifest["images"])
 
     seen = {}
     original = ddapp.tasks.load_distilled
@@ -281,7 +284,7 @@ def test_tiny_run_end_to_end_read_back_by_task_evaluate(make_cfg, tmp_path, monk
     distilled, data = seen["set"], seen["data"]
     assert metrics["method"] == "sre2l" and 0.0 <= metrics["student/final_acc_mean"] <= 1.0
     assert distilled.labels.tolist() == [c for c in range(10) for _ in range(cfg.ipc)]
-    teacher, _ = build(evaluate.eval.teacher).get(data, None, train_if_missing=False)
+    teacher, _ = build(cfg.eval.teacher).get(data, None, train_if_missing=False)  # the observer
     with torch.no_grad():
         predicted = teacher(as_float(distilled.images))
     agree = (predicted.argmax(1) == distilled.labels).float().mean()
