@@ -56,7 +56,7 @@ rehearse: install ## paper scale on this CPU: real-size random-weight DiT-XL/2 /
 gpu-check: install ## DiT-XL/2 / SD / faiss / DDP at real shapes on the visible GPUs (skips without CUDA)
 	$(BIN)/python experiments/gpu_check.py
 
-reference: install ## the reference experiment (digits + Fashion-MNIST, 3 set seeds; resumes; about 2 h on 2 cores) -> results/reference/reference.md
+reference: install ## the reference experiment (digits + Fashion-MNIST, 3 set seeds; resumes; about 2 h on 2 cores) -> results/reference.md
 	$(BIN)/python experiments/reference.py --workers $(REFERENCE_WORKERS)
 
 reference-extended: install ## the reference experiment plus the [latent] rows at every IPC (not timed with 3 set seeds)

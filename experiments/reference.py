@@ -9,7 +9,7 @@ Jobs are composed through Hydra's compose API. With ``--workers 1`` they run in 
 one after another; with more, each in a process of its own, forked from a worker that imported
 the framework once. A job is finished when its folder holds ``metrics.json`` and a ``job.json``
 with the same overrides and composed configuration; a rerun skips finished jobs and resumes a
-half-distilled one class by class. The full run's folder, ``results/reference/runs/``, is
+half-distilled one class by class. The full run's folder, ``results/reference_runs/``, is
 committed with each job's records and set grid (not the sets), so a fresh clone rebuilds the
 report and resumes where the last run stopped.
 
@@ -397,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny subset (CI)")
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
-    parser.add_argument("--runs", type=Path, default=None, help="job folders (results/reference/runs)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (results/reference)")
+    parser.add_argument("--runs", type=Path, default=None, help="job folders (results/reference_runs)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (results)")
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=None, help="run only these datasets' jobs"
     )
@@ -420,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.smoke, args.extended)
     # the full run's folder is committed (records and grids only: .gitignore keeps the sets out)
     runs = (
-        args.runs or ROOT / ("logs/reference-smoke" if args.smoke else "results/reference/runs")
+        args.runs or ROOT / ("logs/reference-smoke" if args.smoke else "results/reference_runs")
     ).resolve()
-    out = args.out or (runs / "results" if args.smoke else ROOT / "results" / "reference")
+    out = args.out or (runs / "results" if args.smoke else ROOT / "results")
     import ddcore  # noqa: F401  (torchvision import fix)
     from ddapp.schemas import register
 

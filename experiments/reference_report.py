@@ -1,4 +1,4 @@
-"""The reference experiment's report (``results/reference/reference.md`` and ``reference.json``)
+"""The reference experiment's report (``results/reference.md`` and ``reference.json``)
 from its finished jobs (the plan: ``experiments/reference_plan.py``).
 
 A table cell is mean +- std over the set seeds, one student each; rows are compared seed by
@@ -695,7 +695,7 @@ def best_choice(jobs: dict, dataset: str, plan: dict) -> str | None:
 # -- the README's headline: quoted from reference.json, never typed --------------------------
 README_BEGIN = (
     "<!-- headline: written by `python experiments/reference_report.py --readme` "
-    "from results/reference/reference.json -->"
+    "from results/reference.json -->"
 )
 README_END = "<!-- end of headline -->"
 HEADLINE = (  # (protocol, IPC, rows): the seed papers' main comparisons, at IPC 10
@@ -748,7 +748,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="write the README's headline block from reference.json")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's headline block")
-    parser.add_argument("--json", type=Path, default=ROOT / "results" / "reference" / "reference.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "reference.json")
     args = parser.parse_args()
     summary = json.loads(args.json.read_text())
     if args.readme:

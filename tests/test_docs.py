@@ -128,6 +128,19 @@ def test_headline_numbers_are_the_reports():
     assert not missing, f"README headline numbers not in results/reference.md: {missing}"
 
 
+def test_the_headline_block_is_written_from_the_reports_json():
+    """The README quotes the reference report: its headline block is exactly what
+    ``python experiments/reference_report.py --readme`` writes from results/reference.json."""
+    import json
+
+    from experiments.reference_report import README_BEGIN, README_END, headline
+
+    text = README.read_text()
+    block = text[text.index(README_BEGIN) : text.index(README_END) + len(README_END)]
+    summary = json.loads((ROOT / "results" / "reference.json").read_text())
+    assert block == headline(summary), "run python experiments/reference_report.py --readme"
+
+
 def test_overrides_take_one_sweep_point(tmp_path):
     got = overrides("-m method=mgd3 ipc=10,50 eval.distilled_dir=<folder>/x ...", tmp_path)
     assert got == ["method=mgd3", "ipc=10", f"eval.distilled_dir={tmp_path}/x"]

@@ -403,7 +403,7 @@ def test_every_claim_follows_from_its_paired_differences_by_the_stated_rule():
     assert compare("x", {0: 1.0, 5: 2.0}, {1: 2.0})["verdict"] == "not run"  # no seed in common
     assert compare("x", {0: 1.0}, {0: 0.0})["verdict"] == "not resolved"  # n = 1: no interval
 
-    report = ROOT / "results" / "reference" / "reference.json"
+    report = ROOT / "results" / "reference.json"
     found = json.loads(report.read_text())["claims"] if report.is_file() else {}
     for claim in (c for claims in found.values() for c in claims):
         assert claim["diffs"] == pytest.approx([a - b for a, b in zip(claim["a"], claim["b"])])
