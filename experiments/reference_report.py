@@ -717,7 +717,12 @@ def headline(summary: dict) -> str:
                 for label in labels
             ]
             lines.append(f"- {dataset}, {protocol.replace('_', ' ')}s, IPC {ipc}: " + "; ".join(cells) + ".")
-    claims = [c for found in summary["claims"].values() for c in found if c["verdict"] != "not run"]
+    claims = [
+        {**c, "claim": f"{dataset}: {c['claim']}"}
+        for dataset, found in sorted(summary["claims"].items())
+        for c in found
+        if c["verdict"] != "not run"
+    ]
     counts = {v: sum(c["verdict"] == v for c in claims) for v in ("held", "contradicted", "not resolved")}
     lines.append(
         f"- Of {len(claims)} claims tested ({len(seeds)} set seeds, paired 95% t intervals): "

@@ -495,7 +495,7 @@ def test_the_readme_headline_is_written_from_the_reports_json(tmp_path):
     assert "- digits, hard labels, IPC 10: MGD^3 (paper defaults) 91.0 ± 1.0; unguided -;" in text
     assert "random real 80.0 ± 1.0." in text
     assert "Of 1 claims tested (3 set seeds, paired 95% t intervals): 1 held, 0 contradicted" in text
-    assert "Held: MGD^3 beats random real." in text and "6 of 9 jobs, 0.50 h of job time" in text
+    assert "Held: digits: MGD^3 beats random real." in text and "6 of 9 jobs, 0.50 h of job time" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{README_BEGIN}\nold\n{README_END}\n\n## Next\n")
     assert update_readme(readme, summary) and not update_readme(readme, summary)
