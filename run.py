@@ -21,7 +21,6 @@ from omegaconf import DictConfig  # noqa: E402
 
 from ddapp.cli import (  # noqa: E402
     IN_TASK,
-    Interrupted,
     check_group_choices,
     claim_run_folder,
     fail,
@@ -33,6 +32,7 @@ from ddapp.cli import (  # noqa: E402
 )
 from ddapp.schemas import register  # noqa: E402
 from ddcore.errors import UserError  # noqa: E402
+from ddcore.interrupts import Interrupted, pending, raise_pending  # noqa: E402
 
 register()
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs torch 2.13 deprecation
@@ -84,5 +84,10 @@ if __name__ == "__main__":
     raise_on_signals()  # SIGTERM (preemption) and Ctrl-C: one line saying how to resume
     try:
         main()
+        raise_pending()  # a signal a finaliser swallowed while the run went on
     except Interrupted as exc:
         report_interrupt(exc)
+    except SystemExit:  # Lightning's SIGTERMException (exit 0) after such a swallowed signal
+        if pending() is None:
+            raise
+        report_interrupt(Interrupted(pending()))

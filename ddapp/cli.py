@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 
 from ddcore import folder_lock
 from ddcore.errors import UserError
+from ddcore.interrupts import Interrupted, interrupt
 
 GROUPS = (
     "task",
@@ -330,16 +331,6 @@ def install_one_line_errors() -> None:
 
 
 # -- interrupts: SIGTERM (a SLURM preemption, a kill) and SIGINT (Ctrl-C) ------------------------
-class Interrupted(BaseException):
-    """Raised by the signal handlers below: a BaseException, so that neither the task's error
-    handling nor Lightning's (which turns SIGTERM into a silent graceful stop, and Ctrl-C into
-    ``sys.exit(1)``) swallows it; Lightning tears the trainer down and re-raises it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 _RUN_FOLDER: list[Path] = []  # the job's run folder, once Hydra has made it
 _HANDLER_PID: list[int] = []  # the process that installed the handlers (not a forked worker)
 
@@ -355,7 +346,7 @@ def _raise_interrupted(signum, frame) -> None:
         return
     for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut the shutdown
         signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signum)
+    interrupt(signum)  # raised now, or kept for raise_pending if a finaliser drops it
 
 
 def raise_on_signals() -> None:

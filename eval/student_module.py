@@ -26,6 +26,7 @@ import torchmetrics
 
 from ddcore.errors import UserError
 from ddcore.files import load_plain, temp_name
+from ddcore.interrupts import raise_pending
 from ddcore.progress import ProgressLog
 from eval.augment import BatchAugment, make_cutmix
 from eval.batches import TrainSet, as_float
@@ -253,6 +254,7 @@ def fit(
             f"{prefix}: one student over {trainer.world_size} processes ({type(trainer.strategy).__name__})"
         )
     trainer.fit(module, train_loader, test_loader, ckpt_path=resume, weights_only=True)
+    raise_pending()  # a SIGTERM a finaliser swallowed: Lightning stopped early, not finished
     if epochs % every:
         trainer.validate(module, test_loader, verbose=False)
     return module

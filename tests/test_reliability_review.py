@@ -228,6 +228,30 @@ def test_sigterm_while_a_student_trains_says_how_to_resume_and_resumes(tmp_path,
     assert ours["student/histories"] == theirs["student/histories"]
 
 
+def test_a_signal_a_finaliser_swallows_is_raised_at_the_next_check():
+    """A SIGTERM handled while Python runs a finaliser: the Interrupted it raises is printed and
+    dropped (the run went on and exited 0 before); the signal is kept and raised by the next
+    check (after a student's fit, after the task)."""
+    import gc
+    import weakref
+
+    from ddcore import interrupts
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    weakref.finalize(thing, interrupts.interrupt, 15)
+    try:
+        del thing
+        gc.collect()  # the finaliser raises Interrupted; Python prints it and carries on
+        assert interrupts.pending() == 15
+        with pytest.raises(interrupts.Interrupted):
+            interrupts.raise_pending()
+    finally:
+        interrupts._PENDING.clear()
+
+
 def test_ctrl_c_while_distilling_is_one_line(tmp_path, cache_dir):
     """SIGINT (Ctrl-C) mid-distillation: exit 130 and one line (it was a 70-line traceback)."""
     import signal
