@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 
 from ddcore import folder_lock
 from ddcore.errors import UserError
-from ddcore.interrupts import Interrupted, interrupt
+from ddcore.interrupts import Interrupted, interrupt, keep_dropped_quietly
 
 GROUPS = (
     "task",
@@ -355,6 +355,7 @@ def raise_on_signals() -> None:
     import os
 
     _HANDLER_PID[:] = [os.getpid()]
+    keep_dropped_quietly()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_interrupted)
 

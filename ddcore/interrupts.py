@@ -28,6 +28,20 @@ def interrupt(signum: int) -> None:
     raise Interrupted(signum)
 
 
+def keep_dropped_quietly() -> None:
+    """An ``Interrupted`` a finaliser drops is kept (``interrupt``), so Python need not print
+    it as an ignored exception with its traceback; anything else is printed as before."""
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def pending() -> int | None:
     """The signal noted, if any."""
     return _PENDING[0] if _PENDING else None

@@ -55,6 +55,18 @@ def run_and_exit(argv: list[str], cwd: str | None = None) -> None:
     os._exit(code)
 
 
+def run_cases(spec: list[dict], work: Path, timeout: int = 900) -> list[dict]:
+    """Each case of ``spec`` as ``python run.py <argv>``, forked from one warm interpreter (this
+    script in a subprocess, in ``work``): one ``{"rc", "stderr", "seconds"}`` per case."""
+    import subprocess
+
+    (work / "cases.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(work / "cases.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def run_case(case: dict) -> dict:
     start = time.perf_counter()
     read_end, write_end = os.pipe()

@@ -1,11 +1,12 @@
 """run.py as a user types it: bad input gets one line, exit status 2 and no run folder."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.run_many import run_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,16 +58,7 @@ def refused(tmp_path_factory):
         argv = [*args, "logger=none", "debug=tiny", f"hydra.run.dir={run_dirs[name]}"]
         argv.append(f"paths.cache_dir={run_dirs[name].parent / 'cache'}")
         spec.append({"argv": argv, "cwd": str(run_dirs[name].parent)})
-    (work / "cases.json").write_text(json.dumps(spec))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "run_many.py"), str(work / "cases.json")],
-        capture_output=True,
-        text=True,
-        cwd=work,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.splitlines()[-1])
+    results = run_cases(spec, work)
     return {name: (r["rc"], r["stderr"], run_dirs[name]) for name, r in zip(cases, results)}
 
 

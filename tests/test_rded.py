@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 from PIL import Image
 from torch import nn
 
@@ -21,6 +20,7 @@ from ddapp.jobs import build
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for
+from tests.distill import evaluate_folder
 from tests.scores import assert_students_scored
 
 
@@ -217,7 +217,6 @@ def grey_tiny_imagenet(root: Path, per_class: int = 6) -> Path:
 def test_class_folders_read_back_by_task_evaluate_in_label_order(make_cfg, tmp_path, monkeypatch):
     """RDED's most reported failure is a class order that differs between the synthesis and the
     evaluation; here class ids do not sort like labels and the set still reads back right."""
-    import ddapp.tasks
 
     root = grey_tiny_imagenet(tmp_path / "tiny-imagenet-200")
     dataset = ["dataset=tinyimagenet", f"dataset.root={root}", "dataset.resolution=16"]
@@ -230,21 +229,7 @@ def test_class_folders_read_back_by_task_evaluate_in_label_order(make_cfg, tmp_p
             np.asarray(Image.open(p)).mean() == pytest.approx(GREY[wnid], abs=1) for p in pngs
         )
 
-    seen = {}
-    original = ddapp.tasks.load_distilled
-
-    def spy(path, data):
-        seen["set"], seen["data"] = original(path, data), data
-        return seen["set"]
-
-    monkeypatch.setattr(ddapp.tasks, "load_distilled", spy)
-    evaluate = make_cfg(
-        "task=evaluate", f"eval.distilled_dir={folder}", "eval.reference.enabled=false", *dataset
-    )
-    with open_dict(evaluate):
-        evaluate.paths.output_dir = str(tmp_path / "evaluate")
-    metrics = build(evaluate.task)(evaluate)
-    distilled, data = seen["set"], seen["data"]
+    metrics, distilled, data = evaluate_folder(make_cfg, monkeypatch, folder, tmp_path / "evaluate", *dataset)
     assert data.class_ids == WNIDS and metrics["method"] == "rded"
     assert distilled.labels.tolist() == [0, 0, 1, 1, 2, 2]
     for label, wnid in enumerate(WNIDS):

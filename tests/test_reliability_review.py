@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.run_many import run_cases
 from tests.test_reliability import ROOT, TINY, assert_refused, image_tree, run
 
 FOLDER = ["method=random", "dataset=image_folder", "dataset.resolution=16"]
@@ -109,16 +110,7 @@ def checked(tmp_path_factory, cache_dir):
     for name, argv in cases.items():
         (work / name).mkdir(exist_ok=True)
         spec.append({"argv": argv, "cwd": str(work / name)})
-    (work / "cases.json").write_text(json.dumps(spec))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "run_many.py"), str(work / "cases.json")],
-        capture_output=True,
-        text=True,
-        cwd=work,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.splitlines()[-1])
+    results = run_cases(spec, work)
     return {name: (r["rc"], r["stderr"], work / name / "run") for name, r in zip(cases, results)}
 
 
@@ -244,7 +236,7 @@ def test_a_signal_a_finaliser_swallows_is_raised_at_the_next_check():
     weakref.finalize(thing, interrupts.interrupt, 15)
     try:
         del thing
-        gc.collect()  # the finaliser raises Interrupted; Python prints it and carries on
+        gc.collect()  # the finaliser raises Interrupted; Python drops it and carries on
         assert interrupts.pending() == 15
         with pytest.raises(interrupts.Interrupted):
             interrupts.raise_pending()

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import open_dict
 from torch import nn
 
 from baselines.observer import Observer
@@ -24,18 +23,11 @@ from ddcore.data.base import as_float
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for
+from tests.distill import evaluate_folder
+from tests.scores import assert_students_scored
+from tests.test_rded import Normalize
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Normalize(nn.Module):
-    def __init__(self, mean: float, std: float):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([mean]).view(1, 1, 1, 1))
-        self.register_buffer("std", torch.tensor([std]).view(1, 1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
 
 
 def small_net(norm: str = "batch", classes: int = 10) -> nn.Module:
@@ -257,7 +249,6 @@ def test_config_defaults_and_checks(make_cfg):
 def test_tiny_run_end_to_end_read_back_by_task_evaluate(make_cfg, tmp_path, monkeypatch):
     """Distil with the (debug=tiny) soft-label teacher as observer, then task=evaluate reads the
     folder back: each image carries the label the observer recovered it for."""
-    import ddapp.tasks
 
     cfg = make_cfg("task=distill", "method=sre2l", "method.iterations=25", "seed=3")
     build(cfg.task)(cfg)
@@ -269,20 +260,9 @@ def test_tiny_run_end_to_end_read_back_by_task_evaluate(make_cfg, tmp_path, monk
     )
     assert len(manifest["images"]) == 10 * cfg.ipc and all("observer_loss" in e for e in manifest["images"])
 
-    seen = {}
-    original = ddapp.tasks.load_distilled
-
-    def spy(path, data):
-        seen["set"], seen["data"] = original(path, data), data
-        return seen["set"]
-
-    monkeypatch.setattr(ddapp.tasks, "load_distilled", spy)
-    evaluate = make_cfg("task=evaluate", f"eval.distilled_dir={folder}", "eval.reference.enabled=false")
-    with open_dict(evaluate):
-        evaluate.paths.output_dir = str(tmp_path / "evaluate")
-    metrics = build(evaluate.task)(evaluate)
-    distilled, data = seen["set"], seen["data"]
-    assert metrics["method"] == "sre2l" and 0.0 <= metrics["student/final_acc_mean"] <= 1.0
+    metrics, distilled, data = evaluate_folder(make_cfg, monkeypatch, folder, tmp_path / "evaluate")
+    assert metrics["method"] == "sre2l"
+    assert_students_scored(metrics, len(data.test))
     assert distilled.labels.tolist() == [c for c in range(10) for _ in range(cfg.ipc)]
     teacher, _ = build(cfg.eval.teacher).get(data, None, train_if_missing=False)  # the observer
     with torch.no_grad():
