@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed-$(FAISS)
 QUICKSTART_DIR ?= logs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 # reference experiment jobs run at once, each with cpu_count / N threads (2 x 1 on 2 cores)
 REFERENCE_WORKERS ?= 2
+# make test runs the test files side by side in this many processes (one per core, at most 4)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: help install lint run test test-full bench data format clean reference reference-extended reference-smoke gpu-check rehearse
 
@@ -35,8 +37,8 @@ lint: install ## ruff check + ruff format --check (part of make test)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint ## lint, then the fast tests (no network, no GPU)
-	$(BIN)/python -m pytest -q
+test: install lint ## lint, then the fast tests (no network, no GPU), TEST_WORKERS files at a time
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-full: install ## all tests, slow ones included (GPU tests still need a GPU)
 	$(BIN)/python -m pytest -q -m "not gpu"

@@ -9,6 +9,7 @@ Examples:
 """
 
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -87,7 +88,10 @@ if __name__ == "__main__":
         raise_pending()  # a signal a finaliser swallowed while the run went on
     except Interrupted as exc:
         report_interrupt(exc)
-    except SystemExit:  # Lightning's SIGTERMException (exit 0) after such a swallowed signal
-        if pending() is None:
+    except SystemExit as exc:  # Lightning's SIGTERMException (exit 0): a swallowed signal here,
+        # or, on the other ranks of a DDP student, the rank that got one
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if pending() is None and not isinstance(exc, SIGTERMException):
             raise
-        report_interrupt(Interrupted(pending()))
+        report_interrupt(Interrupted(pending() or signal.SIGTERM))

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from baselines.unguided import UnguidedSampling
 from ddcore.errors import UserError
 from ddcore.generators.minimax_finetune import load_or_finetune, trainable_names
-from ddcore.latent_cache import ENCODE_BATCH, LatentCache
+from ddcore.latent_cache import LatentCache
 from ddcore.method import ClassResult
 
 log = logging.getLogger(__name__)
@@ -94,28 +94,26 @@ class Minimax(UnguidedSampling):
 
     def __init__(
         self,
-        lambda_r: float = 0.002,
-        lambda_d: float = 0.008,
-        memory_size: int = 64,
-        chunk_classes: int = 20,
-        finetune: dict | None = None,
-        cache_dir: str | None = None,
-        generator_target: str | None = None,
-        trainer_kwargs: dict | None = None,
-        overrides: dict | None = None,
-        latent_cache: bool = True,
-        latent_cache_dir: str | None = None,
-        latent_batch_size: int = ENCODE_BATCH,
-        latent_workers: int = 0,
+        *,
+        lambda_r: float,
+        lambda_d: float,
+        memory_size: int,
+        chunk_classes: int,
+        finetune: dict,
+        cache_dir: str | None,
+        generator_target: str | None,
+        trainer_kwargs: dict | None,
+        overrides: dict | None,
+        latent_cache: bool,
+        latent_cache_dir: str | None,
+        latent_batch_size: int,
+        latent_workers: int,
         **kwargs,
     ):
+        """Settings and their defaults: ``ddapp.schemas.MinimaxSchema``; their ranges are checked
+        with the config (``ddapp.config_checks.RULES``); the fine-tune settings ``debug=tiny``
+        merges in (``overrides``) are checked here."""
         super().__init__(**kwargs)
-        for key, value in (("lambda_r", lambda_r), ("lambda_d", lambda_d)):
-            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-                raise UserError(f"method.{key} must be a finite number >= 0, got {value!r}")
-        for key, value in (("memory_size", memory_size), ("chunk_classes", chunk_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"method.{key} must be an integer >= 1, got {value!r}")
         if generator_target in UNSUPPORTED_TARGETS:
             raise UserError(
                 f"method=minimax cannot fine-tune generator={UNSUPPORTED_TARGETS[generator_target]} "

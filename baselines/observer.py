@@ -24,6 +24,15 @@ from ddcore.errors import UserError
 from ddcore.sharding import full_precision
 
 log = logging.getLogger(__name__)
+
+
+def auto_or_int(value) -> str | int:
+    """A setting that is ``auto`` or an integer (the schema keeps it a string; the config check
+    ``ddapp.config_checks.auto_or_integer`` has refused anything else)."""
+    text = str(value).strip().lower()
+    return "auto" if text == "auto" else int(text)
+
+
 SPACES = ("imagenet1k", "dataset")
 # the folder loader is task=check_generator's: its messages name that task's settings
 RENAMED = {"check.classifier_space": "method.observer_space", "check.classifier_arch": "method.observer_arch"}

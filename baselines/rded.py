@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from baselines.observer import Observer, ObserverSource
+from baselines.observer import Observer, ObserverSource, auto_or_int
 from ddcore.data.base import ImageClassificationData, resize_images
 from ddcore.errors import UserError
 from ddcore.method import MethodBase
@@ -130,36 +130,29 @@ class RDED(MethodBase):
 
     def __init__(
         self,
-        observer: str = "teacher",
-        observer_space: str = "imagenet1k",
-        observer_arch: str | None = None,
-        mipc: int = 300,
-        num_crop: int = 5,
-        factor: str | int = "auto",
-        scale: tuple[float, float] = (0.08, 1.0),
-        batch_size: int = 256,
-        score_cache: bool = True,
-        score_cache_dir: str | None = None,
+        *,
+        observer: str,
+        observer_space: str,
+        observer_arch: str | None,
+        mipc: int,
+        num_crop: int,
+        factor: str | int,
+        scale: tuple[float, float],
+        batch_size: int,
+        score_cache: bool,
+        score_cache_dir: str | None,
         teacher=None,
         classifier=None,
         trainer=None,
     ):
+        """Settings and their defaults: ``ddapp.schemas.RDEDSchema``; their ranges are checked
+        with the config (``ddapp.config_checks.RULES``)."""
         self.source = ObserverSource(
             self.name, observer, observer_space, observer_arch, teacher, classifier, trainer
         )
-        for key, value in (("mipc", mipc), ("num_crop", num_crop), ("batch_size", batch_size)):
-            if int(value) < 1:
-                raise UserError(f"method.{key} must be >= 1, got {value}")
-        self.factor = parse_factor(factor)
-        scale = tuple(float(s) for s in scale)
-        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise UserError(f"method.scale={list(scale)} must be [low, high] with 0 < low <= high <= 1")
-        self.mipc, self.num_crop, self.scale, self.batch_size = (
-            int(mipc),
-            int(num_crop),
-            scale,
-            int(batch_size),
-        )
+        self.factor = auto_or_int(factor)
+        self.mipc, self.num_crop, self.batch_size = int(mipc), int(num_crop), int(batch_size)
+        self.scale = tuple(float(s) for s in scale)
         self.score_cache_dir = score_cache_dir if score_cache else None
         self.teacher = teacher
         self._cache: ScoreCache | None = None
@@ -293,12 +286,3 @@ def slot_info(indices: list[int], boxes: torch.Tensor, loss: torch.Tensor, facto
         "crop_box": per_image(boxes.tolist()),
         "observer_loss": per_image([round(float(v), 6) for v in loss]),
     }
-
-
-def parse_factor(factor) -> str | int:
-    text = str(factor).strip().lower()
-    if text == "auto":
-        return "auto"
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"method.factor={factor!r}: use auto or an integer >= 1 (patches per side)")
-    return int(text)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.observer import Observer, ObserverSource
+from baselines.observer import Observer, ObserverSource, auto_or_int
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
 from ddcore.method import MethodBase
@@ -156,44 +156,38 @@ class SRe2L(MethodBase):
 
     def __init__(
         self,
-        observer: str = "teacher",
-        observer_space: str = "imagenet1k",
-        observer_arch: str | None = None,
-        iterations: str | int = "auto",
-        lr: float = 0.25,
-        betas: tuple[float, float] = (0.5, 0.9),
-        r_bn: float = 0.01,
-        first_bn_multiplier: float = 10.0,
-        jitter: str | int = "auto",
-        crop: tuple[float, float] | None = (0.08, 1.0),
-        flip: bool = True,
-        batch_size: int = 100,
+        *,
+        observer: str,
+        observer_space: str,
+        observer_arch: str | None,
+        iterations: str | int,
+        lr: float,
+        betas: tuple[float, float],
+        r_bn: float,
+        first_bn_multiplier: float,
+        jitter: str | int,
+        crop: tuple[float, float] | None,
+        flip: bool,
+        batch_size: int,
         teacher=None,
         classifier=None,
         trainer=None,
     ):
+        """Settings and their defaults: ``ddapp.schemas.SRe2LSchema``; their ranges are checked
+        with the config (``ddapp.config_checks.RULES``), except ``crop``, whose key means another
+        thing to ``method=patchsel``."""
         self.source = ObserverSource(
             self.name, observer, observer_space, observer_arch, teacher, classifier, trainer
         )
         self.teacher = teacher
-        self.iterations = parse_auto(iterations, "iterations", 1, "optimisation steps per batch")
-        self.jitter = parse_auto(jitter, "jitter", 0, "largest roll in pixels")
-        if not float(lr) > 0:
-            raise UserError(f"method.lr must be > 0, got {lr}")
-        betas = tuple(float(b) for b in betas)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise UserError(f"method.betas={list(betas)} must be two numbers in [0, 1)")
-        if float(r_bn) < 0 or float(first_bn_multiplier) < 0:
-            raise UserError("method.r_bn and method.first_bn_multiplier must be >= 0")
+        self.iterations, self.jitter = auto_or_int(iterations), auto_or_int(jitter)
         if crop is not None:
             crop = tuple(float(s) for s in crop)
             if len(crop) != 2 or not 0.0 < crop[0] <= crop[1] <= 1.0:
                 raise UserError(
                     f"method.crop={list(crop)} must be [low, high] with 0 < low <= high <= 1, or null"
                 )
-        if int(batch_size) < 1:
-            raise UserError(f"method.batch_size must be >= 1, got {batch_size}")
-        self.lr, self.betas, self.r_bn = float(lr), betas, float(r_bn)
+        self.lr, self.betas, self.r_bn = float(lr), tuple(float(b) for b in betas), float(r_bn)
         self.first_bn_multiplier, self.crop, self.flip = float(first_bn_multiplier), crop, bool(flip)
         self.batch_size = int(batch_size)
 
@@ -289,12 +283,3 @@ def check_batchnorm(observer: Observer, source: str) -> None:
             "eval/student@eval.teacher.model=resnet18_bn (or eval.teacher.model.norm=batch), "
             "or a folder with a BatchNorm classifier"
         )
-
-
-def parse_auto(value, key: str, low: int, what: str) -> str | int:
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    if not text.isdigit() or int(text) < low:
-        raise UserError(f"method.{key}={value!r}: use auto or an integer >= {low} ({what})")
-    return int(text)

@@ -355,7 +355,11 @@ def raise_on_signals() -> None:
     import os
 
     _HANDLER_PID[:] = [os.getpid()]
-    keep_dropped_quietly()
+    keep_dropped_quietly(rearm=_install_handlers)
+    _install_handlers()
+
+
+def _install_handlers() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_interrupted)
 

@@ -51,14 +51,19 @@ def integer(low: int | None = None, null: bool = False) -> Check:
 
 
 def number(
-    low: float | None = None, high: float | None = None, above: bool = False, null: bool = False
+    low: float | None = None,
+    high: float | None = None,
+    above: bool = False,
+    null: bool = False,
+    below: bool = False,
 ) -> Check:
-    """A finite number in [low, high] (``above``: strictly greater than ``low``)."""
+    """A finite number in [low, high] (``above``: strictly greater than ``low``; ``below``:
+    strictly less than ``high``)."""
     bounds = []
     if low is not None:
         bounds.append(f"{'>' if above else '>='} {low}")
     if high is not None:
-        bounds.append(f"<= {high}")
+        bounds.append(f"{'<' if below else '<='} {high}")
     want = (" and ".join(bounds) + " (a finite number)" if bounds else "a finite number") + (
         " or null" if null else ""
     )
@@ -70,7 +75,7 @@ def number(
             return f"must be {want}"
         if low is not None and (value <= low if above else value < low):
             return f"must be {want}"
-        if high is not None and value > high:
+        if high is not None and (value >= high if below else value > high):
             return f"must be {want}"
         return None
 
@@ -88,9 +93,10 @@ def choice(*options, null: bool = False) -> Check:
     return check
 
 
-def numbers(low: float, high: float, length: int | None = None) -> Check:
-    """A list of finite numbers in [low, high] (of ``length`` items when given)."""
-    item = number(low, high)
+def numbers(low: float, high: float, length: int | None = None, below: bool = False) -> Check:
+    """A list of finite numbers in [low, high] (of ``length`` items when given; ``below``: each
+    strictly less than ``high``)."""
+    item = number(low, high, below=below)
 
     def check(value):
         if (
@@ -99,25 +105,30 @@ def numbers(low: float, high: float, length: int | None = None) -> Check:
             or any(item(v) for v in value)
         ):
             size = f"{length} " if length else ""
-            return f"must be a list of {size}finite numbers in [{low}, {high}]"
+            return f"must be a list of {size}finite numbers in [{low}, {high}{')' if below else ']'}"
         return None
 
     return check
+
+
+def area_range(value) -> str | None:
+    """A crop's [low, high] share of the image area, 0 < low <= high <= 1 (RandomResizedCrop)."""
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_is_number(v) and math.isfinite(v) for v in value)
+        and 0 < value[0] <= value[1] <= 1
+    )
+    return None if ok else "must be [low, high] with 0 < low <= high <= 1"
 
 
 def boolean(value) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
-def factor_setting(value) -> str | None:
-    """``auto`` or an integer >= 1 (method=rded's patches per side; the schema makes it a string)."""
-    text = str(value).strip().lower()
-    ok = text == "auto" or (text.isdigit() and int(text) >= 1)
-    return None if ok else "must be auto or an integer >= 1"
-
-
 def auto_or_integer(low: int) -> Check:
-    """``auto`` or an integer >= low (method=sre2l's iterations and jitter; strings in the schema)."""
+    """``auto`` or an integer >= low (method=rded's factor, method=sre2l's iterations and jitter;
+    strings in the schema)."""
 
     def check(value) -> str | None:
         text = str(value).strip().lower()
@@ -240,10 +251,13 @@ RULES: dict[str, Check] = {  # (ipc: ddapp.stages.check_ipc, the same moment)
     "method.finetune.checkpoint_every": integer(1),
     "method.mipc": integer(1),  # rded
     "method.num_crop": integer(1),
-    "method.factor": factor_setting,
+    "method.factor": auto_or_integer(1),
+    "method.scale": area_range,
     "method.observer_space": choice("imagenet1k", "dataset"),
     "method.iterations": auto_or_integer(1),  # sre2l
     "method.jitter": auto_or_integer(0),
+    "method.lr": number(0, above=True),
+    "method.betas": numbers(0, 1, length=2, below=True),
     "method.r_bn": number(0),
     "method.first_bn_multiplier": number(0),
 }

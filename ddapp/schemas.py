@@ -239,8 +239,12 @@ def schema_settings(schema: type, **settings) -> dict:
 
 
 def from_schema(schema: type, **settings):
-    """The method ``schema._target_`` names, built from ``schema_settings``."""
-    return get_class(schema._target_)(**schema_settings(schema, **settings))
+    """The method ``schema._target_`` names, built from ``schema_settings``; settings that are
+    objects rather than config values (a teacher, a loader) are passed to it as they are."""
+    plain = (str, int, float, bool, type(None), list, tuple, dict)
+    objects = {k: v for k, v in settings.items() if not isinstance(v, plain)}
+    values = {k: v for k, v in settings.items() if k not in objects}
+    return get_class(schema._target_)(**{**schema_settings(schema, **values), **objects})
 
 
 def register() -> None:

@@ -23,7 +23,7 @@ from ddcore.data.base import ImageClassificationData, hold_out_validation
 from ddcore.data.folders import check_headers
 from ddcore.distilled import DistilledSet
 from ddcore.distributed import main_first
-from ddcore.errors import CacheUnreadable, UserError
+from ddcore.errors import CacheUnreadable, StorageError, UserError
 from ddcore.sharding import bind_device, check_before_loading, current_shard, distill_to_folder
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def build_generator(cfg: DictConfig, data):
     try:
         return build(cfg.generator, data=data)
     except CacheUnreadable as exc:
-        raise UserError(
+        raise StorageError(
             f"the cached generator {cfg.generator.get('name')} under "
             f"{cfg.generator.get('cache_dir')} cannot be read ({exc.reason}): rerun with "
             "generator.retrain=true to train it again"

@@ -14,6 +14,12 @@ class UserError(Exception):
     """
 
 
+class StorageError(UserError):
+    """A user error of the machine's state rather than of a setting (a full disk, a cache entry
+    that cannot be read): the same job may succeed once it is fixed, so a driver that records
+    settings a dataset cannot take (the reference experiment) retries it instead."""
+
+
 class CacheUnreadable(Exception):
     """A cache entry whose files cannot be read (truncated weights, broken JSON), raised where it
     is read: ``folder`` is the entry, ``reason`` the first line of the root cause. The application

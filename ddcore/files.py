@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
-from ddcore.errors import UserError
+from ddcore.errors import StorageError, UserError
 
 
 def temp_name(path: Path) -> Path:
@@ -54,29 +54,54 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def has_meta(folder: Path) -> bool:
+    """A cache entry is complete once its ``meta.json`` is written (the last file of a build)."""
+    return (folder / "meta.json").is_file()
+
+
 @contextlib.contextmanager
-def built_in_temp(folder: str | Path, setting: str) -> Iterator[Path]:
+def built_in_temp(
+    folder: str | Path, setting: str, built: Callable[[Path], bool] = has_meta
+) -> Iterator[Path | None]:
     """Build the folder ``folder`` (a cache entry) in ``<folder>.tmp``, renamed to ``folder`` at
     the end: a failed or interrupted build leaves neither (a SIGKILL leaves the temp folder, which
-    the next build removes first). A full disk is one line naming the cache folder and the setting
-    that chooses it (``setting``, e.g. ``generator.cache_dir``), not the temp path."""
+    the next build removes first). Processes that build the same entry (the jobs of a ``-m``
+    sweep) take turns under an ``flock`` on ``<folder>.lock``; one that finds the entry
+    ``built`` once its turn comes gets None instead of a temp folder and builds nothing (the
+    lock file stays: removing it could let two processes hold two locks). A full
+    disk is one line naming the cache folder and the setting that chooses it (``setting``, e.g.
+    ``generator.cache_dir``), not the temp path."""
+    import fcntl
+    import logging
+
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        yield tmp
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logging.getLogger(__name__).info(f"waiting for another process that builds {folder}")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if built(folder):
+                yield None
+                return
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                yield tmp
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise UserError(
+        raise StorageError(
             f"cannot write {folder.name} in the cache folder {folder.parent}: "
             f"{exc.strerror or exc} (free space there or set {setting} to another folder)"
         ) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, payload, indent: int | None = 2) -> Path:

@@ -4,7 +4,8 @@ The handlers (``ddapp.cli.raise_on_signals``) raise ``Interrupted``. A signal th
 Python runs a finaliser (a weakref callback, ``__del__``) cannot end the program that way: the
 exception is printed as "ignored" and dropped, and Lightning's own SIGTERM handler has already
 asked the trainer to stop early. So the handler notes the signal first, and the code that would
-otherwise carry on (after a student's fit, after the task) raises it (``raise_pending``); and
+otherwise carry on (after each distilled class, after a student's fit, after the task) raises
+it (``raise_pending``), and the handlers are installed again so that a second signal is heard;
 Lightning's early stop, a ``SystemExit`` with status 0, is reported as the signal it was.
 """
 
@@ -28,15 +29,18 @@ def interrupt(signum: int) -> None:
     raise Interrupted(signum)
 
 
-def keep_dropped_quietly() -> None:
+def keep_dropped_quietly(rearm) -> None:
     """An ``Interrupted`` a finaliser drops is kept (``interrupt``), so Python need not print
-    it as an ignored exception with its traceback; anything else is printed as before."""
+    it as an ignored exception with its traceback, and ``rearm()`` installs the handlers again
+    (they ignore further signals once one is raised); anything else is printed as before."""
     import sys
 
     default = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, Interrupted):
+        if isinstance(unraisable.exc_value, Interrupted):
+            rearm()
+        else:
             default(unraisable)
 
     sys.unraisablehook = hook

@@ -40,6 +40,7 @@ from ddcore.data.base import ImageClassificationData
 from ddcore.distilled import DistilledSet, load_complete
 from ddcore.distributed import Shard, bind_device, current_shard, wait_for  # noqa: F401  (re-exported)
 from ddcore.errors import UserError
+from ddcore.interrupts import raise_pending
 from ddcore.method import class_groups, distill_group
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ def _distill_locked(
                 {"fingerprint": stamp, "seconds": round(seconds, 3), "rank": shard.rank},
             )
             done += 1
+            raise_pending()  # a signal a finaliser swallowed: stop after the class just written
             log.info(
                 f"{method.name}: class {data.class_ids[label]} "
                 f"({done}/{len(mine)} of rank {shard.rank}/{shard.world_size}) in {seconds:.1f}s"

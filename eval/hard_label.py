@@ -43,7 +43,6 @@ class HardLabelProtocol(Protocol):
     augment: ``scale`` of RandomResizedCrop, ``flip`` (``auto`` = the dataset's choice),
         ``color_jitter`` (brightness, contrast, saturation), ``lighting`` (PCA std).
     cutmix: CutMix's Beta parameter, applied to every batch (0 = off).
-    parallel: repeats side by side on several GPUs (``auto``: every visible GPU).
     reference: full-data / random-subset accuracies and DD-Ranking's scores (eval.reference).
     """
 

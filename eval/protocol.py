@@ -1,21 +1,19 @@
-"""What the hard- and soft-label protocols share: checking a set, running repeats (in parallel
-on several GPUs when there are), testing on the real test split, summarising, reference points.
+"""What the hard- and soft-label protocols share: checking a set, running repeats (dealt over
+the ranks of a multi-process job), testing on the real test split, summarising, reference points.
 
 A protocol subclass says how to build the Lightning module of one repeat (``make_module``), how
 long to train (``epochs_for``) and in which batches (``batch_size_for``). Each finished repeat is
 recorded, an unfinished one checkpointed, and repeats are dealt over the ranks of a
-multi-process job (``eval.records``, attached by the application as ``protocol.records``).
+multi-process job (``eval.records``, attached by the application as ``protocol.records``): with
+``torchrun --nproc_per_node N``, N repeats train side by side, one per GPU.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -62,36 +60,6 @@ def check_distilled(distilled: DistilledSet, data: ImageClassificationData, ipc:
         )
 
 
-def parallel_devices(trainer_factory, parallel, repeats: int) -> list[int]:
-    """GPU ids to run repeats on side by side (one process per GPU), or [] for one at a time.
-
-    ``parallel``: ``auto`` = every visible GPU when ``trainer=gpu`` (not with DDP, which already
-    spreads one student over the GPUs); an int caps the count; 0/1/false = sequential.
-    """
-    keywords = getattr(trainer_factory, "keywords", {})
-    if repeats < 2 or parallel in (None, False, 0, 1, "off"):
-        return []
-    if keywords.get("accelerator") not in ("gpu", "cuda") or "ddp" in str(keywords.get("strategy", "")):
-        return []
-    count = torch.cuda.device_count() if parallel == "auto" else min(int(parallel), torch.cuda.device_count())
-    return list(range(min(count, repeats))) if count > 1 else []
-
-
-_WORKER_DEVICE: int | None = None
-
-
-def _init_worker(queue) -> None:
-    global _WORKER_DEVICE
-    _WORKER_DEVICE = queue.get()
-
-
-def _run_repeat(protocol, train, data, epochs, seed, trainer_factory, prefix, checkpoint) -> Run:
-    """One repeat in a worker process, on the GPU that worker was given."""
-    if _WORKER_DEVICE is not None:
-        trainer_factory = functools.partial(trainer_factory, devices=[_WORKER_DEVICE])
-    return protocol.train_one(train, data, epochs, seed, trainer_factory, None, prefix, checkpoint)
-
-
 class Protocol:
     """Shared settings: see ``conf/eval/hard_label.yaml`` and ``soft_label.yaml``."""
 
@@ -109,7 +77,6 @@ class Protocol:
         normalize: dict | None = None,
         test_batch_size: int = 500,
         num_workers: int = 0,
-        parallel="auto",
         max_bank_gb: float = 16.0,
         reference: dict | None = None,
         distilled_dir: str | None = None,
@@ -122,7 +89,7 @@ class Protocol:
         self.augment, self.cutmix = dict(augment or {}), float(cutmix or 0.0)
         self.normalize = dict(normalize or {})
         self.test_batch_size, self.num_workers = test_batch_size, num_workers
-        self.parallel, self.max_bank_gb = parallel, max_bank_gb
+        self.max_bank_gb = max_bank_gb
         self.reference = ReferencePoints(**dict(reference or {"enabled": False}))
         self.distilled_dir = distilled_dir
         self.test_images = TestImages(max_bank_gb, num_workers)
@@ -211,23 +178,10 @@ class Protocol:
         keys = self.run_keys(train, train_key, epochs, seeds, prefix, data)
         runs: list[Run | None] = [records.read(prefix, r, keys[r]) for r in range(repeats)]
         todo = [r for r in range(repeats) if runs[r] is None and records.mine(prefix, r)]
-        devices = (
-            []
-            if records.shard.world_size > 1
-            else parallel_devices(trainer_factory, self.parallel, len(todo))
-        )
-        if devices:
-            done = self._parallel(
-                devices, train, data, epochs, [(r, seeds[r]) for r in todo], trainer_factory, prefix
+        for r in todo:
+            runs[r] = self.train_recorded(
+                train, data, epochs, seeds[r], trainer_factory, logger, prefix, r, keys[r]
             )
-            for r, run in zip(todo, done):
-                runs[r] = run
-                records.write(prefix, r, keys[r], run, (time.perf_counter() - start) / len(todo))
-        else:
-            for r in todo:
-                runs[r] = self.train_recorded(
-                    train, data, epochs, seeds[r], trainer_factory, logger, prefix, r, keys[r]
-                )
         runs = records.gather(prefix, runs, keys)
         for r, run in enumerate(runs):
             if run is not NOT_MINE:
@@ -270,31 +224,6 @@ class Protocol:
         self.records.write(prefix, r, key, run, seconds)
         log.info(f"trained {prefix}/rep{r} on rank {shard.rank}/{shard.world_size} in {seconds:.1f}s")
         return run
-
-    def _parallel(self, devices, train, data, epochs, todo, trainer_factory, prefix) -> list[Run]:
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        for device in devices:
-            queue.put(device)
-        log.info(f"{len(todo)} repeats on GPUs {devices} side by side")
-        with ProcessPoolExecutor(
-            len(devices), mp_context=context, initializer=_init_worker, initargs=(queue,)
-        ) as pool:
-            futures = [
-                pool.submit(
-                    _run_repeat,
-                    self,
-                    train,
-                    data,
-                    epochs,
-                    s,
-                    trainer_factory,
-                    f"{prefix}/rep{r}",
-                    self.records.checkpoint(prefix, r),
-                )
-                for r, s in todo
-            ]
-            return [f.result() for f in futures]
 
     def build_student(self, data: ImageClassificationData) -> torch.nn.Module:
         net = self.student(

@@ -189,7 +189,6 @@ class SoftLabelProtocol(Protocol):
                 normalize=self.normalize,
                 test_batch_size=self.test_batch_size,
                 num_workers=self.num_workers,
-                parallel=self.parallel,
                 max_bank_gb=self.max_bank_gb,
                 checkpoint_every=self.checkpoint_every,
             )

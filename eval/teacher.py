@@ -272,7 +272,6 @@ class Teacher:
             cutmix=t["cutmix"],
             augment={"color_jitter": None, "lighting": 0.0, **t["augment"]},
             normalize=self.normalize,
-            parallel=False,
         )
 
     def train(self, data: ImageClassificationData, trainer_factory) -> tuple[nn.Module, dict]:

@@ -120,7 +120,7 @@ def run_job(job: Job, runs: Path, source_seconds: float = 0.0) -> dict:
     spent distilling its source set again first, kept in its record)."""
     from ddapp.config_checks import check_config
     from ddapp.jobs import build, close_loggers, quiet_lightning
-    from ddcore.errors import UserError
+    from ddcore.errors import StorageError, UserError
 
     folder = job.folder(runs)
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,8 @@ def run_job(job: Job, runs: Path, source_seconds: float = 0.0) -> dict:
     record = {"overrides": job.overrides, "config": job.config}
     try:
         metrics = build(cfg.task)(cfg)
+    except StorageError:  # a full disk, an unreadable cache: the job fails, a rerun retries it
+        raise
     except UserError as exc:  # the dataset cannot take this setting: say so in the report, go on
         print(f"  not applicable: {exc}", flush=True)
         record["error"], metrics = str(exc), {}
@@ -428,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
     register()
     aliases_file = runs / "aliases.json"
-    aliases, seen, by_name, warm = read_json(aliases_file), {}, {}, set()
+    # every alias is worked out again (a record of an earlier run may name a set its sweeps chose)
+    aliases, seen, by_name, warm = {}, {}, {}, set()
     chosen = (
         [] if args.report else run_order([d for d in p["datasets"] if d in (args.datasets or p["datasets"])])
     )

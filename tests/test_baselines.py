@@ -16,6 +16,7 @@ from ddcore.errors import UserError
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from ddcore.kmeans import kmeans
 from ddcore.seeding import derive_seed
+from tests.configs import generator_settings
 from tests.distill import distill_set
 from tests.test_generators_pretrained import RES, make_data, sd_folder  # noqa: F401 (fixture)
 
@@ -53,7 +54,7 @@ def test_d4m_starts_from_its_prototypes_with_the_unguided_sampler_and_seeds(make
 
 def test_d4m_with_stable_diffusion_uses_class_prompts_and_latents(sd_folder, tmp_path):  # noqa: F811
     data = make_data()  # 3 imagenette classes, 2 images each
-    generator = load_stable_diffusion(data, path=str(sd_folder), resolution=RES)
+    generator = load_stable_diffusion(data, **generator_settings("sd15", path=str(sd_folder), resolution=RES))
     method = from_schema(D4MSchema, steps=3, latent_cache_dir=str(tmp_path / "latents"))
     out = distill_set(method, data, 2, 0, generator)
     assert out.images.shape == (6, 3, RES, RES) and out.stats["modes"][0].shape == (2, 4, 16, 16)
@@ -62,7 +63,7 @@ def test_d4m_with_stable_diffusion_uses_class_prompts_and_latents(sd_folder, tmp
 
 def test_stable_diffusion_without_class_names_is_a_one_line_error(sd_folder):  # noqa: F811
     with pytest.raises(UserError, match="needs class names for prompts") as err:
-        load_stable_diffusion(make_data(prompts=False), path=str(sd_folder))
+        load_stable_diffusion(make_data(prompts=False), **generator_settings("sd15", path=str(sd_folder)))
     assert "\n" not in str(err.value)
 
 

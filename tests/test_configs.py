@@ -6,25 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ddapp.cli import GROUPS, check_group_choices, group_options
-from tests.conftest import CONF
-
-GENERATOR_ARGS = {  # what each loader's signature takes besides the dataset
-    "dit_tiny": {
-        "cache_dir",
-        "family",
-        "arch",
-        "train",
-        "schedule",
-        "resolution",
-        "cfg_scale",
-        "seed",
-        "name",
-        "retrain",
-        "trainer_kwargs",
-        "probe_per_class",
-        "overrides",
-    },
-}
+from tests.configs import CONF
 
 
 def resolved(cfg):
@@ -40,6 +22,42 @@ def test_every_option_composes_and_resolves(make_cfg, group):
         extra = ["dataset.root=/some/dir"] if option == "image_folder" else []
         cfg = make_cfg(f"{group}={option}", *extra, tiny=False)
         resolved(cfg)
+
+
+def test_each_generator_yaml_gives_its_loader_every_setting_it_takes(make_cfg):
+    """The YAML is the one place a generator's defaults are written: its loader has none (but
+    ``vae``, which only a latent generator names), so each setting must be there, and no other."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    for option in group_options([CONF], "generator"):
+        settings = resolved(make_cfg(f"generator={option}", tiny=False))["generator"]
+        params = inspect.signature(get_method(settings.pop("_target_"))).parameters
+        settings.pop("_convert_", None)
+        required = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
+        assert required <= set(settings), f"generator={option} misses {required - set(settings)}"
+        assert set(settings) <= set(params), f"generator={option}: {set(settings) - set(params)} unknown"
+        optional = {n for n, p in params.items() if p.default is not p.empty}
+        assert optional <= {"vae"}, f"{option}'s loader repeats defaults: {optional}"
+
+
+def test_method_constructors_take_their_defaults_from_the_config(make_cfg):
+    """Only the objects a YAML injects (an observer's teacher, loader, trainer) may default."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    for option in group_options([CONF], "method"):
+        cls = get_class(make_cfg(f"method={option}", tiny=False).method._target_)
+        defaults = {
+            name
+            for klass in cls.__mro__
+            if "__init__" in vars(klass)
+            for name, p in inspect.signature(vars(klass)["__init__"]).parameters.items()
+            if p.default is not p.empty
+        }
+        assert defaults <= {"teacher", "classifier", "trainer"}, f"method={option} repeats {defaults}"
 
 
 @pytest.mark.parametrize("dataset", ["digits", "fashion_mnist", "imagenette", "cifar10"])

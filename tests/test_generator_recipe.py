@@ -32,6 +32,7 @@ from ddcore.generators.self_trained.shipped import (
 from ddcore.generators.self_trained.training import fit_length
 from ddcore.sampling import sample_latents
 from ddcore.seeding import rng_for
+from tests.configs import generator_settings
 from tests.test_self_trained import TINY
 
 TRAIN = dict(batch_size=64, lr=1e-3, warmup_steps=1, label_dropout=0.1)
@@ -49,7 +50,9 @@ def test_length_follows_the_data_with_an_optional_step_cap():
 def test_time_budget_stops_training_and_says_so(tmp_path, caplog):
     train = {**TINY["train"], "steps": None, "epochs": 50, "max_minutes": 0.0001}
     with caplog.at_level(logging.WARNING):
-        generator = load_or_train(digits(), cache_dir=str(tmp_path), **{**TINY, "train": train})
+        generator = load_or_train(
+            digits(), **generator_settings("dit_tiny", cache_dir=str(tmp_path), **{**TINY, "train": train})
+        )
     assert generator.train_meta["steps"] < generator.train_meta["planned_steps"] == 50 * (1347 // 16)
     assert "stopped by the time budget" in caplog.text
 
@@ -58,10 +61,10 @@ def test_rewriting_train_images_in_place_changes_the_key_and_retrains(tmp_path):
     data = digits()
     spec = {"name": "x"}
     before = cache_key(data, spec)
-    first = load_or_train(data, cache_dir=str(tmp_path), **TINY)
+    first = load_or_train(data, **generator_settings("dit_tiny", cache_dir=str(tmp_path), **TINY))
     data.train.images[0] = 255 - data.train.images[0]  # same count, same names, new pixels
     assert cache_key(data, spec) != before
-    second = load_or_train(data, cache_dir=str(tmp_path), **TINY)
+    second = load_or_train(data, **generator_settings("dit_tiny", cache_dir=str(tmp_path), **TINY))
     assert second.folder != first.folder and (second.folder / "meta.json").is_file()
 
 
@@ -87,7 +90,9 @@ def test_probe_reports_accuracy_real_ceiling_and_diversity(tmp_path, caplog):
     assert real_test_accuracy(probe, data) > 0.95  # the probe itself recognises real digits
     assert mean_pairwise_distance(torch.eye(3).numpy()) == pytest.approx(2**0.5)
     with caplog.at_level(logging.INFO):
-        generator = load_or_train(data, cache_dir=str(tmp_path), probe_per_class=2, **TINY)
+        generator = load_or_train(
+            data, **generator_settings("dit_tiny", cache_dir=str(tmp_path), **{**TINY, "probe_per_class": 2})
+        )
     meta = json.loads((generator.folder / "meta.json").read_text())
     report = meta["probe"]
     assert meta["sample_accuracy"] == report["sample_accuracy"] == generator.sample_accuracy
@@ -123,18 +128,20 @@ def ship(tmp_path, generator) -> tuple:
 
 def test_shipped_weights_are_used_by_default_hash_checked_and_retrain_ignores_them(tmp_path, monkeypatch):
     data = digits()
-    trained = load_or_train(data, cache_dir=str(tmp_path / "a"), **TINY)
+    trained = load_or_train(data, **generator_settings("dit_tiny", cache_dir=str(tmp_path / "a"), **TINY))
     root, _ = ship(tmp_path, trained)
     monkeypatch.setattr(shipped, "SHIPPED_DIR", root)
     start = time.perf_counter()
-    used = load_or_train(data, cache_dir=str(tmp_path / "b"), **TINY)
+    used = load_or_train(data, **generator_settings("dit_tiny", cache_dir=str(tmp_path / "b"), **TINY))
     assert used.folder == root / trained.folder.name and time.perf_counter() - start < 5
     assert not (tmp_path / "b").exists()  # nothing trained
-    fresh = load_or_train(data, cache_dir=str(tmp_path / "b"), retrain=True, **TINY)
+    fresh = load_or_train(
+        data, **generator_settings("dit_tiny", cache_dir=str(tmp_path / "b"), retrain=True, **TINY)
+    )
     assert fresh.folder.parent == tmp_path / "b"
     (root / "SHA256SUMS").write_text(f"{'0' * 64}  {trained.folder.name}/{WEIGHTS_FILE}\n")
     with pytest.raises(UserError, match="sha256"):
-        load_or_train(data, cache_dir=str(tmp_path / "c"), **TINY)
+        load_or_train(data, **generator_settings("dit_tiny", cache_dir=str(tmp_path / "c"), **TINY))
 
 
 def shipped_folders(dataset: str = ""):

@@ -1,19 +1,18 @@
 """DiT loading: tiny models saved in the hub layout and loaded back offline; null class."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
-from omegaconf import OmegaConf
 
 from ddcore.data.small import digits
 from ddcore.errors import UserError
-from ddcore.generators.dit import DIT_TIMESTEP_SPACING, build_dit, load_dit
+from ddcore.generators.dit import build_dit, load_dit
 from ddcore.generators.hub import DIT_XL2_256, SD_VAE_FT_MSE
 from ddcore.sampling import make_scheduler, sample_latents
 from ddcore.seeding import rng_for
+from tests.configs import generator_settings
 from tests.test_hub_layouts import RES, imagenet_data, save_hub_layout
 
 
@@ -45,13 +44,19 @@ def save_tiny_dit(
 def test_folder_without_vae_is_one_line(tmp_path):
     folder = save_tiny_dit(tmp_path / "dit", num_classes=10)
     with pytest.raises(UserError, match="vae"):
-        load_dit(digits(), path=str(folder), vae=None, class_space="dataset", resolution=16)
+        load_dit(
+            digits(),
+            **generator_settings("dit_xl2", path=str(folder), vae=None, class_space="dataset", resolution=16),
+        )
 
 
 def test_round_trip_latent_dit_with_learned_variance(tmp_path):
     folder = save_tiny_dit(tmp_path / "dit", num_classes=10, vae=True, learned_variance=True)
     data = digits()
-    gen = load_dit(data, path=str(folder), vae=None, resolution=16, class_space="dataset")
+    gen = load_dit(
+        data,
+        **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=16, class_space="dataset"),
+    )
     assert gen.null_label == 10 and gen.learned_variance and gen.latent_shape == (4, 8, 8)
     assert gen.cfg_channels == 3 and not gen.pixel_space
     latents = gen.encode(data.class_images(0)[:2])
@@ -64,12 +69,15 @@ def test_round_trip_latent_dit_with_learned_variance(tmp_path):
 def test_imagenet_dit_on_non_imagenet_classes_is_refused(tmp_path):
     folder = save_tiny_dit(tmp_path / "dit", num_classes=1000, vae=True)
     with pytest.raises(UserError, match="not ImageNet wnids"):
-        load_dit(digits(), path=str(folder), vae=None, resolution=16)
+        load_dit(digits(), **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=16))
 
 
 def test_missing_hub_model_is_one_line(tmp_path):
     with pytest.raises(UserError, match="generator.path"):
-        load_dit(digits(), path="facebook/DiT-XL-2-256", vae=None)
+        load_dit(
+            digits(),
+            **generator_settings("dit_xl2", path="facebook/DiT-XL-2-256", vae=None, model_dir=str(tmp_path)),
+        )
 
 
 # -- the hub's DiT folder layout (ddcore/generators/hub.py) -----------------------------------
@@ -80,23 +88,28 @@ def test_hub_folder_with_legacy_class_and_bin_weights_loads_as_dit(tmp_path):
     assert json.loads((transformer / "config.json").read_text())["_class_name"] == "Transformer2DModel"
     assert [f.name for f in transformer.glob("diffusion_pytorch_model.*")] == ["diffusion_pytorch_model.bin"]
     assert (folder / "model_index.json").is_file()
-    gen = load_dit(imagenet_data(), path=str(folder), vae=None, resolution=RES)
+    gen = load_dit(
+        imagenet_data(), **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=RES)
+    )
     assert isinstance(gen.denoiser, DiTTransformer2DModel) and gen.null_label == 1000
     saved = torch.load(transformer / "diffusion_pytorch_model.bin", weights_only=True)
     loaded = gen.denoiser.state_dict()
     assert saved.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items())
 
 
-def test_load_dit_defaults_to_the_official_dit_grids(tmp_path):
+def test_generator_dit_xl2_samples_on_the_official_dit_grids(tmp_path):
     folder = save_hub_layout(tmp_path, DIT_XL2_256)
-    gen = load_dit(imagenet_data(), path=str(folder), vae=None, resolution=RES)  # no timestep_spacing
+    gen = load_dit(  # the YAML's timestep_spacing
+        imagenet_data(), **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=RES)
+    )
     assert gen.timestep_spacing == {"ddpm": "linspace", "ddim": "leading"}
     ddpm = make_scheduler(gen, "ddpm", 50).timesteps.tolist()
     assert ddpm[:3] == [999, 979, 958] and ddpm[-1] == 0  # create_diffusion("50")
     assert make_scheduler(gen, "ddim", 50).timesteps.tolist()[:2] == [980, 960]  # "ddim50"
-    yaml = OmegaConf.load(Path(__file__).parents[1] / "conf" / "generator" / "dit_xl2.yaml")
-    assert OmegaConf.to_container(yaml.timestep_spacing) == dict(DIT_TIMESTEP_SPACING)
-    kept = load_dit(imagenet_data(), path=str(folder), vae=None, resolution=RES, timestep_spacing=None)
+    kept = load_dit(
+        imagenet_data(),
+        **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=RES, timestep_spacing=None),
+    )
     assert kept.timestep_spacing is None  # None: the checkpoint's own scheduler config
 
 
@@ -104,10 +117,16 @@ def test_missing_vae_names_generator_vae(tmp_path):
     folder = save_hub_layout(tmp_path, DIT_XL2_256)
     missing = tmp_path / "no-such-vae"
     with pytest.raises(UserError) as err:
-        load_dit(imagenet_data(), path=str(folder), vae=str(missing), resolution=RES)
+        load_dit(
+            imagenet_data(),
+            **generator_settings("dit_xl2", path=str(folder), vae=str(missing), resolution=RES),
+        )
     msg = str(err.value)
     assert str(missing) in msg and "generator.vae" in msg and "generator.path" not in msg
     assert "\n" not in msg
     with pytest.raises(UserError) as err:  # a hub id that is neither downloaded nor reachable
-        load_dit(imagenet_data(), path=str(folder), vae=SD_VAE_FT_MSE, model_dir=str(tmp_path))
+        load_dit(
+            imagenet_data(),
+            **generator_settings("dit_xl2", path=str(folder), vae=SD_VAE_FT_MSE, model_dir=str(tmp_path)),
+        )
     assert "generator.vae=" in str(err.value) and "generator.path" not in str(err.value)

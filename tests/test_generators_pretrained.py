@@ -28,6 +28,7 @@ from ddcore.data.classes import imagenet1k_wnids, subset_wnids, wnid_names
 from ddcore.errors import UserError
 from ddcore.generators.ldm import VQCodec, load_class_ldm
 from ddcore.generators.stable_diffusion import TextConditionalGenerator, load_stable_diffusion
+from tests.configs import generator_settings
 
 RES = 32  # pixels; the tiny autoencoders downsample by 2 -> 16x16 latents
 TOKENS = 16
@@ -160,10 +161,13 @@ def test_stable_diffusion_loads_offline_and_conditions_on_prompts(sd_folder):
     data = make_data()
     gen = load_stable_diffusion(
         data,
-        path=str(sd_folder),
-        resolution=RES,
-        prompt_template="An image of {}",
-        null_prompt="An image of .",
+        **generator_settings(
+            "sd15",
+            path=str(sd_folder),
+            resolution=RES,
+            prompt_template="An image of {}",
+            null_prompt="An image of .",
+        ),
     )
     assert isinstance(gen, TextConditionalGenerator)
     assert gen.num_classes == 3 and gen.prompts[0] == f"An image of {data.prompts[0]}"
@@ -191,13 +195,15 @@ def test_stable_diffusion_loads_offline_and_conditions_on_prompts(sd_folder):
 
 def test_stable_diffusion_grayscale_dataset_gets_gray_images(sd_folder):
     data = make_data(channels=1)
-    gen = load_stable_diffusion(data, path=str(sd_folder), resolution=RES)
+    gen = load_stable_diffusion(data, **generator_settings("sd15", path=str(sd_folder), resolution=RES))
     assert gen.decode(gen.encode(data.train.load([0]))).shape == (1, 1, RES, RES)
 
 
 def test_class_ldm_maps_imagenet_subset_and_uses_last_embedding_as_null(tmp_path):
     data = make_data()
-    gen = load_class_ldm(data, path=str(ldm_folder(tmp_path, 1001)), resolution=RES)
+    gen = load_class_ldm(
+        data, **generator_settings("ldm", path=str(ldm_folder(tmp_path, 1001)), resolution=RES)
+    )
     index = {w: i for i, w in enumerate(imagenet1k_wnids())}
     assert data.class_ids == list(IMAGENET_INDEX)
     assert gen.class_map.tolist() == list(IMAGENET_INDEX.values())  # known, not from the table
@@ -216,7 +222,10 @@ def test_class_ldm_maps_imagenet_subset_and_uses_last_embedding_as_null(tmp_path
 def test_class_ldm_with_vqvae_and_dataset_classes(tmp_path):
     data = make_data()
     gen = load_class_ldm(
-        data, path=str(ldm_folder(tmp_path, 4, vq=True)), class_space="dataset", resolution=RES
+        data,
+        **generator_settings(
+            "ldm", path=str(ldm_folder(tmp_path, 4, vq=True)), class_space="dataset", resolution=RES
+        ),
     )
     assert isinstance(gen.codec, VQCodec) and gen.codec.scaling_factor == 1.0
     assert gen.class_map.tolist() == [0, 1, 2] and gen.null_label == 3
@@ -227,7 +236,7 @@ def test_class_ldm_with_vqvae_and_dataset_classes(tmp_path):
 
 def test_missing_hub_model_offline_says_how_to_download():
     with pytest.raises(UserError) as err:
-        load_stable_diffusion(make_data(), path="no-such-org/no-such-model")
+        load_stable_diffusion(make_data(), **generator_settings("sd15", path="no-such-org/no-such-model"))
     msg = str(err.value)
     assert "'no-such-org/no-such-model'" in msg and "generator.path" in msg
     assert "not a local folder" in msg and "\n" not in msg
@@ -236,7 +245,7 @@ def test_missing_hub_model_offline_says_how_to_download():
 def test_folder_without_unet_names_the_subfolder(tmp_path):
     (tmp_path / "vae").mkdir()
     with pytest.raises(UserError, match="has no unet/ subfolder") as err:
-        load_class_ldm(make_data(), path=str(tmp_path))
+        load_class_ldm(make_data(), **generator_settings("ldm", path=str(tmp_path)))
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -247,23 +256,23 @@ def test_folder_without_tokenizer_files_is_an_error(sd_folder, tmp_path):
     shutil.copytree(sd_folder, folder, ignore=shutil.ignore_patterns("tokenizer*"))
     (folder / "tokenizer").mkdir()
     with pytest.raises(UserError, match="cannot load tokenizer"):
-        load_stable_diffusion(make_data(), path=str(folder))
+        load_stable_diffusion(make_data(), **generator_settings("sd15", path=str(folder)))
 
 
 def test_stable_diffusion_without_class_names_is_an_error(sd_folder):
     with pytest.raises(UserError, match="needs class names for prompts; dataset tinynette"):
-        load_stable_diffusion(make_data(prompts=False), path=str(sd_folder))
+        load_stable_diffusion(make_data(prompts=False), **generator_settings("sd15", path=str(sd_folder)))
 
 
 def test_dataset_class_space_checks_class_count(tmp_path):
     folder = ldm_folder(tmp_path, 11)  # 10 classes + null
     with pytest.raises(UserError, match="has 10 classes but dataset tinynette has 3"):
-        load_class_ldm(make_data(), path=str(folder), class_space="dataset")
+        load_class_ldm(make_data(), **generator_settings("ldm", path=str(folder), class_space="dataset"))
 
 
 def test_missing_local_folder_is_not_sent_to_the_hub(tmp_path):
     with pytest.raises(UserError, match="no such folder, and not a hub id") as err:
-        load_class_ldm(make_data(), path=str(tmp_path / "ldm-cin256"))
+        load_class_ldm(make_data(), **generator_settings("ldm", path=str(tmp_path / "ldm-cin256")))
     assert str(tmp_path / "ldm-cin256") in str(err.value)
 
 
@@ -304,7 +313,7 @@ def test_cin256_layout_conditions_the_unet_through_cross_attention(tmp_path):
 
     data = make_data()
     folder = cin256_folder(tmp_path)
-    gen = load_class_ldm(data, path=str(folder), resolution=RES)
+    gen = load_class_ldm(data, **generator_settings("ldm", path=str(folder), resolution=RES))
     assert gen.model_classes == 1000 and gen.null_label == 1000  # CompVis samples CFG with 1000
     assert gen.class_map.tolist() == list(IMAGENET_INDEX.values())
     assert isinstance(gen.codec, VQCodec) and gen.latent_shape == (3, 16, 16)
@@ -324,7 +333,7 @@ def test_cin256_layout_conditions_the_unet_through_cross_attention(tmp_path):
 def test_cross_attention_unet_without_class_embedder_is_refused(tmp_path):
     folder = cin256_folder(tmp_path, embedder=False)
     with pytest.raises(UserError) as err:
-        load_class_ldm(make_data(), path=str(folder), resolution=RES)
+        load_class_ldm(make_data(), **generator_settings("ldm", path=str(folder), resolution=RES))
     msg = str(err.value)
     assert "UNet2DConditionModel" in msg and "no class_embedder/" in msg and "supported:" in msg
     assert "\n" not in msg
@@ -333,7 +342,7 @@ def test_cross_attention_unet_without_class_embedder_is_refused(tmp_path):
 def test_unconditional_ldm_is_refused_naming_the_supported_layouts(tmp_path):
     folder = ldm_folder(tmp_path, None, vq=True)  # as CompVis/ldm-celebahq-256: no classes
     with pytest.raises(UserError, match="not class-conditional.*supported: unet/ UNet2DModel") as err:
-        load_class_ldm(make_data(), path=str(folder), resolution=RES)
+        load_class_ldm(make_data(), **generator_settings("ldm", path=str(folder), resolution=RES))
     assert "\n" not in str(err.value)
 
 
@@ -344,4 +353,4 @@ def test_class_embedder_width_must_match_cross_attention(tmp_path):
     shutil.rmtree(folder / "class_embedder")
     shutil.copytree(cin256_folder(tmp_path / "b", embed_dim=32) / "class_embedder", folder / "class_embedder")
     with pytest.raises(UserError, match="32-d contexts but the U-Net's cross_attention_dim is 16"):
-        load_class_ldm(make_data(), path=str(folder), resolution=RES)
+        load_class_ldm(make_data(), **generator_settings("ldm", path=str(folder), resolution=RES))

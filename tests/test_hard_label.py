@@ -179,14 +179,3 @@ def test_missing_classes_and_ipc_mismatch_are_refused(data):
         check_distilled(uneven, data, 2)
     with pytest.raises(UserError, match="ipc mismatch"):
         check_distilled(random_real_subset(data, ipc=2, seed=0), data, 3)
-
-
-@pytest.mark.slow
-def test_repeats_run_in_worker_processes(data):
-    """The multi-GPU path (one spawned worker per GPU), exercised here with one CPU worker."""
-    distilled = random_real_subset(data, ipc=2, seed=0)
-    train = TrainSet.from_images(distilled.images, distilled.labels)
-    protocol = HardLabelProtocol(partial(ConvNet, width=8), epochs=2, evals=1, repeats=2)
-    sequential = [protocol.train_one(train, data, 2, s, CPU, None, "s") for s in (1, 2)]
-    parallel = protocol._parallel([None], train, data, 2, [1, 2], CPU, "p")
-    assert [r.history for r in parallel] == [r.history for r in sequential]

@@ -5,7 +5,6 @@ weight files, ``model_index.json``) under ``<model_dir>/<org>/<name>`` and loade
 its hub id, through the loader that uses it, as a download into ``paths.model_dir`` would be.
 """
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -32,6 +31,7 @@ from ddcore.generators.dit import load_dit
 from ddcore.generators.hub import DIT_XL2_256, HUB_MODELS, SD_VAE_FT_MSE
 from ddcore.generators.stable_diffusion import load_stable_diffusion
 from experiments.rehearse import SMALL
+from tests.configs import generator_settings
 from tests.test_generators_pretrained import tiny_vae, write_tokenizer
 
 RES = 16  # pixels; the tiny VAEs downsample by 2 -> 8x8 latents
@@ -128,11 +128,20 @@ def load_by_role(hub_id: str, model_dir: Path, data):
     """Load ``hub_id`` by its id through the loader argument its table role names."""
     role = HUB_MODELS[hub_id].role
     if role == "sd":
-        return load_stable_diffusion(data, path=hub_id, resolution=RES, model_dir=str(model_dir))
+        return load_stable_diffusion(
+            data, **generator_settings("sd15", path=hub_id, resolution=RES, model_dir=str(model_dir))
+        )
     if role == "vae":  # the VAE decodes a DiT's latents
         save_hub_layout(model_dir, DIT_XL2_256)
-        return load_dit(data, path=DIT_XL2_256, vae=hub_id, resolution=RES, model_dir=str(model_dir))
-    return load_dit(data, path=hub_id, vae=None, resolution=RES, model_dir=str(model_dir))
+        return load_dit(
+            data,
+            **generator_settings(
+                "dit_xl2", path=DIT_XL2_256, vae=hub_id, resolution=RES, model_dir=str(model_dir)
+            ),
+        )
+    return load_dit(
+        data, **generator_settings("dit_xl2", path=hub_id, vae=None, resolution=RES, model_dir=str(model_dir))
+    )
 
 
 @pytest.mark.parametrize("hub_id", list(HUB_MODELS))
@@ -152,7 +161,8 @@ def test_each_hub_layout_loads_by_its_id_from_model_dir(hub_id, tmp_path):
 
 
 def configured_hub_ids():
-    """(file, key, value, role) for every hub id a generator config or loader default names."""
+    """(file, key, value, role) for every hub id a generator config names (the loaders have no
+    defaults: ``tests/test_configs.py``)."""
     for file in sorted(CONF.glob("*.yaml")):
         cfg = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
         target = str(cfg.get("_target_", "")).rsplit(".", 1)[-1]
@@ -160,14 +170,9 @@ def configured_hub_ids():
             value = cfg.get(key)
             if isinstance(value, str) and "${" not in value:
                 yield file.name, key, value, "vae" if key == "vae" else ROLE_OF_TARGET.get(target)
-    for loader, role in ((load_dit, "dit"), (load_stable_diffusion, "sd")):
-        params = inspect.signature(loader).parameters
-        yield loader.__name__, "path", params["path"].default, role
-        if "vae" in params:
-            yield loader.__name__, "vae", params["vae"].default, "vae"
 
 
-def test_configs_and_loader_defaults_name_only_listed_hub_ids():
+def test_configs_name_only_listed_hub_ids():
     named = list(configured_hub_ids())
     assert {value for *_, value, _ in named} >= {DIT_XL2_256, SD_VAE_FT_MSE}
     for where, key, value, role in named:
@@ -202,13 +207,16 @@ def test_dd_model_dir_is_read_when_no_model_dir_is_given(tmp_path, monkeypatch):
     sd = next(i for i, m in HUB_MODELS.items() if m.role == "sd")
     save_hub_layout(tmp_path, sd)
     monkeypatch.setenv("DD_MODEL_DIR", str(tmp_path))
-    gen = load_stable_diffusion(imagenet_data(), resolution=RES)
+    gen = load_stable_diffusion(imagenet_data(), **generator_settings("sd15", resolution=RES, model_dir=None))
     assert gen.latent_shape == (4, RES // 2, RES // 2)
 
 
 def test_hub_id_missing_from_model_dir_says_where_to_download_it(tmp_path):
     with pytest.raises(UserError) as err:
-        load_dit(imagenet_data(), path=DIT_XL2_256, vae=None, model_dir=str(tmp_path))
+        load_dit(
+            imagenet_data(),
+            **generator_settings("dit_xl2", path=DIT_XL2_256, vae=None, model_dir=str(tmp_path)),
+        )
     msg = str(err.value)
     assert f"not in {tmp_path / DIT_XL2_256}" in msg and "hub is unreachable" in msg
     assert f"--local-dir {tmp_path / DIT_XL2_256}" in msg and "generator.path" in msg

@@ -19,6 +19,7 @@ from manifoldgd.guidance import ManifoldGuidance, ManifoldSettings
 from manifoldgd.manifold import annealed_radius, noisy_cloud, normal_step
 from mgd3.guidance import ModeGuidance
 from mgd3.modes import ModeDiscovery
+from tests.configs import generator_settings
 from tests.manifold_reference import direct_normal_step
 from tests.test_generators_pretrained import sd_folder  # noqa: F401 (fixture)
 
@@ -297,11 +298,14 @@ def test_works_with_a_text_generator_and_a_latent_learned_variance_dit(sd_folder
         ManifoldGDSchema, steps=4, t_sg=1, cloud_points=20, latent_cache_dir=str(tmp_path / "lat")
     )
     sd_data = make_data()
-    sd = load_stable_diffusion(sd_data, path=str(sd_folder), resolution=RES)
+    sd = load_stable_diffusion(sd_data, **generator_settings("sd15", path=str(sd_folder), resolution=RES))
     images, info = method.distill_class(sd_data, 0, 2, 0, sd)
     assert images.shape == (2, 3, RES, RES) and torch.isfinite(images).all()
     folder = save_tiny_dit(tmp_path / "dit", num_classes=10, vae=True, learned_variance=True)
     data = digits()
-    dit = load_dit(data, path=str(folder), vae=None, resolution=16, class_space="dataset")
+    dit = load_dit(
+        data,
+        **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=16, class_space="dataset"),
+    )
     images, _ = method.distill_class(data, 3, 2, 0, dit)
     assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()

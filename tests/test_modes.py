@@ -11,6 +11,7 @@ from ddcore.errors import UserError
 from ddcore.kmeans import closest_points, dbscan_means, kmeans
 from ddcore.latent_cache import LatentCache, cache_key
 from mgd3.modes import MODE_DISCOVERY, ModeDiscovery
+from tests.configs import generator_settings
 from tests.distill import distill_set
 
 
@@ -211,7 +212,10 @@ def vae_generator(tmp_path_factory):
     from tests.test_generators_dit import save_tiny_dit
 
     folder = save_tiny_dit(tmp_path_factory.mktemp("vae_dit") / "dit", num_classes=10, vae=True)
-    return load_dit(digits(), path=str(folder), vae=None, resolution=16, class_space="dataset")
+    return load_dit(
+        digits(),
+        **generator_settings("dit_xl2", path=str(folder), vae=None, resolution=16, class_space="dataset"),
+    )
 
 
 def test_a_class_is_decoded_and_encoded_a_batch_at_a_time(vae_generator, make_cfg):

@@ -21,6 +21,7 @@ from ddcore.errors import UserError
 from ddcore.generators.dit import load_dit
 from ddcore.sampling import make_scheduler, sample_latents
 from mgd3.guidance import ModeGuidance
+from tests.configs import generator_settings
 from tests.test_generators_dit import save_tiny_dit
 
 STEPS, T_TRAIN, N, CFG = 50, 1000, 3, 4.0
@@ -34,12 +35,15 @@ def generator(tmp_path_factory):
     grid = OmegaConf.to_container(OmegaConf.load(CONF / "dit_xl2.yaml").timestep_spacing)
     gen = load_dit(
         digits(),
-        path=str(folder),
-        vae=None,
-        resolution=16,
-        class_space="dataset",
-        cfg_scale=CFG,
-        timestep_spacing=grid,
+        **generator_settings(
+            "dit_xl2",
+            path=str(folder),
+            vae=None,
+            resolution=16,
+            class_space="dataset",
+            cfg_scale=CFG,
+            timestep_spacing=grid,
+        ),
     )
     torch.manual_seed(0)  # random weights of a visible size, so eps and the variance matter
     with torch.no_grad():

@@ -26,6 +26,7 @@ from patchsel.distiller import PatchSelection
 from patchsel.patches import best_windows, cells_to_pixels, compose, tile_2x2, window_cells
 from patchsel.relevance import relevance_maps
 from patchsel.selection import choose_patches
+from tests.configs import generator_settings
 
 ARCH = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=2)
 
@@ -355,7 +356,9 @@ def sd_generator(tmp_path_factory):
     from tests.test_generators_pretrained import save_tiny_sd
 
     folder = save_tiny_sd(tmp_path_factory.mktemp("sd"))
-    return load_stable_diffusion(text_data(), path=str(folder), resolution=32), folder
+    return load_stable_diffusion(
+        text_data(), **generator_settings("sd15", path=str(folder), resolution=32)
+    ), folder
 
 
 def test_text_conditioned_model_end_to_end(sd_generator, tmp_path):

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from baselines.rded import RDED, crop_boxes, keep_best, pad_center, rank, stitch
+from baselines.rded import crop_boxes, keep_best, pad_center, rank, stitch
 from ddapp.jobs import build
+from ddapp.schemas import RDEDSchema, from_schema
 from ddcore.data.small import digits
 from ddcore.errors import UserError
 from ddcore.seeding import rng_for
@@ -59,8 +60,12 @@ def data():
 
 def rded(teacher=None, cache=None, **kwargs):
     settings = {"mipc": 30, "num_crop": 3, **kwargs}
-    return RDED(
-        teacher=teacher or CountedTeacher(), score_cache=cache is not None, score_cache_dir=cache, **settings
+    return from_schema(
+        RDEDSchema,
+        teacher=teacher or CountedTeacher(),
+        score_cache=cache is not None,
+        score_cache_dir=cache,
+        **settings,
     )
 
 
@@ -158,7 +163,8 @@ def test_a_torchvision_classifier_folder_observer(data, tmp_path):
     folder = tmp_path / "observer"
     folder.mkdir()
     torch.save(net.state_dict(), folder / "mobilenet_v3_small-0000.pth")
-    method = RDED(
+    method = from_schema(
+        RDEDSchema,
         observer=str(folder),
         observer_space="dataset",
         classifier=folder_classifier,
@@ -172,7 +178,9 @@ def test_a_torchvision_classifier_folder_observer(data, tmp_path):
     images, info = method.distill_class(data, 1, 2, 0)
     assert images.shape == (2, 1, 16, 16) and info["observer_loss"] == sorted(info["observer_loss"])
     with pytest.raises(UserError, match="method.observer: .*set method.observer_space=dataset") as err:
-        RDED(observer=str(folder), classifier=folder_classifier).validate(data, 2)  # digits: no wnids
+        from_schema(RDEDSchema, observer=str(folder), classifier=folder_classifier).validate(
+            data, 2
+        )  # digits: no wnids
     assert "\n" not in str(err.value)
 
 
@@ -241,17 +249,20 @@ def test_class_folders_read_back_by_task_evaluate_in_label_order(make_cfg, tmp_p
 def test_bad_settings_are_one_line_errors_before_any_work(data, tmp_path):
     teacher = CountedTeacher()
     cases = [
-        (lambda: RDED(teacher=teacher, mipc=3, num_crop=2).validate(data, 1), None),  # fits: 1 x 1 <= 3
+        (lambda: rded(teacher=teacher, mipc=3, num_crop=2).validate(data, 1), None),  # fits: 1 x 1 <= 3
         (
-            lambda: RDED(teacher=teacher, mipc=3, factor=2).validate(data, 1),
+            lambda: rded(teacher=teacher, mipc=3, factor=2).validate(data, 1),
             r"ipc=1 with method.factor=2 stitches ipc x factor\^2 = 4 crops per class but only 3 ",
         ),
-        (lambda: RDED(teacher=teacher, mipc=300).validate(data, 200), "but only 131 are candidates"),
-        (lambda: RDED(teacher=teacher, num_crop=0), "method.num_crop must be >= 1"),
-        (lambda: RDED(teacher=teacher, factor="two"), "method.factor='two': use auto or an integer"),
-        (lambda: RDED(teacher=teacher, scale=(0.0, 1.0)), "method.scale"),
-        (lambda: RDED(observer=str(tmp_path / "none")).validate(data, 1), "method.observer=.*no such folder"),
-        (lambda: RDED(teacher=None).validate(data, 1), "method.observer=teacher uses the soft-label teacher"),
+        (lambda: rded(teacher=teacher, mipc=300).validate(data, 200), "but only 131 are candidates"),
+        (
+            lambda: from_schema(RDEDSchema, observer=str(tmp_path / "none")).validate(data, 1),
+            "method.observer=.*no such folder",
+        ),
+        (
+            lambda: from_schema(RDEDSchema).validate(data, 1),
+            "method.observer=teacher uses the soft-label teacher",
+        ),
     ]
     for make, message in cases:
         if message is None:
@@ -269,6 +280,9 @@ def test_config_checks_name_the_setting(make_cfg):
     for override, message in [
         ("method.num_crop=0", "method.num_crop must be >= 1"),
         ("method.factor=0", "method.factor must be auto or an integer >= 1"),
+        ("method.factor=two", "method.factor must be auto or an integer >= 1"),
+        ("method.scale=[0.0,1.0]", "method.scale must be \\[low, high\\] with 0 < low <= high <= 1"),
+        ("method.scale=[0.5,0.2]", "method.scale must be"),
         ("method.observer_space=imagenet", "method.observer_space must be one of"),
     ]:
         with pytest.raises(UserError, match=message):

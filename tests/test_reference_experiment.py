@@ -54,6 +54,30 @@ def test_a_setting_the_dataset_cannot_take_is_recorded_once_and_reported_as_na(t
     assert table[-1] == "| patch selection (2x2 tiles) | n/a | n/a |"
 
 
+@pytest.mark.parametrize("error, recorded", [("UserError", True), ("StorageError", False)])
+def test_only_a_setting_the_dataset_cannot_take_is_recorded_not_a_full_disk(
+    tmp_path, monkeypatch, error, recorded
+):
+    """A full disk or an unreadable cache (``StorageError``) fails the job, so a rerun retries it;
+    it is not recorded as a setting the dataset cannot take."""
+    import ddapp.jobs
+    from ddcore import errors
+    from experiments.reference import run_job
+    from experiments.reference_plan import Job
+
+    def task(cfg):
+        raise getattr(errors, error)("cannot write it (free space there)")
+
+    monkeypatch.setattr(ddapp.jobs, "build", lambda node: task)
+    job = Job("digits/hard_label/ipc1/random_real/seed0", ["dataset=digits", "method=random", "ipc=1"])
+    if recorded:
+        run_job(job, tmp_path)
+    else:
+        with pytest.raises(errors.StorageError):
+            run_job(job, tmp_path)
+    assert job.finished(tmp_path) is recorded
+
+
 def test_a_record_made_with_another_composed_config_is_not_finished(tmp_path):
     """A schedule changed in conf/experiment/reference.yaml keeps every job's overrides: the
     record's config digest tells the old result from the new plan's, wherever the clone lies."""

@@ -32,6 +32,7 @@ from ddcore.method import MethodBase
 from ddcore.seeding import rng_for
 from ddcore.sharding import Shard, autocast, current_shard, distill_to_folder
 from mgd3.distiller import MGD3
+from tests.configs import generator_settings
 
 IPC = 2
 BASE = {
@@ -53,7 +54,10 @@ def tiny_generator(folder: Path):
         from tests.test_generators_dit import save_tiny_dit
 
         save_tiny_dit(folder, vae=True)
-    return load_dit(digits(), path=str(folder), vae=None, class_space="dataset", resolution=16)
+    return load_dit(
+        digits(),
+        **generator_settings("dit_xl2", path=str(folder), vae=None, class_space="dataset", resolution=16),
+    )
 
 
 def method():

@@ -9,19 +9,11 @@ The hub's DiT folders save the transformer as the legacy ``Transformer2DModel`` 
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 
 from ddcore.data.base import ImageClassificationData
 from ddcore.generators.base import ClassConditionalGenerator, VAECodec, map_classes
-from ddcore.generators.hub import DIT_XL2_256, SD_VAE_FT_MSE
 from ddcore.generators.pretrained import load_component, torch_dtype
-
-# The DiT family's official sampling grids (ddcore.sampling, method.timestep_spacing=auto):
-# create_diffusion("50") respaces to t = round(i * 999 / 49) = 999, 979, ..., 20, 0 (linspace);
-# create_diffusion("ddim50") uses the DDIM stride grid 980, 960, ..., 0 (leading).
-DIT_TIMESTEP_SPACING = MappingProxyType({"ddpm": "linspace", "ddim": "leading"})
 
 
 def build_dit(
@@ -44,24 +36,26 @@ def dit_null_label(transformer: DiTTransformer2DModel) -> int:
 
 def load_dit(
     data: ImageClassificationData,
-    path: str = DIT_XL2_256,
-    vae: str | None = SD_VAE_FT_MSE,
-    resolution: int = 256,
-    cfg_scale: float = 4.0,
-    cfg_channels: int | None = 3,
-    class_space: str = "imagenet1k",
-    dtype: str = "float32",
-    name: str = "dit_xl2",
-    timestep_spacing: dict | None = DIT_TIMESTEP_SPACING,
-    model_dir: str | None = None,
+    *,
+    path: str,
+    vae: str | None,
+    resolution: int,
+    cfg_scale: float,
+    cfg_channels: int | None,
+    class_space: str,
+    dtype: str,
+    name: str,
+    timestep_spacing: dict | None,
+    model_dir: str | None,
 ) -> ClassConditionalGenerator:
     """DiT from a hub id or a local folder with ``transformer/``, ``vae/``, ``scheduler/``.
+    Settings and their defaults: ``conf/generator/dit_xl2.yaml``.
 
     ``vae`` names a separate VAE (MGD^3's official code uses sd-vae-ft-mse); None uses the
     checkpoint's own ``vae/`` subfolder. ``class_space`` says how dataset labels map to model
     classes: ``imagenet1k`` (by wnid) or ``dataset`` (identity, counts must match).
-    ``timestep_spacing``: the official DiT grids unless given; None keeps the checkpoint's
-    scheduler config. ``model_dir``: where downloaded hub ids are looked for first
+    ``timestep_spacing``: the sampling grids per sampler (the YAML's are the official DiT ones);
+    None keeps the checkpoint's scheduler config. ``model_dir``: where downloaded hub ids are looked for first
     (``<model_dir>/<org>/<name>``; default ``DD_MODEL_DIR``).
     """
     weights = torch_dtype(dtype)

@@ -95,17 +95,18 @@ class CrossAttentionClassGenerator(ClassConditionalGenerator):
 
 def load_class_ldm(
     data: ImageClassificationData,
+    *,
     path: str,
-    class_space: str = "imagenet1k",
-    resolution: int = 256,
-    cfg_scale: float = 3.0,
-    dtype: str = "float32",
-    name: str = "ldm",
-    timestep_spacing: dict | None = None,
-    model_dir: str | None = None,
+    class_space: str,
+    resolution: int,
+    cfg_scale: float,
+    dtype: str,
+    name: str,
+    timestep_spacing: dict | None,
+    model_dir: str | None,
 ) -> ClassConditionalGenerator:
     """A class-conditional LDM in either layout (module docstring); ``class_space`` maps labels
-    to model classes (see base.map_classes)."""
+    to model classes (see base.map_classes). Settings and their defaults: ``conf/generator/ldm.yaml``."""
     dt = torch_dtype(dtype)
     folder = resolve_model(path, model_dir)
     found = load_config(folder, "unet", model_dir=model_dir).get("_class_name")

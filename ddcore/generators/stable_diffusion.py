@@ -18,7 +18,6 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ddcore.data.base import ImageClassificationData
 from ddcore.errors import UserError
 from ddcore.generators.base import Codec, DiffusionGenerator, VAECodec
-from ddcore.generators.hub import SD15
 from ddcore.generators.pretrained import component_error, load_component, resolve_model, torch_dtype
 
 
@@ -94,19 +93,21 @@ class TextConditionalGenerator(DiffusionGenerator):
 
 def load_stable_diffusion(
     data: ImageClassificationData,
-    path: str = SD15,
-    resolution: int = 512,
-    cfg_scale: float = 8.0,
-    prompt_template: str = "{}",
-    null_prompt: str = "",
-    dtype: str = "float32",
-    name: str = "sd15",
-    timestep_spacing: dict | None = None,
-    model_dir: str | None = None,
+    *,
+    path: str,
+    resolution: int,
+    cfg_scale: float,
+    prompt_template: str,
+    null_prompt: str,
+    dtype: str,
+    name: str,
+    timestep_spacing: dict | None,
+    model_dir: str | None,
 ) -> TextConditionalGenerator:
     """Stable Diffusion from a hub id or a diffusers folder with ``unet/``, ``vae/``,
     ``text_encoder/``, ``tokenizer/`` and ``scheduler/``; one prompt per dataset class.
-    ``model_dir``: where downloaded hub ids are looked for first (``pretrained.resolve_model``)."""
+    ``model_dir``: where downloaded hub ids are looked for first (``pretrained.resolve_model``).
+    Settings and their defaults: ``conf/generator/sd15.yaml``."""
     prompts = class_prompts(data, prompt_template, name)
     dt = torch_dtype(dtype)
     unet = load_component(UNet2DConditionModel, path, "unet", torch_dtype=dt, model_dir=model_dir)

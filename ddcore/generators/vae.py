@@ -182,13 +182,18 @@ def load_or_train_vae(
     elif retrain:
         shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "meta.json").is_file():
-        with built_in_temp(folder, "generator.cache_dir") as tmp:  # a failed run leaves no .tmp
-            meta = {"data": identity, "spec": spec, **train_vae(data, spec, tmp, dict(trainer_kwargs or {}))}
-            write_json(tmp / "meta.json", meta)
-        log.info(
-            f"VAE on {data.name}: test reconstruction MSE {meta['test_reconstruction_mse']:.4f}"
-            f", scaling factor {meta['scaling_factor']:.3f}"
-        )
+        with built_in_temp(folder, "generator.cache_dir") as tmp:
+            if tmp is not None:  # None: another process trained it while this one waited
+                meta = {
+                    "data": identity,
+                    "spec": spec,
+                    **train_vae(data, spec, tmp, dict(trainer_kwargs or {})),
+                }
+                write_json(tmp / "meta.json", meta)
+                log.info(
+                    f"VAE on {data.name}: test reconstruction MSE {meta['test_reconstruction_mse']:.4f}"
+                    f", scaling factor {meta['scaling_factor']:.3f}"
+                )
     meta = json.loads((folder / "meta.json").read_text())
     trained_on, here = meta.get("data", {}), identity
     if (trained_on.get("name"), trained_on.get("classes")) != (here["name"], here["classes"]):

@@ -30,23 +30,26 @@ def load_or_train(
     data: ImageClassificationData,
     *,
     cache_dir: str,
-    family: str = "dit",
-    arch: dict | None = None,
-    train: dict | None = None,
-    schedule: dict | None = None,
-    resolution: int = 16,
-    cfg_scale: float = 3.0,
-    seed: int = 0,
-    name: str = "dit_tiny",
-    retrain: bool = False,
-    trainer_kwargs: dict | None = None,
-    probe_per_class: int = 0,
-    warn_below: float = 0.8,
-    overrides: dict | None = None,
-    timestep_spacing: dict | None = None,
+    family: str,
+    arch: dict,
+    train: dict,
+    schedule: dict,
+    resolution: int,
+    cfg_scale: float,
+    seed: int,
+    name: str,
+    retrain: bool,
+    trainer_kwargs: dict,
+    probe_per_class: int,
+    warn_below: float,
+    overrides: dict | None,
+    timestep_spacing: dict | None,
     vae: dict | None = None,
 ) -> ClassConditionalGenerator:
     """The generator for (dataset, config): shipped, cached, or trained first if neither.
+    Settings and their defaults: ``conf/generator_common/self_trained.yaml`` and each
+    self-trained generator's YAML (``dit_tiny``, ``unet_tiny``, ``ldm_tiny``); only a latent
+    generator names a ``vae``.
 
     ``overrides`` replaces ``arch``/``train``/``probe_per_class``/``vae`` wholesale (``debug=tiny``
     uses it to shrink the model without touching configs of generators that have no such keys).
@@ -129,8 +132,11 @@ def latent_codec(data, spec: dict, cache_dir: str, trainer_kwargs) -> VAECodec |
 
 def _train_into(folder: Path, data, spec, trainer_kwargs, probe_per_class, cfg_scale, grid, codec=None):
     """Train in a temporary folder and rename it at the end: a killed or failed run leaves no
-    cache entry and no temp folder (``built_in_temp``)."""
+    cache entry and no temp folder, and a process that waited for another one training the same
+    entry trains nothing (``built_in_temp``)."""
     with built_in_temp(folder, "generator.cache_dir") as tmp:
+        if tmp is None:
+            return
         meta = {
             "spec": spec,
             "dataset": data.name,
