@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 from ddcore.errors import StorageError, UserError
+
+log = logging.getLogger(__name__)
 
 
 def temp_name(path: Path) -> Path:
@@ -71,9 +75,6 @@ def built_in_temp(
     lock file stays: removing it could let two processes hold two locks). A full
     disk is one line naming the cache folder and the setting that chooses it (``setting``, e.g.
     ``generator.cache_dir``), not the temp path."""
-    import fcntl
-    import logging
-
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     try:
@@ -82,7 +83,7 @@ def built_in_temp(
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                logging.getLogger(__name__).info(f"waiting for another process that builds {folder}")
+                log.info(f"waiting for another process that builds {folder}")
                 fcntl.flock(lock, fcntl.LOCK_EX)
             if built(folder):
                 yield None

@@ -17,11 +17,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_job(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """The config ``run.py <overrides>`` runs with (``paths.output_dir`` set when given); in
-    any process, a spawned rank's included (the schemas and resolvers are registered here)."""
-    from ddapp.schemas import register
-
-    register()
+    """The config ``run.py <overrides>`` runs with (``paths.output_dir`` set when given); the
+    schemas must be registered (``tests/conftest.py``, or ``generator_settings``)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
@@ -41,6 +38,9 @@ def generator_settings(name: str, **settings) -> dict:
 
 @functools.cache
 def _generator(name: str) -> dict:
+    from ddapp.schemas import register
+
+    register()  # once per name, in any process: a spawned rank's too (tests/test_sharding.py)
     cfg = compose_job(["logger=none", "trainer=cpu", f"generator={name}"])
     plain = OmegaConf.to_container(cfg.generator, resolve=True)
     for key in ("_target_", "_convert_"):
